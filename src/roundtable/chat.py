@@ -1,0 +1,132 @@
+"""`roundtable chat`: start a conversation from the terminal and print it as it happens."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from autogen_core import AgentRuntime
+
+from .messages import (
+    CONTROL,
+    ChatMessage,
+    ConversationEnded,
+    SpeakerSelected,
+    StartConversation,
+    new_id,
+    topic,
+)
+from .observer import register_observer
+from .runtime import connect_worker, stop_worker
+
+#: How long to wait for the manager to take a new conversation before giving up.
+START_TIMEOUT = 15.0
+START_RETRY_EVERY = 1.0
+
+
+@dataclass
+class Outcome:
+    reason: str
+    ok: bool
+    messages: list[ChatMessage] = field(default_factory=list)
+
+
+class TerminalSink:
+    """Prints one conversation: tokens as they stream, whole messages otherwise."""
+
+    def __init__(self, conversation_id: str, out: TextIO, color: bool) -> None:
+        self.conversation_id = conversation_id
+        self.heard = asyncio.Event()
+        self.ended: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self.messages: list[ChatMessage] = []
+        self._out = out
+        self._color = color
+        self._open: str | None = None  # message id whose tokens are being printed
+
+    def _dim(self, text: str) -> str:
+        return f"\x1b[2m{text}\x1b[0m" if self._color else text
+
+    def _bold(self, text: str) -> str:
+        return f"\x1b[1m{text}\x1b[0m" if self._color else text
+
+    def _write(self, text: str) -> None:
+        self._out.write(text)
+        self._out.flush()
+
+    def _close_line(self) -> None:
+        if self._open is not None:
+            self._write("\n")
+            self._open = None
+
+    async def on_token(self, conversation_id: str, message_id: str, author: str, text: str) -> None:
+        if conversation_id != self.conversation_id:
+            return
+        self.heard.set()
+        if self._open != message_id:
+            self._close_line()
+            self._write(self._bold(f"{author}: "))
+            self._open = message_id
+        self._write(text)
+
+    async def on_message(self, message: ChatMessage, streamed: bool) -> None:
+        if message.conversation_id != self.conversation_id:
+            return
+        self.heard.set()
+        self.messages.append(message)
+        if streamed and self._open == message.id:
+            self._close_line()
+            return
+        self._close_line()
+        if message.kind == "task":
+            self._write(self._bold(f"{message.author} (task): ") + message.content + "\n")
+        else:
+            self._write(self._bold(f"{message.author}: ") + message.content + "\n")
+
+    async def on_speaker(self, event: SpeakerSelected) -> None:
+        if event.conversation_id != self.conversation_id:
+            return
+        self.heard.set()
+        self._close_line()
+        note = f" ({event.note})" if event.note else ""
+        self._write(self._dim(f"· {event.speaker} speaks next{note}") + "\n")
+
+    async def on_ended(self, event: ConversationEnded) -> None:
+        if event.conversation_id != self.conversation_id or self.ended.done():
+            return
+        self._close_line()
+        self._write(self._dim(f"· conversation ended: {event.reason}") + "\n")
+        self.ended.set_result(Outcome(event.reason, event.ok, list(self.messages)))
+
+
+async def start_and_follow(
+    runtime: AgentRuntime, task: str, sink: TerminalSink, timeout: float, start_timeout: float = START_TIMEOUT
+) -> Outcome:
+    """Publish the start until the manager answers, then wait for the end. Every wait is bounded."""
+    start = StartConversation(conversation_id=sink.conversation_id, task=task)
+    deadline = time.monotonic() + start_timeout
+    while not sink.heard.is_set():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"no manager took the conversation within {start_timeout:g} s: is `roundtable manager` running?")
+        await runtime.publish_message(start, topic(CONTROL, sink.conversation_id))
+        try:
+            await asyncio.wait_for(sink.heard.wait(), START_RETRY_EVERY)
+        except asyncio.TimeoutError:
+            pass
+    try:
+        return await asyncio.wait_for(asyncio.shield(sink.ended), timeout)
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"the conversation did not end within {timeout:g} s") from None
+
+
+async def run_chat(host: str, task: str, timeout: float, connect_timeout: float = 10.0, out: TextIO | None = None) -> Outcome:
+    out = out or sys.stdout
+    runtime = await connect_worker(host, connect_timeout)
+    try:
+        sink = TerminalSink(new_id(), out, color=out.isatty())
+        await register_observer(runtime, f"terminal_{new_id()[:12]}", sink)
+        return await start_and_follow(runtime, task, sink, timeout)
+    finally:
+        await stop_worker(runtime)

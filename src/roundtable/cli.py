@@ -1,0 +1,318 @@
+"""Every command. Each parses its arguments, builds the config, and calls one library function.
+
+Bad input (config, flags) exits with code 2 and one line naming what is wrong;
+failures at run time (an unreachable host, a timeout) exit with code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from pydantic import SecretStr, ValidationError
+
+from .config import AgentConfig, Config, ConfigError, ModelConfig, load_config
+from .runtime import HostUnreachable, setup_logging
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"roundtable: error: {message}", file=sys.stderr)
+    return code
+
+
+def _run(coro_factory: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    try:
+        return asyncio.run(coro_factory())
+    except ConfigError as error:
+        return _fail(str(error), EXIT_BAD_INPUT)
+    except (HostUnreachable, TimeoutError) as error:
+        return _fail(str(error), EXIT_FAILED)
+    except KeyboardInterrupt:
+        return 130
+
+
+# ---------------------------------------------------------------- shared options
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML config (default: the built-in writer and editor)")
+    parser.add_argument("--log-level", default=os.environ.get("ROUNDTABLE_LOG_LEVEL", "INFO"))
+
+
+def _add_host(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", metavar="ADDR", help="the gRPC host, e.g. 127.0.0.1:50051 (default: from the config)")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model (overrides the config)")
+    group.add_argument("--provider", help="local, openai, azure, openai-compatible or scripted")
+    group.add_argument("--model", dest="model_name", help="model or deployment name")
+    group.add_argument("--base-url", help="an OpenAI-compatible server, e.g. http://localhost:11434/v1")
+    group.add_argument("--api-key", "--openai-api-key", dest="api_key", help="API key (or set OPENAI_API_KEY)")
+    group.add_argument("--azure-openai-endpoint", dest="azure_endpoint")
+    group.add_argument("--azure-openai-deployment", dest="azure_deployment")
+    group.add_argument("--temperature", type=float)
+    group.add_argument("--max-tokens", type=int)
+
+
+def _model_from_flags(args: argparse.Namespace, base: ModelConfig) -> ModelConfig:
+    """The base model config with whatever the flags say; the provider follows from the flags given."""
+    updates: dict[str, Any] = {}
+    provider = args.provider
+    if provider is None:
+        if args.azure_endpoint or args.azure_deployment:
+            provider = "azure"
+        elif args.api_key and not args.base_url:
+            provider = "openai"
+        elif args.base_url:
+            provider = "openai-compatible"
+    if provider is not None and provider != base.provider:
+        updates["provider"] = provider
+        base = ModelConfig(temperature=base.temperature, max_tokens=base.max_tokens)
+    for flag, key in (
+        ("model_name", "model"),
+        ("base_url", "base_url"),
+        ("azure_endpoint", "azure_endpoint"),
+        ("azure_deployment", "azure_deployment"),
+        ("temperature", "temperature"),
+        ("max_tokens", "max_tokens"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            updates[key] = value
+    if args.api_key:
+        updates["api_key"] = SecretStr(args.api_key)
+    try:
+        return ModelConfig.model_validate({**base.model_dump(), **updates})
+    except ValidationError as error:
+        detail = error.errors()[0]
+        field = ".".join(str(p) for p in detail["loc"]) or "model"
+        raise ConfigError(f"model options: {field}: {str(detail['msg']).removeprefix('Value error, ')}") from None
+
+
+def _host_address(args: argparse.Namespace, config: Config) -> str:
+    return str(getattr(args, "host", None) or config.host.address)
+
+
+# ---------------------------------------------------------------- commands
+
+
+async def _host(args: argparse.Namespace) -> int:
+    from .runtime import announce_ready, serve_until_signal, start_host
+
+    config = load_config(args.config)
+    address = args.address or config.host.address
+    host = await start_host(address)
+    print(f"Host started at {address}", flush=True)
+    announce_ready(f"host on {address}")
+    await serve_until_signal()
+    await host.stop(grace=1)
+    return 0
+
+
+def agent_settings(args: argparse.Namespace, config: Config) -> tuple[AgentConfig, ModelConfig]:
+    known = {a.name for a in config.agents}
+    if args.name in known:
+        settings = config.agent(args.name)
+    else:
+        try:
+            settings = AgentConfig(name=args.name)
+        except ValidationError:
+            raise ConfigError(
+                f"agent name {args.name!r} is not valid: use letters, digits and underscores, starting with a letter"
+            ) from None
+    updates = {k: v for k, v in (("system_message", args.system_message), ("description", args.description)) if v}
+    if updates:
+        settings = settings.model_copy(update=updates)
+    model = _model_from_flags(args, config.model_for(settings))
+    return settings.model_copy(update={"model": model}), model
+
+
+async def _agent(args: argparse.Namespace) -> int:
+    from .models import build_client
+    from .participant import register_participant
+    from .runtime import announce_ready, connect_worker, serve_until_signal, stop_worker
+
+    config = load_config(args.config)
+    settings, model = agent_settings(args, config)
+    seed = None
+    if args.seed:
+        seed = config.seed.model_copy(
+            update={k: v for k, v in (("task", args.seed_task), ("max_turns", args.max_turns)) if v is not None}
+        )
+    client = build_client(model, config.local_model)
+    runtime = await connect_worker(_host_address(args, config), config.host.connect_timeout)
+    try:
+        await register_participant(runtime, settings, client, seed)
+        mode = "seed mode" if seed else "managed"
+        announce_ready(f"agent {settings.name} ({model.provider}, {mode})")
+        await serve_until_signal()
+    finally:
+        await stop_worker(runtime)
+    return 0
+
+
+def manager_config(args: argparse.Namespace, config: Config) -> Config:
+    manager = config.manager
+    termination = manager.termination
+    term_updates = {
+        key: value
+        for key, value in (
+            ("max_rounds", args.max_rounds),
+            ("text_mention", args.text_mention),
+            ("timeout", args.timeout),
+        )
+        if value is not None
+    }
+    if term_updates:
+        termination = termination.model_copy(update=term_updates)
+    manager = manager.model_copy(update={"termination": termination, **({"strategy": args.strategy} if args.strategy else {})})
+    agents = config.agents
+    if args.agents:
+        by_name = {a.name: a for a in agents}
+        agents = [by_name.get(name) or AgentConfig(name=name) for name in args.agents.split(",") if name]
+    data = config.model_dump()  # SecretStr values stay SecretStr in a python-mode dump
+    data["manager"] = manager.model_dump()
+    data["agents"] = [a.model_dump() for a in agents]
+    try:
+        return Config.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(f"manager options: {str(error.errors()[0]['msg']).removeprefix('Value error, ')}") from None
+
+
+async def _manager(args: argparse.Namespace) -> int:
+    from .manager import register_manager
+    from .models import build_client
+    from .runtime import announce_ready, connect_worker, serve_until_signal, stop_worker
+
+    config = manager_config(args, load_config(args.config))
+    selector = None
+    if config.manager.strategy == "selector":
+        selector = build_client(config.manager.model or config.model, config.local_model)
+    runtime = await connect_worker(_host_address(args, config), config.host.connect_timeout)
+    try:
+        await register_manager(runtime, config.agents, config.manager, selector)
+        names = ", ".join(a.name for a in config.agents)
+        announce_ready(f"manager ({config.manager.strategy}; agents: {names})")
+        await serve_until_signal()
+    finally:
+        await stop_worker(runtime)
+    return 0
+
+
+async def _chat(args: argparse.Namespace) -> int:
+    from .chat import run_chat
+
+    config = load_config(args.config)
+    outcome = await run_chat(_host_address(args, config), args.task, args.timeout, config.host.connect_timeout)
+    return 0 if outcome.ok else EXIT_FAILED
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="roundtable", description="A distributed group chat of LLM agents.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    host = sub.add_parser("host", help="run the gRPC host that routes messages between processes")
+    host.add_argument("--address", help="where to listen (default: from the config, 127.0.0.1:50051)")
+    _add_config(host)
+
+    agent = sub.add_parser("agent", help="run one participant")
+    _add_host(agent)
+    agent.add_argument("--name", required=True, help="the agent's name (from the config, or a new one)")
+    agent.add_argument("--system-message", help="what the agent is told it is")
+    agent.add_argument("--description", help="what the manager is told about the agent")
+    agent.add_argument("--seed", action="store_true", help="seed mode: the tutorial's two agents, no manager")
+    agent.add_argument("--seed-task", help="seed mode: the opening message")
+    agent.add_argument("--max-turns", type=int, help="seed mode: stop after this many replies")
+    _add_model_options(agent)
+    _add_config(agent)
+
+    manager = sub.add_parser("manager", help="run the group chat manager")
+    _add_host(manager)
+    manager.add_argument("--strategy", help="round_robin, random, selector or graph")
+    manager.add_argument("--agents", help="comma-separated participant names (default: the config's agents)")
+    manager.add_argument("--max-rounds", type=int)
+    manager.add_argument("--text-mention", help="end when an agent writes this, e.g. APPROVE")
+    manager.add_argument("--timeout", type=float, help="end a conversation after this many seconds")
+    _add_config(manager)
+
+    chat = sub.add_parser("chat", help="start a conversation and print it as it happens")
+    chat.add_argument("task", help="what the agents should work on")
+    _add_host(chat)
+    chat.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default 600)")
+    _add_config(chat)
+
+    return parser
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
+    "host": _host,
+    "agent": _agent,
+    "manager": _manager,
+    "chat": _chat,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.command, args.log_level)
+    return _run(lambda: COMMANDS[args.command](args))
+
+
+# ---------------------------------------------------------------- the tutorial's scripts
+
+
+def tutorial_host(argv: Sequence[str] | None = None) -> int:
+    """`python3 host.py --host-address ADDR` or `python3 host.py ADDR`."""
+    parser = argparse.ArgumentParser(prog="host.py")
+    parser.add_argument("address", nargs="?")
+    parser.add_argument("--host-address", dest="host_address")
+    args = parser.parse_args(argv)
+    return main(["host", "--address", args.host_address or args.address or "localhost:5000"])
+
+
+def tutorial_agent(argv: Sequence[str] | None = None) -> int:
+    """`python3 agent.py --host-address ADDR --agent-name N --agent-system-message S [model flags]`,
+    or Exercise 4's positional `python3 agent.py ADDR NAME SYSTEM_MESSAGE`."""
+    parser = argparse.ArgumentParser(prog="agent.py")
+    parser.add_argument("positional", nargs="*", metavar="HOST_ADDRESS AGENT_NAME SYSTEM_MESSAGE")
+    parser.add_argument("--host-address", dest="host_address")
+    parser.add_argument("--agent-name", dest="agent_name")
+    parser.add_argument("--agent-system-message", dest="agent_system_message")
+    parser.add_argument("--openai-api-key", dest="openai_api_key")
+    parser.add_argument("--azure-openai-endpoint", dest="azure_openai_endpoint")
+    parser.add_argument("--azure-openai-deployment", dest="azure_openai_deployment")
+    args = parser.parse_args(argv)
+    positional = list(args.positional) + [None] * (3 - len(args.positional))
+    if len(args.positional) > 3:
+        parser.error("expected at most 3 positional arguments: HOST_ADDRESS AGENT_NAME SYSTEM_MESSAGE")
+    host = args.host_address or positional[0] or "localhost:5000"
+    name = args.agent_name or positional[1]
+    system_message = args.agent_system_message or positional[2]
+    if not name:
+        parser.error("the agent needs a name: --agent-name NAME (or the second positional argument)")
+    command = ["agent", "--seed", "--host", host, "--name", name]
+    if system_message:
+        command += ["--system-message", system_message, "--description", system_message]
+    for flag, value in (
+        ("--openai-api-key", args.openai_api_key),
+        ("--azure-openai-endpoint", args.azure_openai_endpoint),
+        ("--azure-openai-deployment", args.azure_openai_deployment),
+    ):
+        if value:
+            command += [flag, value]
+    return main(command)
+
+
+def main_entry() -> None:
+    sys.exit(main())

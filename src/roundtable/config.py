@@ -1,0 +1,257 @@
+"""The YAML config as typed models, and the one place where defaults live.
+
+`load_config` turns any problem into a `ConfigError` whose message names the
+file, the field and what is wrong, in one line.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+PROVIDERS = ("local", "openai", "azure", "openai-compatible", "scripted")
+STRATEGIES = ("round_robin", "random", "selector", "graph")
+# Agent names become AutoGen agent types and AssistantAgent names, which must be identifiers.
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+DEFAULT_HOST_ADDRESS = "127.0.0.1:50051"
+
+
+class ConfigError(Exception):
+    """Bad input from a config file or flags; the message is one line a person can act on."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Model):
+    """How one agent (or the selector) reaches its model."""
+
+    provider: str = "local"
+    model: str | None = None
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    azure_endpoint: str | None = None
+    azure_deployment: str | None = None
+    api_version: str = "2024-08-01-preview"
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, gt=0)
+    stop: list[str] | None = None
+    repeat_penalty: float | None = Field(default=None, gt=0)
+    timeout: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+    # scripted provider only: replies cycled in order, a delay between streamed words,
+    # and a JSONL file that records every input the model was given.
+    script: list[str] | None = None
+    token_delay: float = Field(default=0.0, ge=0)
+    record: str | None = None
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        if value not in PROVIDERS:
+            raise ValueError(f"unknown provider {value!r} (expected one of: {', '.join(PROVIDERS)})")
+        return value
+
+    @model_validator(mode="after")
+    def _provider_fields(self) -> ModelConfig:
+        if self.provider == "openai-compatible" and not (self.base_url and self.model):
+            raise ValueError("provider 'openai-compatible' needs both base_url and model")
+        if self.provider == "azure" and not (self.azure_endpoint and self.azure_deployment):
+            raise ValueError("provider 'azure' needs both azure_endpoint and azure_deployment")
+        return self
+
+
+class LocalModelConfig(_Model):
+    """The embedded model server that `roundtable model` and `roundtable up` start."""
+
+    model: str = "default"  # "default" (Qwen2.5-Coder-1.5B), "small" (SmolLM2-135M) or a GGUF path
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, gt=0, lt=65536)
+    n_ctx: int = Field(default=4096, gt=0)
+    n_threads: int | None = Field(default=None, gt=0)
+    cache_dir: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+
+class AgentConfig(_Model):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    system_message: str = "You are a helpful assistant."
+    model: ModelConfig | None = None
+    # Templates for the one user message the agent gets each turn; `first_prompt`
+    # is used before the agent has spoken. Placeholders: {task}, {history},
+    # {last_author}, {last_message}, {my_last}, {name}. Unset: the whole history
+    # is passed as separate messages, which suits large models.
+    prompt: str | None = None
+    first_prompt: str | None = None
+
+
+class TerminationConfig(_Model):
+    max_rounds: int | None = Field(default=6, gt=0)
+    text_mention: str | None = None
+    timeout: float | None = Field(default=600.0, gt=0)
+    combine: Literal["any", "all"] = "any"
+
+    @model_validator(mode="after")
+    def _something_ends_it(self) -> TerminationConfig:
+        if self.max_rounds is None and self.text_mention is None and self.timeout is None:
+            raise ValueError("set at least one of max_rounds, text_mention, timeout, or the chat never ends")
+        return self
+
+
+class ManagerConfig(_Model):
+    strategy: str = "round_robin"
+    model: ModelConfig | None = None  # the selector's model; defaults to the top-level model
+    graph: dict[str, list[str]] = Field(default_factory=dict)
+    termination: TerminationConfig = Field(default_factory=TerminationConfig)
+    turn_timeout: float = Field(default=180.0, gt=0)
+    turn_retries: int = Field(default=1, ge=0)
+    selector_retries: int = Field(default=2, ge=0)
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        if value not in STRATEGIES:
+            raise ValueError(f"unknown strategy {value!r} (expected one of: {', '.join(STRATEGIES)})")
+        return value
+
+
+class HostConfig(_Model):
+    address: str = DEFAULT_HOST_ADDRESS
+    connect_timeout: float = Field(default=10.0, gt=0)
+
+
+class UIConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, gt=0, lt=65536)
+    enabled: bool = True
+    database: str | None = None  # SQLAlchemy URL for history; default: SQLite in the data dir
+    auth: bool = False  # password sign-in
+    users: dict[str, str] = Field(default_factory=dict)  # name -> password, when auth is on
+
+
+class SeedConfig(_Model):
+    """Seed mode, the tutorial's shape: two agents on one topic, no manager."""
+
+    task: str = "Please write a short story about the gingerbread in halloween!"
+    max_turns: int = Field(default=6, gt=0)
+
+
+class Config(_Model):
+    host: HostConfig = Field(default_factory=HostConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    local_model: LocalModelConfig = Field(default_factory=LocalModelConfig)
+    agents: list[AgentConfig] = Field(default_factory=list)
+    manager: ManagerConfig = Field(default_factory=ManagerConfig)
+    ui: UIConfig = Field(default_factory=UIConfig)
+    seed: SeedConfig = Field(default_factory=SeedConfig)
+    data_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        names = [agent.name for agent in self.agents]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"agent names must be unique, repeated: {', '.join(duplicates)}")
+        for source, targets in self.manager.graph.items():
+            for name in [source, *targets]:
+                if name not in names:
+                    raise ValueError(f"manager.graph names {name!r}, which is not an agent")
+        if self.manager.strategy == "graph" and not self.manager.graph:
+            raise ValueError("strategy 'graph' needs manager.graph")
+        return self
+
+    def agent(self, name: str) -> AgentConfig:
+        for agent in self.agents:
+            if agent.name == name:
+                return agent
+        known = ", ".join(a.name for a in self.agents) or "none"
+        raise ConfigError(f"no agent named {name!r} in the config (agents: {known})")
+
+    def model_for(self, agent: AgentConfig) -> ModelConfig:
+        return agent.model or self.model
+
+    @property
+    def uses_local_model(self) -> bool:
+        models = [self.model_for(a) for a in self.agents]
+        if self.manager.strategy == "selector":
+            models.append(self.manager.model or self.model)
+        return any(m.provider == "local" for m in models)
+
+    @property
+    def data_path(self) -> Path:
+        raw = self.data_dir or os.environ.get("ROUNDTABLE_DATA_DIR") or "~/.local/share/roundtable"
+        return Path(raw).expanduser()
+
+
+def _format_location(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _first_error(source: str, error: ValidationError) -> str:
+    detail = error.errors()[0]
+    message = str(detail["msg"]).removeprefix("Value error, ")
+    if detail["type"] == "extra_forbidden":
+        message = "unknown field"
+    where = _format_location(tuple(detail["loc"]))
+    if where:
+        return f"{source}: {where}: {message}"
+    return f"{source}: {message}"
+
+
+def config_from_dict(data: Any, source: str = "config") -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_first_error(source, error)) from None
+
+
+def default_config_data() -> dict[str, Any]:
+    text = resources.files("roundtable").joinpath("defaults.yaml").read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    assert isinstance(data, dict)
+    return data
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """The config at `path`, or the built-in default (a writer and an editor on the local model)."""
+    if path is None:
+        return config_from_dict(default_config_data(), "built-in config")
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: no such file") from None
+    except OSError as error:
+        raise ConfigError(f"{file}: cannot read: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(error, "problem", None) or "not valid YAML"
+        raise ConfigError(f"{file}: {where}{problem}") from None
+    if isinstance(data, dict):
+        # A file states what differs from the built-in config, section by section.
+        data = {**default_config_data(), **data}
+    return config_from_dict(data, str(file))

@@ -1,0 +1,323 @@
+"""The group chat manager: it owns each conversation's transcript, picks who speaks
+next, and decides when the conversation ends.
+
+One manager instance per conversation (the conversation id is its key). Every
+message is numbered here, so consumers can order and de-duplicate them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from autogen_core import AgentRuntime, MessageContext, RoutedAgent, TypeSubscription, message_handler
+from autogen_core.models import ChatCompletionClient, SystemMessage, UserMessage
+
+from .config import AgentConfig, ManagerConfig
+from .messages import (
+    CONTROL,
+    GROUP_CHAT,
+    AgentReply,
+    ChatMessage,
+    ConversationEnded,
+    HumanMessage,
+    RequestToSpeak,
+    SpeakerSelected,
+    StartConversation,
+    StopConversation,
+    new_id,
+    topic,
+    turn_topic_type,
+)
+from .models import describe_model_error
+
+log = logging.getLogger("roundtable.manager")
+
+MANAGER_TYPE = "roundtable_manager"
+
+
+@dataclass
+class Choice:
+    speaker: str
+    note: str = ""
+
+
+@dataclass
+class Conversation:
+    id: str
+    task: str
+    started: float = field(default_factory=time.monotonic)
+    transcript: list[ChatMessage] = field(default_factory=list)
+    rounds: int = 0
+    pending: RequestToSpeak | None = None
+    attempts: int = 0
+    ended: bool = False
+
+    @property
+    def last_speaker(self) -> str | None:
+        return next((m.author for m in reversed(self.transcript) if m.kind == "agent"), None)
+
+
+# ---------------------------------------------------------------- selection
+
+
+def _round_robin(names: Sequence[str], last: str | None) -> str:
+    if last not in names:
+        return names[0]
+    return names[(list(names).index(last) + 1) % len(names)]
+
+
+def select_round_robin(conv: Conversation, agents: Sequence[AgentConfig]) -> Choice:
+    return Choice(_round_robin([a.name for a in agents], conv.last_speaker))
+
+
+def select_random(conv: Conversation, agents: Sequence[AgentConfig]) -> Choice:
+    names = [a.name for a in agents if a.name != conv.last_speaker] or [a.name for a in agents]
+    return Choice(random.choice(names))
+
+
+def select_graph(graph: dict[str, list[str]]) -> Callable[[Conversation, Sequence[AgentConfig]], Choice]:
+    def choose(conv: Conversation, agents: Sequence[AgentConfig]) -> Choice:
+        names = [a.name for a in agents]
+        last = conv.last_speaker
+        allowed = graph.get(last, []) if last else []
+        if not allowed:
+            return Choice(names[0] if last is None else _round_robin(names, last))
+        # Among the allowed targets, keep the participants' order, starting after the last speaker.
+        ordered = names[names.index(last) + 1 :] + names[: names.index(last) + 1] if last in names else names
+        return Choice(next(n for n in ordered if n in allowed))
+
+    return choose
+
+
+def find_named(reply: str, names: Sequence[str]) -> str | None:
+    """The participant named first in the selector's reply, if any."""
+    best: tuple[int, str] | None = None
+    for name in names:
+        match = re.search(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])", reply, re.IGNORECASE)
+        if match and (best is None or match.start() < best[0]):
+            best = (match.start(), name)
+    return best[1] if best else None
+
+
+def select_with_model(
+    client: ChatCompletionClient, retries: int
+) -> Callable[[Conversation, Sequence[AgentConfig]], Awaitable[Choice]]:
+    async def choose(conv: Conversation, agents: Sequence[AgentConfig]) -> Choice:
+        names = [a.name for a in agents]
+        roster = "\n".join(f"- {a.name}: {a.description or a.system_message}" for a in agents)
+        history = "\n".join(f"{m.author}: {m.content}" for m in conv.transcript[-10:])
+        prompt = (
+            f"Participants:\n{roster}\n\nConversation so far:\n{history}\n\n"
+            f"Who should speak next? Answer with exactly one name from: {', '.join(names)}."
+        )
+        answer = ""
+        for _ in range(retries + 1):
+            try:
+                result = await client.create(
+                    [SystemMessage(content="You choose the next speaker in a group chat."), UserMessage(content=prompt, source="manager")]
+                )
+            except Exception as failure:  # noqa: BLE001 - the chat must not stall on the selector
+                answer = describe_model_error(failure)
+                continue
+            answer = result.content if isinstance(result.content, str) else str(result.content)
+            chosen = find_named(answer, names)
+            if chosen is not None:
+                return Choice(chosen)
+        fallback = _round_robin(names, conv.last_speaker)
+        return Choice(fallback, f"selector named nobody ({answer[:60]!r}); falling back to round robin")
+
+    return choose
+
+
+# ---------------------------------------------------------------- termination
+
+
+def termination_reason(conv: Conversation, settings: ManagerConfig) -> str | None:
+    rules = settings.termination
+    checks: list[tuple[bool, str]] = []
+    if rules.max_rounds is not None:
+        checks.append((conv.rounds >= rules.max_rounds, f"max_rounds reached ({conv.rounds} rounds)"))
+    if rules.text_mention is not None:
+        last = conv.transcript[-1] if conv.transcript else None
+        hit = last is not None and last.kind == "agent" and rules.text_mention in last.content
+        checks.append((hit, f"{rules.text_mention!r} mentioned by {last.author if last else '?'}"))
+    if rules.timeout is not None:
+        elapsed = time.monotonic() - conv.started
+        checks.append((elapsed >= rules.timeout, f"timeout after {rules.timeout:g} s"))
+    met = [reason for hit, reason in checks if hit]
+    if rules.combine == "all":
+        return "; ".join(met) if met and len(met) == len(checks) else None
+    return met[0] if met else None
+
+
+# ---------------------------------------------------------------- the agent
+
+
+class GroupChatManager(RoutedAgent):
+    def __init__(
+        self,
+        agents: Sequence[AgentConfig],
+        settings: ManagerConfig,
+        selector: ChatCompletionClient | None = None,
+    ) -> None:
+        super().__init__("Group chat manager")
+        self._agents = list(agents)
+        self._settings = settings
+        self._lock = asyncio.Lock()
+        self._conv: Conversation | None = None
+        self._timers: list[asyncio.Task[None]] = []
+        self._choose: Callable[[Conversation, Sequence[AgentConfig]], Choice | Awaitable[Choice]]
+        if settings.strategy == "selector":
+            if selector is None:
+                raise ValueError("the selector strategy needs a model client")
+            self._choose = select_with_model(selector, settings.selector_retries)
+        elif settings.strategy == "graph":
+            self._choose = select_graph(settings.graph)
+        elif settings.strategy == "random":
+            self._choose = select_random
+        else:
+            self._choose = select_round_robin
+
+    async def _publish(self, message: ChatMessage | SpeakerSelected | ConversationEnded) -> None:
+        await self.publish_message(message, topic(GROUP_CHAT, message.conversation_id))
+
+    async def _record(self, conv: Conversation, message: ChatMessage) -> None:
+        """Number the message, keep it, then forward it: the manager writes first."""
+        numbered = message.model_copy(update={"seq": len(conv.transcript) + 1})
+        conv.transcript.append(numbered)
+        await self._publish(numbered)
+
+    @message_handler
+    async def on_start(self, message: StartConversation, ctx: MessageContext) -> None:
+        async with self._lock:
+            if self._conv is not None:
+                return  # a repeated start (the client retries until it hears back)
+            conv = Conversation(id=message.conversation_id, task=message.task)
+            self._conv = conv
+            log.info("conversation %s started: %s", conv.id, message.task[:80])
+            await self._record(
+                conv,
+                ChatMessage(
+                    conversation_id=conv.id, id=message.message_id, author=message.author, content=message.task, kind="task"
+                ),
+            )
+            if self._settings.termination.timeout is not None:
+                self._timers.append(asyncio.create_task(self._timeout_after(self._settings.termination.timeout)))
+            await self._next_turn(conv)
+
+    @message_handler
+    async def on_stop(self, message: StopConversation, ctx: MessageContext) -> None:
+        async with self._lock:
+            if self._conv is not None and not self._conv.ended:
+                await self._end(self._conv, message.reason)
+
+    @message_handler
+    async def on_human(self, message: HumanMessage, ctx: MessageContext) -> None:
+        async with self._lock:
+            conv = self._conv
+            if conv is None or conv.ended or any(m.id == message.id for m in conv.transcript):
+                return
+            await self._record(
+                conv,
+                ChatMessage(
+                    conversation_id=conv.id, id=message.id, author=message.author, content=message.content, kind="human"
+                ),
+            )
+
+    @message_handler
+    async def on_reply(self, message: AgentReply, ctx: MessageContext) -> None:
+        async with self._lock:
+            conv = self._conv
+            if conv is None or conv.ended or conv.pending is None or conv.pending.turn_id != message.turn_id:
+                return  # late, repeated or foreign
+            conv.pending = None
+            if message.error is not None:
+                await self._end(conv, f"{message.author}: {message.error}", ok=False)
+                return
+            conv.rounds += 1
+            await self._record(
+                conv,
+                ChatMessage(conversation_id=conv.id, id=message.message_id, author=message.author, content=message.content),
+            )
+            reason = termination_reason(conv, self._settings)
+            if reason is not None:
+                await self._end(conv, reason)
+            else:
+                await self._next_turn(conv)
+
+    async def _next_turn(self, conv: Conversation, note: str = "") -> None:
+        choice = self._choose(conv, self._agents)
+        if not isinstance(choice, Choice):
+            choice = await choice
+        note = "; ".join(n for n in (note, choice.note) if n)
+        await self._publish(SpeakerSelected(conversation_id=conv.id, speaker=choice.speaker, note=note))
+        conv.pending = RequestToSpeak(
+            conversation_id=conv.id, turn_id=new_id(), speaker=choice.speaker, history=conv.transcript
+        )
+        conv.attempts = 0
+        await self._ask(conv)
+
+    async def _ask(self, conv: Conversation) -> None:
+        request = conv.pending
+        assert request is not None
+        conv.attempts += 1
+        await self.publish_message(request, topic(turn_topic_type(request.speaker), conv.id))
+        self._timers.append(asyncio.create_task(self._turn_deadline(request.turn_id)))
+
+    async def _turn_deadline(self, turn_id: str) -> None:
+        await asyncio.sleep(self._settings.turn_timeout)
+        async with self._lock:
+            conv = self._conv
+            if conv is None or conv.ended or conv.pending is None or conv.pending.turn_id != turn_id:
+                return
+            speaker = conv.pending.speaker
+            if conv.attempts <= self._settings.turn_retries:
+                log.warning("%s did not answer within %g s; asking again", speaker, self._settings.turn_timeout)
+                await self._ask(conv)
+                return
+            conv.pending = None
+            note = f"{speaker} did not answer within {self._settings.turn_timeout:g} s; skipped"
+            log.warning(note)
+            others = [a for a in self._agents if a.name != speaker]
+            if not others:
+                await self._end(conv, note, ok=False)
+                return
+            await self._next_turn(conv, note)
+
+    async def _timeout_after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        async with self._lock:
+            conv = self._conv
+            if conv is not None and not conv.ended:
+                reason = termination_reason(conv, self._settings)
+                if reason is not None:
+                    await self._end(conv, reason)
+
+    async def _end(self, conv: Conversation, reason: str, ok: bool = True) -> None:
+        conv.ended = True
+        conv.pending = None
+        log.info("conversation %s ended: %s", conv.id, reason)
+        await self._publish(ConversationEnded(conversation_id=conv.id, reason=reason, ok=ok))
+        current = asyncio.current_task()
+        for timer in self._timers:
+            if timer is not current:
+                timer.cancel()
+        self._timers.clear()
+
+
+async def register_manager(
+    runtime: AgentRuntime,
+    agents: Sequence[AgentConfig],
+    settings: ManagerConfig,
+    selector: ChatCompletionClient | None = None,
+) -> None:
+    if not agents:
+        raise ValueError("the manager needs at least one agent")
+    await GroupChatManager.register(runtime, MANAGER_TYPE, lambda: GroupChatManager(agents, settings, selector))
+    await runtime.add_subscription(TypeSubscription(CONTROL, MANAGER_TYPE))

@@ -1,0 +1,159 @@
+"""Config -> ChatCompletionClient: one function per provider, and errors a person can read.
+
+Every provider, the embedded local model included, goes through an
+OpenAI-compatible client, so streaming, retries and timeouts behave the same.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import openai
+from autogen_core.models import ChatCompletionClient, ModelFamily, ModelInfo
+
+from .config import ConfigError, LocalModelConfig, ModelConfig
+from .scripted import ScriptedChatCompletionClient
+
+DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
+AZURE_SCOPE = "https://cognitiveservices.azure.com/.default"
+
+# What an unknown model behind an OpenAI-compatible server can be assumed to do.
+PLAIN_MODEL_INFO = ModelInfo(
+    vision=False,
+    function_calling=False,
+    json_output=False,
+    family=ModelFamily.UNKNOWN,
+    structured_output=False,
+)
+
+
+def _sampling(cfg: ModelConfig) -> dict[str, Any]:
+    args: dict[str, Any] = {"timeout": cfg.timeout, "max_retries": cfg.max_retries}
+    for key in ("temperature", "top_p", "max_tokens", "stop"):
+        value = getattr(cfg, key)
+        if value is not None:
+            args[key] = value
+    return args
+
+
+def _model_info_for(model: str) -> ModelInfo | None:
+    """None when AutoGen knows the model already; otherwise a plain, capability-free info."""
+    from autogen_ext.models.openai import _model_info
+
+    try:
+        _model_info.get_info(model)
+    except KeyError:
+        return PLAIN_MODEL_INFO
+    return None
+
+
+def _openai_client(**kwargs: Any) -> ChatCompletionClient:
+    from autogen_ext.models.openai import OpenAIChatCompletionClient
+
+    info = _model_info_for(kwargs["model"])
+    if info is not None:
+        kwargs["model_info"] = info
+    return OpenAIChatCompletionClient(**kwargs)
+
+
+def local_client(cfg: ModelConfig, local: LocalModelConfig) -> ChatCompletionClient:
+    # llama.cpp's server defaults differ from the library's (repeat_penalty 1.1 vs 1.0),
+    # so sampling options are always sent explicitly.
+    extra_body = {"repeat_penalty": cfg.repeat_penalty if cfg.repeat_penalty is not None else 1.0}
+    args = _sampling(cfg)
+    args.setdefault("temperature", 0.7)
+    return _openai_client(
+        model=cfg.model or "local",
+        base_url=cfg.base_url or local.base_url,
+        api_key="not-needed",
+        extra_body=extra_body,
+        **args,
+    )
+
+
+def openai_client(cfg: ModelConfig, local: LocalModelConfig) -> ChatCompletionClient:
+    key = cfg.api_key.get_secret_value() if cfg.api_key else os.environ.get("OPENAI_API_KEY")
+    if not key:
+        raise ConfigError("provider 'openai' needs an API key: pass --openai-api-key or set OPENAI_API_KEY")
+    base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL") or None
+    kwargs: dict[str, Any] = {"model": cfg.model or DEFAULT_OPENAI_MODEL, "api_key": key, **_sampling(cfg)}
+    if base_url:
+        kwargs["base_url"] = base_url
+    return _openai_client(**kwargs)
+
+
+def compatible_client(cfg: ModelConfig, local: LocalModelConfig) -> ChatCompletionClient:
+    key = cfg.api_key.get_secret_value() if cfg.api_key else "not-needed"
+    assert cfg.model and cfg.base_url  # checked by the config
+    extra: dict[str, Any] = {}
+    if cfg.repeat_penalty is not None:
+        extra["extra_body"] = {"repeat_penalty": cfg.repeat_penalty}
+    return _openai_client(model=cfg.model, base_url=cfg.base_url, api_key=key, **_sampling(cfg), **extra)
+
+
+def azure_client(cfg: ModelConfig, local: LocalModelConfig) -> ChatCompletionClient:
+    from autogen_ext.models.openai import AzureOpenAIChatCompletionClient
+
+    model = cfg.model or "gpt-4o"
+    auth: dict[str, Any]
+    key = cfg.api_key.get_secret_value() if cfg.api_key else os.environ.get("AZURE_OPENAI_API_KEY")
+    if key:
+        auth = {"api_key": key}
+    else:
+        # Entra ID: whatever DefaultAzureCredential finds (az login, managed identity, ...).
+        from azure.identity import DefaultAzureCredential, get_bearer_token_provider
+
+        auth = {"azure_ad_token_provider": get_bearer_token_provider(DefaultAzureCredential(), AZURE_SCOPE)}
+    info = _model_info_for(model)
+    return AzureOpenAIChatCompletionClient(
+        model=model,
+        azure_endpoint=cfg.azure_endpoint or "",
+        azure_deployment=cfg.azure_deployment,
+        api_version=cfg.api_version,
+        **({"model_info": info} if info is not None else {}),
+        **auth,
+        **_sampling(cfg),
+    )
+
+
+def scripted_client(cfg: ModelConfig, local: LocalModelConfig) -> ChatCompletionClient:
+    return ScriptedChatCompletionClient(
+        cfg.script or ["(scripted reply {n})"],
+        name=cfg.model or "scripted",
+        token_delay=cfg.token_delay,
+        record=cfg.record,
+    )
+
+
+FACTORIES: dict[str, Callable[[ModelConfig, LocalModelConfig], ChatCompletionClient]] = {
+    "local": local_client,
+    "openai": openai_client,
+    "openai-compatible": compatible_client,
+    "azure": azure_client,
+    "scripted": scripted_client,
+}
+
+
+def build_client(cfg: ModelConfig, local: LocalModelConfig | None = None) -> ChatCompletionClient:
+    return FACTORIES[cfg.provider](cfg, local or LocalModelConfig())
+
+
+def describe_model_error(error: BaseException) -> str:
+    """One line saying what went wrong with the model, without secrets or a traceback."""
+    if isinstance(error, openai.AuthenticationError):
+        return "the model server rejected the API key (401): check the key"
+    if isinstance(error, openai.PermissionDeniedError):
+        return "the model server refused access (403): check the key's permissions"
+    if isinstance(error, openai.NotFoundError):
+        return "the model server does not know this model or deployment (404): check the model name"
+    if isinstance(error, openai.RateLimitError):
+        return "the model server kept rate-limiting (429) after retries"
+    if isinstance(error, openai.APITimeoutError):
+        return "the model server did not answer in time"
+    if isinstance(error, openai.APIConnectionError):
+        return "cannot reach the model server: is it running, and is the URL right?"
+    if isinstance(error, openai.APIStatusError):
+        return f"the model server answered with HTTP {error.status_code}"
+    return f"the model failed: {type(error).__name__}: {error}".splitlines()[0]

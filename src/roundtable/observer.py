@@ -1,0 +1,80 @@
+"""Following a conversation from the outside: the terminal and the web page both use this.
+
+AutoGen hands each incoming message to its own task, so order is not guaranteed.
+The observer restores it (chunks by index), drops duplicates by message id, and
+calls its sink one event at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from autogen_core import AgentRuntime, MessageContext, RoutedAgent, TypeSubscription, message_handler
+
+from .messages import GROUP_CHAT, SEED_TOPIC, STREAM, ChatMessage, ConversationEnded, SpeakerSelected, StreamChunk
+
+
+class Sink(Protocol):
+    """Where a followed conversation goes. Calls for one conversation never overlap."""
+
+    async def on_token(self, conversation_id: str, message_id: str, author: str, text: str) -> None: ...
+
+    async def on_message(self, message: ChatMessage, streamed: bool) -> None: ...
+
+    async def on_speaker(self, event: SpeakerSelected) -> None: ...
+
+    async def on_ended(self, event: ConversationEnded) -> None: ...
+
+
+class ConversationObserver(RoutedAgent):
+    def __init__(self, sink: Sink) -> None:
+        super().__init__("Follows a conversation for a person")
+        self._sink = sink
+        self._lock = asyncio.Lock()
+        self._done: set[str] = set()  # message ids already shown whole
+        self._next_index: dict[str, int] = {}
+        self._early: dict[str, dict[int, StreamChunk]] = {}
+
+    @message_handler
+    async def on_chunk(self, message: StreamChunk, ctx: MessageContext) -> None:
+        chunk = message
+        async with self._lock:
+            if chunk.message_id in self._done:
+                return
+            self._early.setdefault(chunk.message_id, {})[chunk.index] = chunk
+            expected = self._next_index.get(chunk.message_id, 0)
+            waiting = self._early[chunk.message_id]
+            while expected in waiting:
+                ready = waiting.pop(expected)
+                expected += 1
+                if ready.text:
+                    await self._sink.on_token(ready.conversation_id, ready.message_id, ready.author, ready.text)
+            self._next_index[chunk.message_id] = expected
+
+    @message_handler
+    async def on_chat_message(self, message: ChatMessage, ctx: MessageContext) -> None:
+        async with self._lock:
+            if message.id in self._done:
+                return
+            self._done.add(message.id)
+            streamed = self._next_index.pop(message.id, 0) > 0
+            self._early.pop(message.id, None)
+            await self._sink.on_message(message, streamed)
+
+    @message_handler
+    async def on_speaker(self, message: SpeakerSelected, ctx: MessageContext) -> None:
+        async with self._lock:
+            await self._sink.on_speaker(message)
+
+    @message_handler
+    async def on_ended(self, message: ConversationEnded, ctx: MessageContext) -> None:
+        async with self._lock:
+            await self._sink.on_ended(message)
+
+
+async def register_observer(runtime: AgentRuntime, agent_type: str, sink: Sink, seed: bool = False) -> None:
+    """Follow every conversation through this runtime; the sink routes by conversation id."""
+    await ConversationObserver.register(runtime, agent_type, lambda: ConversationObserver(sink))
+    for topic_type in (GROUP_CHAT, STREAM) + ((SEED_TOPIC,) if seed else ()):
+        await runtime.add_subscription(TypeSubscription(topic_type, agent_type))

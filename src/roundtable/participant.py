@@ -1,0 +1,238 @@
+"""One participant of the group chat: an AutoGen AssistantAgent inside a RoutedAgent.
+
+Managed mode: the manager asks it to speak (the history travels with the request),
+it streams tokens on the stream topic, and sends its finished reply to the manager.
+Seed mode: the tutorial's shape, two agents answering each other on one topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from autogen_agentchat.agents import AssistantAgent
+from autogen_agentchat.base import Response
+from autogen_agentchat.messages import ModelClientStreamingChunkEvent, TextMessage
+from autogen_core import (
+    AgentRuntime,
+    CancellationToken,
+    MessageContext,
+    RoutedAgent,
+    TypeSubscription,
+    message_handler,
+)
+from autogen_core.model_context import UnboundedChatCompletionContext
+from autogen_core.models import AssistantMessage, ChatCompletionClient, LLMMessage, UserMessage
+
+from .config import AgentConfig, SeedConfig
+from .messages import (
+    CONTROL,
+    GROUP_CHAT,
+    SEED_SOURCE,
+    SEED_TOPIC,
+    STREAM,
+    AgentReply,
+    ChatMessage,
+    ConversationEnded,
+    RequestToSpeak,
+    SeedHello,
+    StreamChunk,
+    new_id,
+    topic,
+    turn_topic_type,
+)
+from .models import describe_model_error
+
+log = logging.getLogger("roundtable.participant")
+
+
+def _since_last_turn(name: str, history: Sequence[ChatMessage]) -> list[ChatMessage]:
+    """The messages this agent has not answered yet: everything after its last one."""
+    for i in range(len(history) - 1, -1, -1):
+        if history[i].author == name:
+            return list(history[i + 1 :])
+    return [m for m in history if m.kind != "task"] or list(history[-1:])
+
+
+def render_prompt(settings: AgentConfig, history: Sequence[ChatMessage]) -> str | None:
+    """The one user message built from the agent's template, or None to pass the history as is."""
+    mine = [m for m in history if m.author == settings.name]
+    template = settings.prompt if mine or not settings.first_prompt else settings.first_prompt
+    if template is None:
+        return None
+    task = next((m.content for m in history if m.kind == "task"), history[0].content if history else "")
+    recent = _since_last_turn(settings.name, history)
+    authors = list(dict.fromkeys(m.author for m in recent))
+    if len(authors) > 1:
+        last_message = "\n".join(f"{m.author}: {m.content}" for m in recent)
+    else:
+        last_message = "\n".join(m.content for m in recent)
+    values = {
+        "task": task,
+        "history": "\n".join(f"{m.author}: {m.content}" for m in history[-12:]),
+        "last_author": " and ".join(authors) or "user",
+        "last_message": last_message,
+        "my_last": mine[-1].content if mine else "",
+        "name": settings.name,
+    }
+    return template.format_map(values)
+
+
+class Participant(RoutedAgent):
+    """One instance per conversation (the conversation id is its key)."""
+
+    def __init__(self, settings: AgentConfig, client: ChatCompletionClient, seed: SeedConfig | None = None) -> None:
+        super().__init__(settings.description or settings.system_message)
+        self._settings = settings
+        self._seed = seed
+        self._context = UnboundedChatCompletionContext()
+        self._assistant = AssistantAgent(
+            name=settings.name,
+            model_client=client,
+            system_message=settings.system_message,
+            description=settings.description or settings.system_message,
+            model_context=self._context,
+            model_client_stream=True,
+        )
+        self._seed_history: list[ChatMessage] = []
+        self._seed_opened = False
+        self._seed_greeted: set[str] = set()
+
+    @property
+    def name(self) -> str:
+        return self._settings.name
+
+    async def _prepare(self, history: Sequence[ChatMessage]) -> list[TextMessage]:
+        """Load the context from the history that came with the request; return the new input."""
+        await self._context.clear()
+        prompt = render_prompt(self._settings, history)
+        if prompt is not None:
+            return [TextMessage(content=prompt, source="user")]
+        earlier: list[LLMMessage] = []
+        for m in history[:-1]:
+            if m.author == self.name:
+                earlier.append(AssistantMessage(content=m.content, source=m.author))
+            else:
+                earlier.append(UserMessage(content=m.content, source=m.author))
+        for llm_message in earlier:
+            await self._context.add_message(llm_message)
+        last = history[-1]
+        return [TextMessage(content=last.content, source=last.author)]
+
+    async def speak(self, conversation_id: str, message_id: str, history: Sequence[ChatMessage]) -> str:
+        """Generate the next message, streaming each token as it arrives. Raises on model failure."""
+        new_messages = await self._prepare(history)
+        stream_topic = topic(STREAM, conversation_id)
+        index = 0
+        final: str | None = None
+        try:
+            async for event in self._assistant.on_messages_stream(new_messages, CancellationToken()):
+                if isinstance(event, ModelClientStreamingChunkEvent):
+                    await self.publish_message(
+                        StreamChunk(
+                            conversation_id=conversation_id,
+                            message_id=message_id,
+                            author=self.name,
+                            index=index,
+                            text=event.content,
+                        ),
+                        stream_topic,
+                    )
+                    index += 1
+                elif isinstance(event, Response):
+                    final = event.chat_message.to_text()
+        finally:
+            await self.publish_message(
+                StreamChunk(
+                    conversation_id=conversation_id,
+                    message_id=message_id,
+                    author=self.name,
+                    index=index,
+                    text="",
+                    done=True,
+                ),
+                stream_topic,
+            )
+        return (final or "").strip()
+
+    @message_handler
+    async def on_request_to_speak(self, message: RequestToSpeak, ctx: MessageContext) -> None:
+        message_id = new_id()
+        log.info("%s: speaking in %s", self.name, message.conversation_id)
+        content, error = "", None
+        try:
+            content = await self.speak(message.conversation_id, message_id, message.history)
+        except Exception as failure:  # noqa: BLE001 - any model failure ends the turn with a reason
+            error = describe_model_error(failure)
+            log.error("%s: %s", self.name, error)
+        await self.publish_message(
+            AgentReply(
+                conversation_id=message.conversation_id,
+                turn_id=message.turn_id,
+                message_id=message_id,
+                author=self.name,
+                content=content,
+                error=error,
+            ),
+            topic(CONTROL, message.conversation_id),
+        )
+
+    @message_handler
+    async def on_chat_message(self, message: ChatMessage, ctx: MessageContext) -> None:
+        if self._seed is None or ctx.topic_id is None or ctx.topic_id.type != SEED_TOPIC:
+            return  # managed mode: the history arrives with each request
+        self._seed_history.append(message)
+        if message.author == self.name or message.seq >= self._seed.max_turns:
+            if message.seq >= self._seed.max_turns:
+                log.info("%s: seed conversation reached %d turns", self.name, self._seed.max_turns)
+            return
+        message_id = new_id()
+        try:
+            content = await self.speak(SEED_SOURCE, message_id, self._seed_history)
+        except Exception as failure:  # noqa: BLE001
+            log.error("%s: %s", self.name, describe_model_error(failure))
+            return
+        reply = ChatMessage(
+            conversation_id=SEED_SOURCE, id=message_id, seq=message.seq + 1, author=self.name, content=content
+        )
+        self._seed_history.append(reply)
+        await self.publish_message(reply, topic(SEED_TOPIC, SEED_SOURCE))
+
+    @message_handler
+    async def on_seed_hello(self, message: SeedHello, ctx: MessageContext) -> None:
+        """Two seed agents find each other whatever order they start in; the one whose
+        name sorts first opens the conversation, exactly once."""
+        if self._seed is None or message.name == self.name:
+            return
+        if not message.reply and message.name not in self._seed_greeted:
+            self._seed_greeted.add(message.name)
+            await self.publish_message(SeedHello(name=self.name, reply=True), topic(SEED_TOPIC, SEED_SOURCE))
+        if self.name < message.name and not self._seed_opened:
+            self._seed_opened = True
+            log.info("%s: %s is here; opening the conversation", self.name, message.name)
+            opening = ChatMessage(conversation_id=SEED_SOURCE, seq=0, author="user", content=self._seed.task, kind="task")
+            self._seed_history.append(opening)
+            await self.publish_message(opening, topic(SEED_TOPIC, SEED_SOURCE))
+
+    @message_handler
+    async def on_ended(self, message: ConversationEnded, ctx: MessageContext) -> None:
+        log.info("%s: conversation %s ended: %s", self.name, message.conversation_id, message.reason)
+
+
+async def register_participant(
+    runtime: AgentRuntime,
+    settings: AgentConfig,
+    client: ChatCompletionClient,
+    seed: SeedConfig | None = None,
+) -> None:
+    """Register the agent type and its subscriptions; in seed mode, say hello to the peer."""
+    await Participant.register(runtime, settings.name, lambda: Participant(settings, client, seed))
+    if seed is None:
+        await runtime.add_subscription(TypeSubscription(turn_topic_type(settings.name), settings.name))
+        await runtime.add_subscription(TypeSubscription(GROUP_CHAT, settings.name))
+        return
+    await runtime.add_subscription(TypeSubscription(SEED_TOPIC, settings.name))
+    # Give the host a moment to apply the subscription before the peer can answer.
+    await asyncio.sleep(0.2)
+    await runtime.publish_message(SeedHello(name=settings.name), topic(SEED_TOPIC, SEED_SOURCE))

@@ -1,0 +1,123 @@
+"""A scripted model: a deterministic stand-in for a real one, for tests and benchmarks.
+
+It answers from a list of replies in turn, streams them word by word, and can
+record every input it was given to a JSONL file so tests can check what the
+model saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from autogen_core import CancellationToken
+from autogen_core.models import (
+    ChatCompletionClient,
+    CreateResult,
+    LLMMessage,
+    ModelCapabilities,  # pyright: ignore[reportDeprecated]
+    ModelFamily,
+    ModelInfo,
+    RequestUsage,
+)
+from autogen_core.tools import Tool, ToolSchema
+
+
+def _text_of(message: LLMMessage) -> str:
+    content = getattr(message, "content", "")
+    return content if isinstance(content, str) else json.dumps(content, default=str)
+
+
+class ScriptedChatCompletionClient(ChatCompletionClient):
+    """Replies come from `replies` in turn. `{n}` in a reply is the call number (from 1),
+    `{last}` the text of the last input message."""
+
+    def __init__(
+        self,
+        replies: Sequence[str],
+        *,
+        name: str = "scripted",
+        token_delay: float = 0.0,
+        record: str | None = None,
+    ) -> None:
+        if not replies:
+            raise ValueError("a scripted model needs at least one reply")
+        self._replies = list(replies)
+        self._name = name
+        self._token_delay = token_delay
+        self._record = Path(record) if record else None
+        self._calls = 0
+        self._usage = RequestUsage(prompt_tokens=0, completion_tokens=0)
+
+    def _next_reply(self, messages: Sequence[LLMMessage]) -> str:
+        self._calls += 1
+        template = self._replies[(self._calls - 1) % len(self._replies)]
+        last = _text_of(messages[-1]) if messages else ""
+        if self._record is not None:
+            entry = {"model": self._name, "call": self._calls, "input": [_text_of(m) for m in messages]}
+            with self._record.open("a", encoding="utf-8") as out:
+                out.write(json.dumps(entry) + "\n")
+        return template.replace("{n}", str(self._calls)).replace("{last}", last[:200])
+
+    async def create(
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        tools: Sequence[Tool | ToolSchema] = [],
+        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
+        json_output: bool | type[Any] | None = None,
+        extra_create_args: Mapping[str, Any] = {},
+        cancellation_token: CancellationToken | None = None,
+    ) -> CreateResult:
+        content = self._next_reply(messages)
+        return CreateResult(finish_reason="stop", content=content, usage=self._usage, cached=False)
+
+    async def create_stream(
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        tools: Sequence[Tool | ToolSchema] = [],
+        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
+        json_output: bool | type[Any] | None = None,
+        extra_create_args: Mapping[str, Any] = {},
+        cancellation_token: CancellationToken | None = None,
+    ) -> AsyncGenerator[str | CreateResult, None]:
+        content = self._next_reply(messages)
+        words = content.split(" ")
+        for i, word in enumerate(words):
+            if self._token_delay:
+                await asyncio.sleep(self._token_delay)
+            yield word if i == len(words) - 1 else word + " "
+        yield CreateResult(finish_reason="stop", content=content, usage=self._usage, cached=False)
+
+    async def close(self) -> None:
+        return None
+
+    def actual_usage(self) -> RequestUsage:
+        return self._usage
+
+    def total_usage(self) -> RequestUsage:
+        return self._usage
+
+    def count_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = []) -> int:
+        return sum(len(_text_of(m).split()) for m in messages)
+
+    def remaining_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = []) -> int:
+        return max(0, 100_000 - self.count_tokens(messages))
+
+    @property
+    def capabilities(self) -> ModelCapabilities:  # type: ignore[override]  # pyright: ignore[reportDeprecated]
+        return ModelCapabilities(vision=False, function_calling=False, json_output=False)  # type: ignore[typeddict-item]
+
+    @property
+    def model_info(self) -> ModelInfo:
+        return ModelInfo(
+            vision=False,
+            function_calling=False,
+            json_output=False,
+            family=ModelFamily.UNKNOWN,
+            structured_output=False,
+        )

@@ -10,8 +10,10 @@ from typing import TextIO
 
 from autogen_core import AgentRuntime
 
+from .config import ConfigError
 from .messages import (
     CONTROL,
+    MAX_CONTENT_CHARS,
     ChatMessage,
     ConversationEnded,
     SpeakerSelected,
@@ -109,7 +111,9 @@ async def start_and_follow(
     deadline = time.monotonic() + start_timeout
     while not sink.heard.is_set():
         if time.monotonic() >= deadline:
-            raise TimeoutError(f"no manager took the conversation within {start_timeout:g} s: is `roundtable manager` running?")
+            raise TimeoutError(
+                f"no manager took the conversation within {start_timeout:g} s: is `roundtable manager` running?"
+            )
         await runtime.publish_message(start, topic(CONTROL, sink.conversation_id))
         try:
             await asyncio.wait_for(sink.heard.wait(), START_RETRY_EVERY)
@@ -121,12 +125,23 @@ async def start_and_follow(
         raise TimeoutError(f"the conversation did not end within {timeout:g} s") from None
 
 
-async def run_chat(host: str, task: str, timeout: float, connect_timeout: float = 10.0, out: TextIO | None = None) -> Outcome:
+async def run_chat(
+    host: str,
+    task: str,
+    timeout: float,
+    connect_timeout: float = 10.0,
+    start_timeout: float = START_TIMEOUT,
+    out: TextIO | None = None,
+) -> Outcome:
+    if not task.strip():
+        raise ConfigError("the task is empty: say what the agents should work on")
+    if len(task) > MAX_CONTENT_CHARS:
+        raise ConfigError(f"the task is too long: {len(task)} characters (the limit is {MAX_CONTENT_CHARS})")
     out = out or sys.stdout
     runtime = await connect_worker(host, connect_timeout)
     try:
         sink = TerminalSink(new_id(), out, color=out.isatty())
         await register_observer(runtime, f"terminal_{new_id()[:12]}", sink)
-        return await start_and_follow(runtime, task, sink, timeout)
+        return await start_and_follow(runtime, task, sink, timeout, start_timeout)
     finally:
         await stop_worker(runtime)

@@ -173,7 +173,9 @@ def manager_config(args: argparse.Namespace, config: Config) -> Config:
     }
     if term_updates:
         termination = termination.model_copy(update=term_updates)
-    manager = manager.model_copy(update={"termination": termination, **({"strategy": args.strategy} if args.strategy else {})})
+    manager = manager.model_copy(
+        update={"termination": termination, **({"strategy": args.strategy} if args.strategy else {})}
+    )
     agents = config.agents
     if args.agents:
         by_name = {a.name: a for a in agents}
@@ -211,7 +213,10 @@ async def _chat(args: argparse.Namespace) -> int:
     from .chat import run_chat
 
     config = load_config(args.config)
-    outcome = await run_chat(_host_address(args, config), args.task, args.timeout, config.host.connect_timeout)
+    task = sys.stdin.read() if args.task == "-" else args.task
+    outcome = await run_chat(
+        _host_address(args, config), task, args.timeout, config.host.connect_timeout, args.start_timeout
+    )
     return 0 if outcome.ok else EXIT_FAILED
 
 
@@ -247,9 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(manager)
 
     chat = sub.add_parser("chat", help="start a conversation and print it as it happens")
-    chat.add_argument("task", help="what the agents should work on")
+    chat.add_argument("task", help="what the agents should work on ('-' reads it from standard input)")
     _add_host(chat)
     chat.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default 600)")
+    chat.add_argument("--start-timeout", type=float, default=15.0, help="how long to wait for a manager (default 15)")
     _add_config(chat)
 
     return parser
@@ -304,6 +310,8 @@ def tutorial_agent(argv: Sequence[str] | None = None) -> int:
     command = ["agent", "--seed", "--host", host, "--name", name]
     if system_message:
         command += ["--system-message", system_message, "--description", system_message]
+    if not (args.openai_api_key or args.azure_openai_endpoint) and os.environ.get("OPENAI_API_KEY"):
+        command += ["--provider", "openai"]  # the tutorial's agents talk to OpenAI when a key is set
     for flag, value in (
         ("--openai-api-key", args.openai_api_key),
         ("--azure-openai-endpoint", args.azure_openai_endpoint),

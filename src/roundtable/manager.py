@@ -120,9 +120,12 @@ def select_with_model(
         for _ in range(retries + 1):
             try:
                 result = await client.create(
-                    [SystemMessage(content="You choose the next speaker in a group chat."), UserMessage(content=prompt, source="manager")]
+                    [
+                        SystemMessage(content="You choose the next speaker in a group chat."),
+                        UserMessage(content=prompt, source="manager"),
+                    ]
                 )
-            except Exception as failure:  # noqa: BLE001 - the chat must not stall on the selector
+            except Exception as failure:
                 answer = describe_model_error(failure)
                 continue
             answer = result.content if isinstance(result.content, str) else str(result.content)
@@ -204,7 +207,11 @@ class GroupChatManager(RoutedAgent):
             await self._record(
                 conv,
                 ChatMessage(
-                    conversation_id=conv.id, id=message.message_id, author=message.author, content=message.task, kind="task"
+                    conversation_id=conv.id,
+                    id=message.message_id,
+                    author=message.author,
+                    content=message.task,
+                    kind="task",
                 ),
             )
             if self._settings.termination.timeout is not None:
@@ -243,7 +250,9 @@ class GroupChatManager(RoutedAgent):
             conv.rounds += 1
             await self._record(
                 conv,
-                ChatMessage(conversation_id=conv.id, id=message.message_id, author=message.author, content=message.content),
+                ChatMessage(
+                    conversation_id=conv.id, id=message.message_id, author=message.author, content=message.content
+                ),
             )
             reason = termination_reason(conv, self._settings)
             if reason is not None:
@@ -251,8 +260,9 @@ class GroupChatManager(RoutedAgent):
             else:
                 await self._next_turn(conv)
 
-    async def _next_turn(self, conv: Conversation, note: str = "") -> None:
-        choice = self._choose(conv, self._agents)
+    async def _next_turn(self, conv: Conversation, note: str = "", skip: str | None = None) -> None:
+        candidates = [a for a in self._agents if a.name != skip] or self._agents
+        choice = self._choose(conv, candidates)
         if not isinstance(choice, Choice):
             choice = await choice
         note = "; ".join(n for n in (note, choice.note) if n)
@@ -288,7 +298,7 @@ class GroupChatManager(RoutedAgent):
             if not others:
                 await self._end(conv, note, ok=False)
                 return
-            await self._next_turn(conv, note)
+            await self._next_turn(conv, note, skip=speaker)
 
     async def _timeout_after(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

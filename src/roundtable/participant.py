@@ -163,7 +163,7 @@ class Participant(RoutedAgent):
         content, error = "", None
         try:
             content = await self.speak(message.conversation_id, message_id, message.history)
-        except Exception as failure:  # noqa: BLE001 - any model failure ends the turn with a reason
+        except Exception as failure:
             error = describe_model_error(failure)
             log.error("%s: %s", self.name, error)
         await self.publish_message(
@@ -190,7 +190,7 @@ class Participant(RoutedAgent):
         message_id = new_id()
         try:
             content = await self.speak(SEED_SOURCE, message_id, self._seed_history)
-        except Exception as failure:  # noqa: BLE001
+        except Exception as failure:
             log.error("%s: %s", self.name, describe_model_error(failure))
             return
         reply = ChatMessage(
@@ -211,7 +211,9 @@ class Participant(RoutedAgent):
         if self.name < message.name and not self._seed_opened:
             self._seed_opened = True
             log.info("%s: %s is here; opening the conversation", self.name, message.name)
-            opening = ChatMessage(conversation_id=SEED_SOURCE, seq=0, author="user", content=self._seed.task, kind="task")
+            opening = ChatMessage(
+                conversation_id=SEED_SOURCE, seq=0, author="user", content=self._seed.task, kind="task"
+            )
             self._seed_history.append(opening)
             await self.publish_message(opening, topic(SEED_TOPIC, SEED_SOURCE))
 

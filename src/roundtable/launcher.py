@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 from .config import Config
 from .runtime import READY_MARKER, shutdown_on_signal
@@ -42,7 +42,6 @@ def _die_with_parent() -> None:
 class Role:
     name: str
     argv: list[str]
-    ready_port: tuple[str, int] | None = None  # ready when this port accepts; else on the ready line
     ready_timeout: float = READY_TIMEOUT
 
 
@@ -85,8 +84,6 @@ class Launcher:
         )
         child.reader = asyncio.create_task(self._read(child, child.process))
         self.say("up", f"started {child.role.name} (pid {child.process.pid})")
-        if child.role.ready_port is not None:
-            asyncio.create_task(self._wait_port(child))
 
     async def _read(self, child: Child, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
@@ -95,23 +92,9 @@ class Launcher:
             if not raw:
                 break
             line = raw.decode(errors="replace").rstrip()
-            if READY_MARKER in line and child.role.ready_port is None:
+            if READY_MARKER in line:
                 child.ready.set()
             self.say(child.role.name, line, child.color)
-
-    async def _wait_port(self, child: Child) -> None:
-        assert child.role.ready_port is not None
-        host, port = child.role.ready_port
-        while child.process is not None and child.process.returncode is None:
-            try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1)
-            except (OSError, asyncio.TimeoutError):
-                await asyncio.sleep(0.2)
-                continue
-            writer.close()
-            child.ready.set()
-            self.say(child.role.name, f"ready on {host}:{port}", child.color)
-            return
 
     async def start(self, role: Role) -> Child:
         """Start one process and wait, bounded, until it is ready."""
@@ -126,7 +109,7 @@ class Launcher:
         assert child.process is not None
         ready = asyncio.create_task(child.ready.wait())
         exited = asyncio.create_task(child.process.wait())
-        done, _ = await asyncio.wait({ready, exited}, timeout=child.role.ready_timeout, return_when="FIRST_COMPLETED")
+        await asyncio.wait({ready, exited}, timeout=child.role.ready_timeout, return_when="FIRST_COMPLETED")
         ready.cancel()
         exited.cancel()
         if child.ready.is_set():
@@ -146,7 +129,9 @@ class Launcher:
                 return
             child.restarts += 1
             delay = min(MAX_BACKOFF, 0.5 * 2 ** (child.restarts - 1))
-            self.say("up", f"{child.role.name} exited with code {code}; restarting in {delay:g} s (restart {child.restarts})")
+            self.say(
+                "up", f"{child.role.name} exited with code {code}; restarting in {delay:g} s (restart {child.restarts})"
+            )
             await asyncio.sleep(delay)
             if self._stopping:
                 return
@@ -185,6 +170,17 @@ class LaunchError(Exception):
     """A process could not be started or did not become ready."""
 
 
+async def _unless_stopped(work: asyncio.Future[Any], stop: asyncio.Event) -> bool:
+    """Wait for `work` or a stop request; False (and `work` cancelled) if the stop came first."""
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([work, stopped], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if work.done():
+        return True
+    work.cancel()
+    return False
+
+
 def plan(config: Config, config_path: str | None, with_ui: bool) -> list[list[Role]]:
     """The processes to start, in stages: each stage waits for the one before."""
     me = [sys.executable, "-m", "roundtable"]
@@ -220,11 +216,7 @@ async def run_up(
         try:
             for stage in plan(config, config_path, with_ui and task is None):
                 waiting = asyncio.ensure_future(asyncio.gather(*(launcher.start(role) for role in stage)))
-                stopped = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({waiting, stopped}, return_when="FIRST_COMPLETED")
-                stopped.cancel()
-                if stop.is_set():
-                    waiting.cancel()
+                if not await _unless_stopped(waiting, stop):
                     return 130
                 waiting.result()
             launcher.say("up", f"everything is ready after {time.monotonic() - started:.1f} s")
@@ -233,7 +225,9 @@ async def run_up(
             if on_ready is not None:
                 await on_ready(launcher)
             if task is not None:
-                chat = asyncio.ensure_future(run_chat(config.host.address, task, chat_timeout, config.host.connect_timeout))
+                chat = asyncio.ensure_future(
+                    run_chat(config.host.address, task, chat_timeout, config.host.connect_timeout)
+                )
                 stopped = asyncio.ensure_future(stop.wait())
                 await asyncio.wait({chat, stopped}, return_when="FIRST_COMPLETED")
                 stopped.cancel()

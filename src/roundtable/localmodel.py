@@ -58,7 +58,9 @@ class PackagedModel:
     def pip_spec(self) -> str:
         if len(self.packages) == 1:
             return f"{self.packages[0]}=={self.version}"
-        return f"{self.packages[0]} .. {self.packages[-1]} (=={self.version})"
+        # Brace expansion keeps the hint one short line that bash and zsh can run as is.
+        stem = self.packages[0].rstrip("0123456789")
+        return f"{stem}{{1..{len(self.packages)}}}=={self.version}"
 
 
 DEFAULT_MODEL = PackagedModel(
@@ -208,63 +210,81 @@ def join_chunks(
     """
     if _marker_ok(dest, size, sha256):
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with _join_lock(dest, lock_timeout):
-        if _marker_ok(dest, size, sha256):  # another process finished while we waited
-            return dest
-        for stale in (_marker(dest), dest, *dest.parent.glob(f"{dest.name}.*.part")):
-            # Temp files here are from killed joins (we hold the lock); a 1 GB one is worth removing.
-            with contextlib.suppress(OSError):
-                stale.unlink()
-        free = shutil.disk_usage(dest.parent).free
-        if free < size:
-            raise ModelError(
-                f"not enough disk space to join the {label}: {size / 1e9:.2f} GB needed in {dest.parent},"
-                f" {free / 1e9:.2f} GB free; free some or set {CACHE_ENV} to another directory"
-            )
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-        tmp = Path(tmp_name)
-        try:
-            digest = hashlib.sha256()
-            written = 0
-            with (
-                os.fdopen(fd, "wb") as out,
-                tqdm(
-                    total=size,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    desc=f"joining {label}",
-                    file=sys.stderr,
-                    disable=not progress,
-                    leave=True,  # the final line shows the one-time join happened, and how long it took
-                ) as bar,
-            ):
-                for chunk in chunks:
-                    try:
-                        source = open(chunk, "rb")
-                    except OSError as error:
-                        raise ModelError(f"cannot read a part of the {label} ({error}): {fix}") from None
-                    with source:
-                        while block := source.read(_BLOCK):
-                            out.write(block)
-                            digest.update(block)
-                            written += len(block)
-                            bar.update(len(block))
-                out.flush()
-                os.fsync(out.fileno())
-            got = digest.hexdigest()
-            if written != size:
-                raise ModelError(f"the {label} parts add up to {written} bytes, expected {size}: {fix}")
-            if got != sha256:
-                raise ModelError(f"the {label} is corrupt: sha256 {got}, expected {sha256}: {fix}")
-            # mkstemp makes the file 0600; a cache shared via ROUNDTABLE_MODEL_CACHE must be readable.
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
-        except BaseException:
-            raise
-        _write_marker(dest, sha256)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with _join_lock(dest, lock_timeout):
+            if _marker_ok(dest, size, sha256):  # another process finished while we waited
+                return dest
+            _join_locked(chunks, dest, size, sha256, label, fix, progress)
+    except OSError as error:  # reading errors are ModelErrors already: this is the cache side
+        raise ModelError(
+            f"cannot write the {label} to {dest.parent} ({error.strerror or error}):"
+            f" set {CACHE_ENV} to a writable directory with {size / 1e9:.1f} GB free"
+        ) from None
     return dest
+
+
+def _read_blocks(chunk: Path, label: str, fix: str) -> Iterator[bytes]:
+    try:
+        with open(chunk, "rb") as source:
+            while block := source.read(_BLOCK):
+                yield block
+    except OSError as error:
+        raise ModelError(f"cannot read a part of the {label} ({error}): {fix}") from None
+
+
+def _join_locked(
+    chunks: Sequence[Path], dest: Path, size: int, sha256: str, label: str, fix: str, progress: bool
+) -> None:
+    for stale in (_marker(dest), dest, *dest.parent.glob(f"{dest.name}.*.part")):
+        # Temp files here are from killed joins (we hold the lock); a 1 GB one is worth removing.
+        with contextlib.suppress(OSError):
+            stale.unlink()
+    free = shutil.disk_usage(dest.parent).free
+    if free < size:
+        raise ModelError(
+            f"not enough disk space to join the {label}: {size / 1e9:.2f} GB needed in {dest.parent},"
+            f" {free / 1e9:.2f} GB free; free some or set {CACHE_ENV} to another directory"
+        )
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        written = 0
+        with (
+            os.fdopen(fd, "wb") as out,
+            tqdm(
+                total=size,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=f"joining {label}",
+                file=sys.stderr,
+                disable=not progress,
+                leave=True,  # the final line shows the one-time join happened, and how long it took
+            ) as bar,
+        ):
+            for chunk in chunks:
+                for block in _read_blocks(chunk, label, fix):
+                    out.write(block)
+                    digest.update(block)
+                    written += len(block)
+                    bar.update(len(block))
+            out.flush()
+            os.fsync(out.fileno())
+        got = digest.hexdigest()
+        if written != size:
+            raise ModelError(f"the {label} parts add up to {written} bytes, expected {size}: {fix}")
+        if got != sha256:
+            raise ModelError(f"the {label} is corrupt: sha256 {got}, expected {sha256}: {fix}")
+        # mkstemp makes the file 0600; a cache shared via ROUNDTABLE_MODEL_CACHE must be readable.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _write_marker(dest, sha256)
 
 
 def _file_sha256(path: Path) -> str:
@@ -459,24 +479,31 @@ def _check_port_free(host: str, port: int) -> None:
             raise ModelError(f"port {port} on {host} is already in use: stop what runs there or choose another port")
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn that makes Linux SIGKILL the server when we die, even by SIGKILL, so a
-    killed roundtable never leaves a 1 GB model server behind."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
+def _child_setup() -> Callable[[], None] | None:
+    """A preexec_fn for the server: its own process group, and on Linux a SIGKILL when we die.
 
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
+    Own group: a terminal's Ctrl-C then reaches only us and we stop the server with one
+    SIGTERM. uvicorn re-raises a SIGINT it caught, which ends in a KeyboardInterrupt
+    traceback, and a second SIGINT (ours plus the terminal's) makes it skip its shutdown.
+    Parent-death signal: even a SIGKILLed roundtable leaves no 1 GB model server behind.
+    """
+    if sys.platform == "win32":
         return None
+    prctl: Callable[..., int] | None = None
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork, not in the child
     parent = os.getpid()
     pr_set_pdeathsig = 1
 
     def preexec() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
+        os.setpgid(0, 0)
+        if prctl is not None:
+            prctl(pr_set_pdeathsig, signal.SIGKILL)
+            if os.getppid() != parent:  # we died before prctl took effect
+                os._exit(1)
 
     return preexec
 
@@ -525,21 +552,29 @@ def serve(
         host,
         port,
     )
-    # Same session and process group, so a terminal's Ctrl-C reaches the server too. Its
-    # stdout goes to our stderr: the server prints there (e.g. "disconnected"), and our
-    # stdout must carry nothing but the ready line that `roundtable up` waits for.
-    process = subprocess.Popen(argv, env=server_env(), stdout=2, start_new_session=False, preexec_fn=_die_with_parent())
+    # Same session (start_new_session=False) so it stays tied to our terminal; see
+    # _child_setup for its process group. Its stdout goes to our stderr: the server prints
+    # there (e.g. "disconnected"), and our stdout carries only the ready line.
+    process = subprocess.Popen(
+        argv,
+        env=server_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=2,
+        start_new_session=False,
+        preexec_fn=_child_setup(),
+    )
     stopping: list[int] = []
 
     def forward(signum: int, frame: FrameType | None) -> None:
         stopping.append(signum)
-        if process.poll() is None:
-            if sys.platform == "win32":
-                process.terminate()
-            else:
-                process.send_signal(signum)
+        if process.poll() is not None:
+            return
+        if len(stopping) > 1:  # asked twice: don't wait for a graceful shutdown
+            process.kill()
+        else:
+            process.terminate()  # SIGTERM whatever we got: uvicorn shuts down cleanly on it
 
-    signals = [signal.SIGINT, signal.SIGTERM]
+    signals = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
     previous = {sig: signal.getsignal(sig) for sig in signals}
     for sig in signals:
         signal.signal(sig, forward)
@@ -557,7 +592,9 @@ def serve(
             if stopping and stop_deadline is None:
                 stop_deadline = time.monotonic() + stop_timeout
             if stop_deadline is not None and time.monotonic() > stop_deadline:
-                break  # the finally clause terminates, then kills
+                log.warning("model server did not stop within %g s; killing it", stop_timeout)
+                process.kill()
+                break
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(0.5)
     finally:
@@ -565,4 +602,8 @@ def serve(
         for sig, old in previous.items():
             signal.signal(sig, old)
     code = process.returncode
-    return _exit_code(code) if code is not None else 1
+    if code is None:
+        return 1
+    if stopping and code in (-signal.SIGTERM, -signal.SIGKILL):
+        return 128 + stopping[0]  # report the signal we were stopped by, as a shell would
+    return _exit_code(code)

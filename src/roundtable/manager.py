@@ -67,7 +67,7 @@ class Conversation:
 
 
 def _round_robin(names: Sequence[str], last: str | None) -> str:
-    if last not in names:
+    if last is None or last not in names:
         return names[0]
     return names[(list(names).index(last) + 1) % len(names)]
 
@@ -85,11 +85,14 @@ def select_graph(graph: dict[str, list[str]]) -> Callable[[Conversation, Sequenc
     def choose(conv: Conversation, agents: Sequence[AgentConfig]) -> Choice:
         names = [a.name for a in agents]
         last = conv.last_speaker
-        allowed = graph.get(last, []) if last else []
+        if last is None:
+            return Choice(names[0])
+        allowed = graph.get(last, [])
         if not allowed:
-            return Choice(names[0] if last is None else _round_robin(names, last))
+            return Choice(_round_robin(names, last))
         # Among the allowed targets, keep the participants' order, starting after the last speaker.
-        ordered = names[names.index(last) + 1 :] + names[: names.index(last) + 1] if last in names else names
+        at = names.index(last) + 1 if last in names else 0
+        ordered = names[at:] + names[:at]
         return Choice(next(n for n in ordered if n in allowed))
 
     return choose

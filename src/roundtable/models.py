@@ -106,16 +106,18 @@ def azure_client(cfg: ModelConfig, local: LocalModelConfig) -> ChatCompletionCli
         from azure.identity import DefaultAzureCredential, get_bearer_token_provider
 
         auth = {"azure_ad_token_provider": get_bearer_token_provider(DefaultAzureCredential(), AZURE_SCOPE)}
-    info = _model_info_for(model)
-    return AzureOpenAIChatCompletionClient(
-        model=model,
-        azure_endpoint=cfg.azure_endpoint or "",
-        azure_deployment=cfg.azure_deployment,
-        api_version=cfg.api_version,
-        **({"model_info": info} if info is not None else {}),
+    kwargs: dict[str, Any] = {
+        "model": model,
+        "azure_endpoint": cfg.azure_endpoint,
+        "azure_deployment": cfg.azure_deployment,
+        "api_version": cfg.api_version,
         **auth,
         **_sampling(cfg),
-    )
+    }
+    info = _model_info_for(model)
+    if info is not None:
+        kwargs["model_info"] = info
+    return AzureOpenAIChatCompletionClient(**kwargs)
 
 
 def scripted_client(cfg: ModelConfig, local: LocalModelConfig) -> ChatCompletionClient:

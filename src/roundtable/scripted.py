@@ -109,8 +109,8 @@ class ScriptedChatCompletionClient(ChatCompletionClient):
         return max(0, 100_000 - self.count_tokens(messages))
 
     @property
-    def capabilities(self) -> ModelCapabilities:  # type: ignore[override]  # pyright: ignore[reportDeprecated]
-        return ModelCapabilities(vision=False, function_calling=False, json_output=False)  # type: ignore[typeddict-item]
+    def capabilities(self) -> ModelCapabilities:  # pyright: ignore[reportDeprecated]
+        return ModelCapabilities(vision=False, function_calling=False, json_output=False)
 
     @property
     def model_info(self) -> ModelInfo:

@@ -4,48 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from pathlib import Path
 
 from fakeopenai import FakeOpenAI
 from harness import READY, REPO, Procs, free_port, processes
+from observe import Collector, observing, wait_until
 
-from roundtable.messages import ChatMessage, ConversationEnded, SpeakerSelected
-from roundtable.observer import register_observer
-from roundtable.runtime import connect_worker, stop_worker
 
 TUTORIAL = REPO / "examples" / "tutorial"
 WRITER_MESSAGE = "You are a one sentence Writer and provide one sentence content each time"
 EDITOR_MESSAGE = "You are an Editor. You just provide feedback on the message you receive."
 
 
-class Collector:
-    def __init__(self) -> None:
-        self.messages: list[ChatMessage] = []
-        self.tokens: list[str] = []
-
-    async def on_token(self, conversation_id: str, message_id: str, author: str, text: str) -> None:
-        self.tokens.append(text)
-
-    async def on_message(self, message: ChatMessage, streamed: bool) -> None:
-        self.messages.append(message)
-
-    async def on_speaker(self, event: SpeakerSelected) -> None: ...
-
-    async def on_ended(self, event: ConversationEnded) -> None: ...
-
-
 async def watch_seed_chat(address: str, until: int, timeout: float = 60) -> Collector:
-    collector = Collector()
-    runtime = await connect_worker(address, 10)
-    try:
-        await register_observer(runtime, "test_watcher", collector, seed=True)
-        deadline = time.monotonic() + timeout
-        while len(collector.messages) < until and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-    finally:
-        await stop_worker(runtime)
-    return collector
+    async with observing(address, seed=True) as (_, seen):
+        await wait_until(lambda: len(seen.messages) >= until, timeout, f"{until} seed-mode messages")
+    return seen
 
 
 def tutorial(procs: Procs, name: str, script: str, *args: str, fake: FakeOpenAI):
@@ -95,7 +69,7 @@ async def test_fast_track_commands_writer_first_then_editor(tmp_path: Path) -> N
     assert authors == ["user", "writer_agent", "editor_agent", "writer_agent"], seen.messages
     assert "from the writer model" in seen.messages[1].content
     assert "from the editor model" in seen.messages[2].content
-    assert seen.tokens, "replies should stream token by token"
+    assert seen.tokens(seen.messages[1].id), "replies should stream token by token"
     assert all(r["messages"][0]["content"] in (WRITER_MESSAGE, EDITOR_MESSAGE) for r in fake.requests)
     assert all(r.get("stream") for r in fake.requests)
 

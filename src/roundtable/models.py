@@ -44,7 +44,7 @@ def _model_info_for(model: str) -> ModelInfo | None:
 
     try:
         _model_info.get_info(model)
-    except KeyError:
+    except (KeyError, ValueError):
         return PLAIN_MODEL_INFO
     return None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ async def test_default_model_holds_a_six_turn_conversation_without_echoing(tmp_p
     assert seen.ended[conversation].ok, seen.ended[conversation]
     replies = [m for m in seen.in_conversation(conversation) if m.kind == "agent"]
     assert [m.author for m in replies] == ["writer", "editor"] * 3
-    for before, after in zip(replies, replies[1:]):
+    for before, after in itertools.pairwise(replies):
         assert after.content.strip(), f"{after.author} said nothing"
         assert after.content.strip() != before.content.strip(), f"{after.author} echoed: {after.content!r}"
     writer_texts = [m.content for m in replies if m.author == "writer"]

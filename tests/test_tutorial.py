@@ -10,7 +10,6 @@ from fakeopenai import FakeOpenAI
 from harness import READY, REPO, Procs, free_port, processes
 from observe import Collector, observing, wait_until
 
-
 TUTORIAL = REPO / "examples" / "tutorial"
 WRITER_MESSAGE = "You are a one sentence Writer and provide one sentence content each time"
 EDITOR_MESSAGE = "You are an Editor. You just provide feedback on the message you receive."

@@ -34,7 +34,8 @@ class Proc:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("wb")
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # Each test keeps its own transcripts and page history.
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "ROUNDTABLE_DATA_DIR": str(log_dir / "data"), **(env or {})}
         self.popen = subprocess.Popen(
             list(argv),
             stdout=self._log,
@@ -123,12 +124,14 @@ def scripted_agent(name: str, *replies: str, delay: float = 0.0, record: Path | 
     return {"name": name, "description": f"the {name}", "model": model}
 
 
-def start_cluster(procs: Procs, config: Path, agents: Sequence[str], manager: bool = True) -> None:
+def start_cluster(procs: Procs, config: Path, agents: Sequence[str], manager: bool = True) -> dict[str, Proc]:
     """A host, the named agents and (optionally) a manager, each its own process, all ready."""
-    host = procs.roundtable("host", "host", "--config", str(config))
-    host.wait_for(READY)
-    started = [procs.roundtable(f"agent-{name}", "agent", "--config", str(config), "--name", name) for name in agents]
+    started = {"host": procs.roundtable("host", "host", "--config", str(config))}
+    started["host"].wait_for(READY)
+    for name in agents:
+        started[name] = procs.roundtable(f"agent-{name}", "agent", "--config", str(config), "--name", name)
     if manager:
-        started.append(procs.roundtable("manager", "manager", "--config", str(config)))
-    for proc in started:
+        started["manager"] = procs.roundtable("manager", "manager", "--config", str(config))
+    for proc in started.values():
         proc.wait_for(READY)
+    return started

@@ -68,6 +68,10 @@ class TerminalSink:
             return
         self.heard.set()
         if self._open != message_id:
+            if self._open is not None:
+                # One speaker at a time: a new stream while another is open means that
+                # one's author died mid-message. Its turn is being answered again.
+                self._write(self._dim(" … (interrupted)"))
             self._close_line()
             self._write(self._bold(f"{author}: "))
             self._open = message_id

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -114,6 +115,8 @@ async def _host(args: argparse.Namespace) -> int:
     print(f"Host started at {address}", flush=True)
     announce_ready(f"host on {address}")
     await serve_until_signal()
+    # Stopping cancels every open stream, which gRPC reports as an unhandled error each.
+    logging.getLogger("grpc._cython.cygrpc").setLevel(logging.CRITICAL)
     await host.stop(grace=1)
     return 0
 
@@ -194,19 +197,23 @@ async def _manager(args: argparse.Namespace) -> int:
     from .manager import register_manager
     from .models import build_client
     from .runtime import announce_ready, connect_worker, serve_until_signal, stop_worker
+    from .store import TranscriptStore
 
     config = manager_config(args, load_config(args.config))
     selector = None
     if config.manager.strategy == "selector":
         selector = build_client(config.manager.model or config.model, config.local_model)
+    store = TranscriptStore(config.store_url)
+    await store.open()
     runtime = await connect_worker(_host_address(args, config), config.host.connect_timeout)
     try:
-        await register_manager(runtime, config.agents, config.manager, selector)
+        await register_manager(runtime, config.agents, config.manager, store, selector)
         names = ", ".join(a.name for a in config.agents)
         announce_ready(f"manager ({config.manager.strategy}; agents: {names})")
         await serve_until_signal()
     finally:
         await stop_worker(runtime)
+        await store.close()
     return 0
 
 

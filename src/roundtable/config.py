@@ -140,6 +140,10 @@ class UIConfig(_Model):
     users: dict[str, str] = Field(default_factory=dict)  # name -> password, when auth is on
 
 
+class StoreConfig(_Model):
+    url: str | None = None  # SQLAlchemy async URL; default: SQLite in data_dir
+
+
 class SeedConfig(_Model):
     """Seed mode, the tutorial's shape: two agents on one topic, no manager."""
 
@@ -155,6 +159,7 @@ class Config(_Model):
     manager: ManagerConfig = Field(default_factory=ManagerConfig)
     ui: UIConfig = Field(default_factory=UIConfig)
     seed: SeedConfig = Field(default_factory=SeedConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
     data_dir: str | None = None
 
     @model_validator(mode="after")
@@ -192,6 +197,10 @@ class Config(_Model):
     def data_path(self) -> Path:
         raw = self.data_dir or os.environ.get("ROUNDTABLE_DATA_DIR") or "~/.local/share/roundtable"
         return Path(raw).expanduser()
+
+    @property
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite+aiosqlite:///{self.data_path / 'transcripts.db'}"
 
 
 def _format_location(loc: tuple[int | str, ...]) -> str:

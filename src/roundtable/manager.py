@@ -15,18 +15,21 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from autogen_core import AgentRuntime, MessageContext, RoutedAgent, TypeSubscription, message_handler
+from autogen_core import MessageContext, RoutedAgent, TypeSubscription, message_handler
 from autogen_core.models import ChatCompletionClient, SystemMessage, UserMessage
 
 from .config import AgentConfig, ManagerConfig
 from .messages import (
     CONTROL,
     GROUP_CHAT,
+    PRESENCE,
+    AgentOnline,
     AgentReply,
     ChatMessage,
     ConversationEnded,
     HumanMessage,
     RequestToSpeak,
+    ResumeConversation,
     SpeakerSelected,
     StartConversation,
     StopConversation,
@@ -35,10 +38,13 @@ from .messages import (
     turn_topic_type,
 )
 from .models import describe_model_error
+from .runtime import WorkerRuntime
+from .store import TranscriptStore
 
 log = logging.getLogger("roundtable.manager")
 
 MANAGER_TYPE = "roundtable_manager"
+PRESENCE_TYPE = "roundtable_presence"
 
 
 @dataclass
@@ -51,11 +57,12 @@ class Choice:
 class Conversation:
     id: str
     task: str
-    started: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.time)  # wall clock: it survives a restart
     transcript: list[ChatMessage] = field(default_factory=list)
     rounds: int = 0
     pending: RequestToSpeak | None = None
-    attempts: int = 0
+    attempts: int = 0  # asks for the pending turn since its deadline last passed
+    asks: int = 0  # every ask ever made; identifies the deadline that belongs to it
     ended: bool = False
 
     @property
@@ -154,7 +161,7 @@ def termination_reason(conv: Conversation, settings: ManagerConfig) -> str | Non
         hit = last is not None and last.kind == "agent" and rules.text_mention in last.content
         checks.append((hit, f"{rules.text_mention!r} mentioned by {last.author if last else '?'}"))
     if rules.timeout is not None:
-        elapsed = time.monotonic() - conv.started
+        elapsed = time.time() - conv.started
         checks.append((elapsed >= rules.timeout, f"timeout after {rules.timeout:g} s"))
     met = [reason for hit, reason in checks if hit]
     if rules.combine == "all":
@@ -166,15 +173,22 @@ def termination_reason(conv: Conversation, settings: ManagerConfig) -> str | Non
 
 
 class GroupChatManager(RoutedAgent):
+    """One instance per conversation. Every change is stored before it is published, so a
+    restarted manager resumes from the store (see `ResumeConversation`)."""
+
     def __init__(
         self,
         agents: Sequence[AgentConfig],
         settings: ManagerConfig,
+        store: TranscriptStore,
+        registry: dict[str, GroupChatManager],
         selector: ChatCompletionClient | None = None,
     ) -> None:
         super().__init__("Group chat manager")
         self._agents = list(agents)
         self._settings = settings
+        self._store = store
+        self._registry = registry
         self._lock = asyncio.Lock()
         self._conv: Conversation | None = None
         self._timers: list[asyncio.Task[None]] = []
@@ -194,18 +208,28 @@ class GroupChatManager(RoutedAgent):
         await self.publish_message(message, topic(GROUP_CHAT, message.conversation_id))
 
     async def _record(self, conv: Conversation, message: ChatMessage) -> None:
-        """Number the message, keep it, then forward it: the manager writes first."""
+        """Number the message, store it, then forward it: the manager writes first."""
         numbered = message.model_copy(update={"seq": len(conv.transcript) + 1})
+        await self._store.append(numbered)
         conv.transcript.append(numbered)
         await self._publish(numbered)
+
+    def _adopt(self, conv: Conversation) -> None:
+        self._conv = conv
+        self._registry[conv.id] = self
+        timeout = self._settings.termination.timeout
+        if timeout is not None:
+            remaining = max(0.0, timeout - (time.time() - conv.started))
+            self._timers.append(asyncio.create_task(self._timeout_after(remaining)))
 
     @message_handler
     async def on_start(self, message: StartConversation, ctx: MessageContext) -> None:
         async with self._lock:
-            if self._conv is not None:
+            if self._conv is not None or await self._store.get(message.conversation_id) is not None:
                 return  # a repeated start (the client retries until it hears back)
             conv = Conversation(id=message.conversation_id, task=message.task)
-            self._conv = conv
+            await self._store.start(conv.id, conv.task)
+            self._adopt(conv)
             log.info("conversation %s started: %s", conv.id, message.task[:80])
             await self._record(
                 conv,
@@ -217,9 +241,59 @@ class GroupChatManager(RoutedAgent):
                     kind="task",
                 ),
             )
-            if self._settings.termination.timeout is not None:
-                self._timers.append(asyncio.create_task(self._timeout_after(self._settings.termination.timeout)))
             await self._next_turn(conv)
+
+    @message_handler
+    async def on_resume(self, message: ResumeConversation, ctx: MessageContext) -> None:
+        async with self._lock:
+            if self._conv is not None:
+                return
+            stored = await self._store.get(message.conversation_id)
+            if stored is None or stored.status != "open":
+                return
+            conv = Conversation(
+                id=stored.id,
+                task=stored.task,
+                started=stored.created_at,
+                transcript=stored.transcript,
+                rounds=sum(1 for m in stored.transcript if m.kind == "agent"),
+            )
+            self._adopt(conv)
+            log.info("conversation %s resumed at message %d", conv.id, len(conv.transcript))
+            await self._republish(conv)
+            if stored.pending_speaker and stored.pending_turn_id:
+                conv.pending = RequestToSpeak(
+                    conversation_id=conv.id,
+                    turn_id=stored.pending_turn_id,
+                    speaker=stored.pending_speaker,
+                    history=conv.transcript,
+                )
+                await self._ask(conv)
+                return
+            reason = termination_reason(conv, self._settings)
+            if reason is not None:
+                await self._end(conv, reason)
+            else:
+                await self._next_turn(conv)
+
+    async def _republish(self, conv: Conversation) -> None:
+        # Whatever a crash kept from the page and the terminal reaches them now; they drop
+        # what they already have by message id.
+        for stored_message in conv.transcript:
+            await self._publish(stored_message)
+
+    async def nudge(self, speaker: str | None = None, republish: bool = False) -> None:
+        """Ask again for a turn that may have been lost: the speaker came back, or we did."""
+        async with self._lock:
+            conv = self._conv
+            if conv is None or conv.ended:
+                return
+            if republish:
+                await self._republish(conv)
+            if conv.pending is not None and speaker in (None, conv.pending.speaker):
+                log.info("asking %s again for its turn in %s", conv.pending.speaker, conv.id)
+                conv.attempts = 0
+                await self._ask(conv)
 
     @message_handler
     async def on_stop(self, message: StopConversation, ctx: MessageContext) -> None:
@@ -269,10 +343,11 @@ class GroupChatManager(RoutedAgent):
         if not isinstance(choice, Choice):
             choice = await choice
         note = "; ".join(n for n in (note, choice.note) if n)
-        await self._publish(SpeakerSelected(conversation_id=conv.id, speaker=choice.speaker, note=note))
         conv.pending = RequestToSpeak(
             conversation_id=conv.id, turn_id=new_id(), speaker=choice.speaker, history=conv.transcript
         )
+        await self._store.set_pending(conv.id, choice.speaker, conv.pending.turn_id)
+        await self._publish(SpeakerSelected(conversation_id=conv.id, speaker=choice.speaker, note=note))
         conv.attempts = 0
         await self._ask(conv)
 
@@ -280,15 +355,19 @@ class GroupChatManager(RoutedAgent):
         request = conv.pending
         assert request is not None
         conv.attempts += 1
+        conv.asks += 1
+        log.info("asking %s for turn %s (ask %d)", request.speaker, request.turn_id[:8], conv.asks)
         await self.publish_message(request, topic(turn_topic_type(request.speaker), conv.id))
-        self._timers.append(asyncio.create_task(self._turn_deadline(request.turn_id)))
+        self._timers.append(asyncio.create_task(self._turn_deadline(request.turn_id, conv.asks)))
 
-    async def _turn_deadline(self, turn_id: str) -> None:
+    async def _turn_deadline(self, turn_id: str, ask: int) -> None:
         await asyncio.sleep(self._settings.turn_timeout)
         async with self._lock:
             conv = self._conv
             if conv is None or conv.ended or conv.pending is None or conv.pending.turn_id != turn_id:
                 return
+            if conv.asks != ask:
+                return  # asked again since; that ask has its own deadline
             speaker = conv.pending.speaker
             if conv.attempts <= self._settings.turn_retries:
                 log.warning("%s did not answer within %g s; asking again", speaker, self._settings.turn_timeout)
@@ -315,6 +394,8 @@ class GroupChatManager(RoutedAgent):
     async def _end(self, conv: Conversation, reason: str, ok: bool = True) -> None:
         conv.ended = True
         conv.pending = None
+        await self._store.end(conv.id, reason, ok)
+        self._registry.pop(conv.id, None)
         log.info("conversation %s ended: %s", conv.id, reason)
         await self._publish(ConversationEnded(conversation_id=conv.id, reason=reason, ok=ok))
         current = asyncio.current_task()
@@ -324,13 +405,45 @@ class GroupChatManager(RoutedAgent):
         self._timers.clear()
 
 
+class PresenceWatcher(RoutedAgent):
+    """Hears participants come (back) online and asks them again for turns they owe."""
+
+    def __init__(self, registry: dict[str, GroupChatManager]) -> None:
+        super().__init__("Watches participants come and go")
+        self._registry = registry
+
+    @message_handler
+    async def on_online(self, message: AgentOnline, ctx: MessageContext) -> None:
+        for manager in list(self._registry.values()):
+            await manager.nudge(message.name)
+
+
 async def register_manager(
-    runtime: AgentRuntime,
+    runtime: WorkerRuntime,
     agents: Sequence[AgentConfig],
     settings: ManagerConfig,
+    store: TranscriptStore,
     selector: ChatCompletionClient | None = None,
 ) -> None:
+    """Register the manager, then resume every conversation the store says is still open."""
     if not agents:
         raise ValueError("the manager needs at least one agent")
-    await GroupChatManager.register(runtime, MANAGER_TYPE, lambda: GroupChatManager(agents, settings, selector))
+    registry: dict[str, GroupChatManager] = {}
+    await GroupChatManager.register(
+        runtime, MANAGER_TYPE, lambda: GroupChatManager(agents, settings, store, registry, selector)
+    )
     await runtime.add_subscription(TypeSubscription(CONTROL, MANAGER_TYPE))
+    await PresenceWatcher.register(runtime, PRESENCE_TYPE, lambda: PresenceWatcher(registry))
+    await runtime.add_subscription(TypeSubscription(PRESENCE, PRESENCE_TYPE))
+
+    async def after_reconnect() -> None:
+        # Anything in flight when the host went away may be lost: publish the transcripts
+        # again and ask each pending speaker again (participants answer a turn only once).
+        for manager in list(registry.values()):
+            await manager.nudge(republish=True)
+
+    runtime.on_reconnect(after_reconnect)
+    for conversation_id in await store.open_ids():
+        await runtime.publish_message(
+            ResumeConversation(conversation_id=conversation_id), topic(CONTROL, conversation_id)
+        )

@@ -17,6 +17,8 @@ GROUP_CHAT = "group_chat"  # manager -> everyone: stored messages, speaker choic
 CONTROL = "control"  # ui, terminal, participants -> manager: start, stop, replies, a person's words
 STREAM = "stream"  # participants -> ui, terminal: token chunks
 TURN_PREFIX = "turn."  # manager -> one participant: "your turn"
+PRESENCE = "presence"  # participants -> manager: "I am (back) online"
+PRESENCE_SOURCE = "roundtable"
 
 # Seed mode: the tutorial's shape, writer and editor talk on one topic, no manager.
 SEED_TOPIC = "conversation_topic"
@@ -118,6 +120,18 @@ class ConversationEnded(_Wire):
     ok: bool = True
 
 
+class AgentOnline(_Wire):
+    """A participant started or reconnected: the manager asks it again for any turn it owes."""
+
+    name: str
+
+
+class ResumeConversation(_Wire):
+    """The manager, to itself after a restart: load this conversation from the store and carry on."""
+
+    conversation_id: str
+
+
 class SeedHello(_Wire):
     """Seed mode: an agent announces itself so the pair can find each other whatever the start order."""
 
@@ -135,5 +149,7 @@ WIRE_TYPES: tuple[type[BaseModel], ...] = (
     StreamChunk,
     SpeakerSelected,
     ConversationEnded,
+    AgentOnline,
+    ResumeConversation,
     SeedHello,
 )

@@ -15,7 +15,6 @@ from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.base import Response
 from autogen_agentchat.messages import ModelClientStreamingChunkEvent, TextMessage
 from autogen_core import (
-    AgentRuntime,
     CancellationToken,
     MessageContext,
     RoutedAgent,
@@ -29,9 +28,12 @@ from .config import AgentConfig, SeedConfig
 from .messages import (
     CONTROL,
     GROUP_CHAT,
+    PRESENCE,
+    PRESENCE_SOURCE,
     SEED_SOURCE,
     SEED_TOPIC,
     STREAM,
+    AgentOnline,
     AgentReply,
     ChatMessage,
     ConversationEnded,
@@ -43,6 +45,7 @@ from .messages import (
     turn_topic_type,
 )
 from .models import describe_model_error
+from .runtime import WorkerRuntime
 
 log = logging.getLogger("roundtable.participant")
 
@@ -95,6 +98,10 @@ class Participant(RoutedAgent):
             model_context=self._context,
             model_client_stream=True,
         )
+        # Each turn is answered once: a repeated request (the manager asks again after a
+        # crash or a timeout) gets the same reply, or nothing while the answer is on its way.
+        self._answered: dict[str, AgentReply] = {}
+        self._answering: set[str] = set()
         self._seed_history: list[ChatMessage] = []
         self._seed_opened = False
         self._seed_greeted: set[str] = set()
@@ -158,25 +165,33 @@ class Participant(RoutedAgent):
 
     @message_handler
     async def on_request_to_speak(self, message: RequestToSpeak, ctx: MessageContext) -> None:
+        reply_topic = topic(CONTROL, message.conversation_id)
+        if message.turn_id in self._answering:
+            return
+        if message.turn_id in self._answered:
+            await self.publish_message(self._answered[message.turn_id], reply_topic)
+            return
+        self._answering.add(message.turn_id)
         message_id = new_id()
-        log.info("%s: speaking in %s", self.name, message.conversation_id)
+        log.info("%s: speaking in %s (turn %s)", self.name, message.conversation_id, message.turn_id[:8])
         content, error = "", None
         try:
             content = await self.speak(message.conversation_id, message_id, message.history)
-        except Exception as failure:
+        except Exception as failure:  # any model failure ends the turn with a reason
             error = describe_model_error(failure)
             log.error("%s: %s", self.name, error)
-        await self.publish_message(
-            AgentReply(
-                conversation_id=message.conversation_id,
-                turn_id=message.turn_id,
-                message_id=message_id,
-                author=self.name,
-                content=content,
-                error=error,
-            ),
-            topic(CONTROL, message.conversation_id),
+        finally:
+            self._answering.discard(message.turn_id)
+        reply = AgentReply(
+            conversation_id=message.conversation_id,
+            turn_id=message.turn_id,
+            message_id=message_id,
+            author=self.name,
+            content=content,
+            error=error,
         )
+        self._answered = {message.turn_id: reply}  # only the latest turn can be asked again
+        await self.publish_message(reply, reply_topic)
 
     @message_handler
     async def on_chat_message(self, message: ChatMessage, ctx: MessageContext) -> None:
@@ -223,16 +238,23 @@ class Participant(RoutedAgent):
 
 
 async def register_participant(
-    runtime: AgentRuntime,
+    runtime: WorkerRuntime,
     settings: AgentConfig,
     client: ChatCompletionClient,
     seed: SeedConfig | None = None,
 ) -> None:
-    """Register the agent type and its subscriptions; in seed mode, say hello to the peer."""
+    """Register the agent type and its subscriptions, then say so: in managed mode to the
+    manager (which asks again for any turn this agent owes), in seed mode to the peer."""
     await Participant.register(runtime, settings.name, lambda: Participant(settings, client, seed))
     if seed is None:
         await runtime.add_subscription(TypeSubscription(turn_topic_type(settings.name), settings.name))
         await runtime.add_subscription(TypeSubscription(GROUP_CHAT, settings.name))
+
+        async def announce() -> None:
+            await runtime.publish_message(AgentOnline(name=settings.name), topic(PRESENCE, PRESENCE_SOURCE))
+
+        runtime.on_reconnect(announce)
+        await announce()
         return
     await runtime.add_subscription(TypeSubscription(SEED_TOPIC, settings.name))
     # Give the host a moment to apply the subscription before the peer can answer.

@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
 
 import grpc
+from autogen_core import TopicId
 from autogen_core._serialization import try_get_known_serializers_for_type
-from autogen_ext.runtimes.grpc import GrpcWorkerAgentRuntime, GrpcWorkerAgentRuntimeHost
+from autogen_ext.runtimes.grpc import GrpcWorkerAgentRuntime, GrpcWorkerAgentRuntimeHostServicer
+from autogen_ext.runtimes.grpc.protos import agent_worker_pb2, agent_worker_pb2_grpc, cloudevent_pb2
+from autogen_ext.runtimes.grpc.protos.agent_worker_pb2_grpc import add_AgentRpcServicer_to_server
 
 from .messages import WIRE_TYPES
 
@@ -30,6 +38,22 @@ GRPC_OPTIONS = [
     ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
 ]
+
+
+# Keepalive pings find a dead peer (a partition, a host that vanished) in seconds, not
+# minutes; the host must accept pings that often.
+WORKER_KEEPALIVE = [
+    ("grpc.keepalive_time_ms", 5_000),
+    ("grpc.keepalive_timeout_ms", 3_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+HOST_KEEPALIVE = [
+    ("grpc.http2.min_ping_interval_without_data_ms", 4_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+OUTBOX_LIMIT = 10_000
+RECONNECT_MAX_DELAY = 1.0
 
 
 class HostUnreachable(Exception):
@@ -54,63 +78,365 @@ def announce_ready(what: str) -> None:
     print(f"{READY_MARKER} {what}", flush=True)
 
 
-async def start_host(address: str) -> GrpcWorkerAgentRuntimeHost:
-    host = GrpcWorkerAgentRuntimeHost(address=address, extra_grpc_config=GRPC_OPTIONS)
-    host.start()
-    # `start` only schedules the server; make sure the port is really bound before
-    # saying so, and turn a bind failure into a clear error.
-    await asyncio.sleep(0)
-    for _ in range(100):
-        if await _port_open(address, 0.1):
-            return host
-        task = host._serve_task
-        if task is not None and task.done():
-            error = task.exception()
-            raise HostUnreachable(f"cannot listen on {address}: {error}")
-        await asyncio.sleep(0.05)
-    raise HostUnreachable(f"cannot listen on {address}: the port did not open within 5 s")
+# ---------------------------------------------------------------- the host
+#
+# AutoGen's GrpcWorkerAgentRuntimeHost has no hook for how events are routed, so we run
+# our own grpc.aio server around a subclass of its servicer. The subclass reads the
+# servicer's private routing tables; this section and the worker's below are the only
+# places in roundtable that touch AutoGen's private state.
 
 
-async def _port_open(address: str, timeout: float) -> bool:
-    host, _, port = address.rpartition(":")
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]") or "127.0.0.1", int(port)), timeout)
-    except (OSError, asyncio.TimeoutError, ValueError):
-        return False
-    writer.close()
-    return True
+class RoutingServicer(GrpcWorkerAgentRuntimeHostServicer):
+    """AutoGen's host servicer, with two changes to event delivery:
+
+    - A freshly started host has no subscriptions until the workers reconnect, and the
+      stock servicer drops what they publish meanwhile. For `grace` seconds after start,
+      an event that reaches nobody is held, and delivered to the first subscribers that
+      appear for it.
+    - A client that registered a type but has no open stream no longer stops delivery
+      to the others (the stock code raises KeyError mid-loop)."""
+
+    def __init__(self, grace: float = 10.0, held_limit: int = 50_000) -> None:
+        super().__init__()
+        self._started = time.monotonic()
+        self._grace = grace
+        self._held: list[tuple[cloudevent_pb2.CloudEvent, set[str]]] = []
+        self._held_limit = held_limit
+
+    def _in_grace(self) -> bool:
+        return time.monotonic() - self._started < self._grace
+
+    async def _deliver(self, event: cloudevent_pb2.CloudEvent, skip: set[str]) -> set[str]:
+        recipients = await self._subscription_manager.get_subscribed_recipients(TopicId(event.type, event.source))
+        async with self._agent_type_to_client_id_lock:
+            client_ids = {self._agent_type_to_client_id.get(r.type) for r in recipients}
+        sent: set[str] = set()
+        for client_id in client_ids:
+            if client_id is None or client_id in skip:
+                continue
+            connection = self._data_connections.get(client_id)
+            if connection is None:
+                continue
+            await connection.send(agent_worker_pb2.Message(cloudEvent=event))
+            sent.add(client_id)
+        return sent
+
+    async def _process_event(self, event: cloudevent_pb2.CloudEvent) -> None:
+        delivered = await self._deliver(event, set())
+        if not delivered and self._in_grace() and len(self._held) < self._held_limit:
+            self._held.append((event, delivered))
+
+    async def AddSubscription(
+        self, request: agent_worker_pb2.AddSubscriptionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> agent_worker_pb2.AddSubscriptionResponse:
+        response = await super().AddSubscription(request, context)
+        if self._held:
+            if not self._in_grace():
+                self._held.clear()
+            still_held = []
+            for event, delivered in self._held:
+                delivered |= await self._deliver(event, delivered)
+                if not delivered:
+                    still_held.append((event, delivered))
+            self._held = still_held
+        return response
 
 
-async def probe_host(address: str, timeout: float) -> None:
-    """Fail fast with a clear message when nothing answers gRPC at `address`."""
-    channel = grpc.aio.insecure_channel(address)
-    try:
-        await asyncio.wait_for(channel.channel_ready(), timeout)
-    except asyncio.TimeoutError:
-        raise HostUnreachable(
-            f"cannot reach the roundtable host at {address} within {timeout:g} s: is `roundtable host` running there?"
-        ) from None
-    finally:
-        await channel.close()
+class Host:
+    """The gRPC host: our own server around the routing servicer."""
+
+    def __init__(self, address: str, grace: float = 10.0) -> None:
+        self.address = address
+        self.servicer = RoutingServicer(grace)
+        self._server = grpc.aio.server(options=GRPC_OPTIONS + HOST_KEEPALIVE)
+        add_AgentRpcServicer_to_server(self.servicer, self._server)
+        try:
+            self._server.add_insecure_port(address)
+        except RuntimeError as error:
+            raise HostUnreachable(f"cannot listen on {address}: {error}") from None
+
+    async def start(self) -> None:
+        await self._server.start()
+
+    async def stop(self, grace: float = 1.0) -> None:
+        await self._server.stop(grace)
 
 
-async def connect_worker(address: str, timeout: float = 10.0) -> GrpcWorkerAgentRuntime:
+async def start_host(address: str, grace: float = 10.0) -> Host:
+    host = Host(address, grace)
+    await host.start()
+    return host
+
+
+# ---------------------------------------------------------------- the worker
+
+
+class _StubProxy:
+    """What AutoGen's worker calls as `host_connection.stub`: it remembers each agent type and
+    subscription so they can be registered again after a reconnect."""
+
+    def __init__(self, connection: ResilientConnection) -> None:
+        self._connection = connection
+
+    async def RegisterAgent(
+        self, request: agent_worker_pb2.RegisterAgentTypeRequest, metadata: Any = None
+    ) -> agent_worker_pb2.RegisterAgentTypeResponse:
+        response = await self._connection.call("RegisterAgent", request)
+        self._connection.agent_types.append(request.type)
+        return response  # type: ignore[no-any-return]
+
+    async def AddSubscription(
+        self, request: agent_worker_pb2.AddSubscriptionRequest, metadata: Any = None
+    ) -> agent_worker_pb2.AddSubscriptionResponse:
+        response = await self._connection.call("AddSubscription", request)
+        self._connection.subscriptions[request.subscription.id] = request
+        return response  # type: ignore[no-any-return]
+
+    async def RemoveSubscription(
+        self, request: agent_worker_pb2.RemoveSubscriptionRequest, metadata: Any = None
+    ) -> agent_worker_pb2.RemoveSubscriptionResponse:
+        self._connection.subscriptions.pop(request.id, None)
+        return await self._connection.call("RemoveSubscription", request)  # type: ignore[no-any-return]
+
+    async def GetSubscriptions(
+        self, request: agent_worker_pb2.GetSubscriptionsRequest, metadata: Any = None
+    ) -> agent_worker_pb2.GetSubscriptionsResponse:
+        return await self._connection.call("GetSubscriptions", request)  # type: ignore[no-any-return]
+
+
+class ResilientConnection:
+    """Stands in for AutoGen's HostConnection (`send`, `recv`, `stub`, `metadata`, `close`),
+    but survives a lost stream: it reconnects with exponential backoff and jitter, registers
+    the agent types and subscriptions again, and keeps what is published meanwhile in a
+    bounded outbox. The last message handed to a stream that then broke is sent again
+    (at least once: consumers drop duplicates by message id)."""
+
+    def __init__(self, address: str, connect_timeout: float, outbox_limit: int = OUTBOX_LIMIT) -> None:
+        self.address = address
+        self.agent_types: list[str] = []
+        self.subscriptions: dict[str, agent_worker_pb2.AddSubscriptionRequest] = {}
+        self.reconnects = 0
+        self._connect_timeout = connect_timeout
+        self._outbox: deque[agent_worker_pb2.Message] = deque()
+        self._outbox_limit = outbox_limit
+        self._outbox_changed = asyncio.Event()
+        self._inbox: asyncio.Queue[agent_worker_pb2.Message] = asyncio.Queue()
+        self._in_flight: agent_worker_pb2.Message | None = None
+        self._connected = asyncio.Event()
+        self._generation = 0
+        self._client_id = ""
+        self._stub: agent_worker_pb2_grpc.AgentRpcStub | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._listeners: list[Callable[[], Awaitable[None]]] = []
+        self.stub = _StubProxy(self)
+
+    @property
+    def metadata(self) -> list[tuple[str, str]]:
+        return [("client-id", self._client_id)]
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def on_reconnect(self, listener: Callable[[], Awaitable[None]]) -> None:
+        self._listeners.append(listener)
+
+    async def open(self) -> None:
+        """The first connection: fails with a clear error instead of retrying for ever."""
+        try:
+            call = await self._connect()
+        except (grpc.aio.AioRpcError, asyncio.TimeoutError) as error:
+            await self._drop_channel()
+            detail = error.details() if isinstance(error, grpc.aio.AioRpcError) else "timed out"
+            raise HostUnreachable(
+                f"cannot reach the roundtable host at {self.address} within {self._connect_timeout:g} s "
+                f"({detail}): is `roundtable host` running there?"
+            ) from None
+        self._task = asyncio.create_task(self._run(call))
+
+    async def _connect(self) -> grpc.aio.StreamStreamCall[Any, Any]:
+        self._generation += 1
+        generation = self._generation
+        self._channel = grpc.aio.insecure_channel(self.address, options=GRPC_OPTIONS + WORKER_KEEPALIVE)
+        self._stub = agent_worker_pb2_grpc.AgentRpcStub(self._channel)
+        self._client_id = str(uuid.uuid4())  # a new id each time: the host may still be cleaning up the old one
+        requests = _Requests(self, generation, self._in_flight)
+        call = self._stub.OpenChannel(requests, metadata=self.metadata)
+        try:
+            await asyncio.wait_for(call.wait_for_connection(), self._connect_timeout)
+            for agent_type in self.agent_types:
+                await self._raw_call("RegisterAgent", agent_worker_pb2.RegisterAgentTypeRequest(type=agent_type))
+            for subscription in self.subscriptions.values():
+                await self._raw_call("AddSubscription", subscription)
+        except BaseException:
+            requests.close()
+            call.cancel()
+            raise
+        requests.ready.set()
+        self._connected.set()
+        return call
+
+    async def next_request(self, generation: int) -> agent_worker_pb2.Message:
+        """The next message for the stream of `generation`; a newer stream owns the outbox."""
+        while not self._outbox:
+            if generation != self._generation:
+                raise StopAsyncIteration
+            self._outbox_changed.clear()
+            await self._outbox_changed.wait()
+        if generation != self._generation:
+            raise StopAsyncIteration
+        message = self._outbox.popleft()
+        self._outbox_changed.set()
+        self._in_flight = message
+        return message
+
+    async def _run(self, call: grpc.aio.StreamStreamCall[Any, Any]) -> None:
+        attempt = 0
+        while True:
+            try:
+                while True:
+                    message = await call.read()
+                    if message is grpc.aio.EOF:
+                        break
+                    await self._inbox.put(message)
+            except grpc.aio.AioRpcError as error:
+                log.debug("stream to %s ended: %s", self.address, error.code())
+            self._connected.clear()
+            call.cancel()
+            await self._drop_channel()
+            if self._closed:
+                return
+            lost_at = time.monotonic()
+            log.warning("lost the host at %s; reconnecting", self.address)
+            while not self._closed:
+                # Exponential backoff with jitter, capped at 1 s so that messages flow again
+                # within about a second of the host coming back.
+                await asyncio.sleep(min(RECONNECT_MAX_DELAY, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))
+                attempt += 1
+                try:
+                    call = await self._connect()
+                except (grpc.aio.AioRpcError, asyncio.TimeoutError):
+                    await self._drop_channel()
+                    continue
+                self.reconnects += 1
+                log.warning(
+                    "reconnected to %s after %.1f s (%d attempts)", self.address, time.monotonic() - lost_at, attempt
+                )
+                attempt = 0
+                for listener in self._listeners:
+                    try:
+                        await listener()
+                    except Exception:  # a listener's failure must not stop the reconnecting
+                        log.exception("after reconnecting")
+                break
+
+    async def _drop_channel(self) -> None:
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            await channel.close()
+
+    async def _raw_call(self, method: str, request: Any) -> Any:
+        assert self._stub is not None
+        return await getattr(self._stub, method)(request, metadata=self.metadata, timeout=self._connect_timeout)
+
+    async def call(self, method: str, request: Any) -> Any:
+        """A unary call, after waiting (bounded) for a live connection."""
+        try:
+            await asyncio.wait_for(self._connected.wait(), self._connect_timeout)
+        except asyncio.TimeoutError:
+            raise HostUnreachable(f"not connected to the roundtable host at {self.address}") from None
+        return await self._raw_call(method, request)
+
+    async def send(self, message: agent_worker_pb2.Message) -> None:
+        while len(self._outbox) >= self._outbox_limit:
+            # Back-pressure rather than loss: wait for the stream to drain the outbox.
+            self._outbox_changed.clear()
+            await self._outbox_changed.wait()
+        self._outbox.append(message)
+        self._outbox_changed.set()
+
+    async def recv(self) -> agent_worker_pb2.Message:
+        return await self._inbox.get()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+        await self._drop_channel()
+
+
+class _Requests:
+    """The request side of one stream. It waits until the types and subscriptions are
+    registered again, then sends first the message that may have been lost with the last
+    stream, then the outbox. (A class, not an async generator: gRPC may close it while it
+    waits, which an async generator does not allow.)"""
+
+    def __init__(
+        self, connection: ResilientConnection, generation: int, resend: agent_worker_pb2.Message | None
+    ) -> None:
+        self.ready = asyncio.Event()
+        self._connection = connection
+        self._generation = generation
+        self._resend = resend
+        self._closed = False
+
+    def close(self) -> None:
+        """This stream failed before it was ready: let gRPC's reader of it finish."""
+        self._closed = True
+        self.ready.set()
+
+    def __aiter__(self) -> _Requests:
+        return self
+
+    async def __anext__(self) -> agent_worker_pb2.Message:
+        await self.ready.wait()
+        if self._closed:
+            raise StopAsyncIteration
+        if self._resend is not None:
+            message, self._resend = self._resend, None
+            return message
+        return await self._connection.next_request(self._generation)
+
+
+class WorkerRuntime(GrpcWorkerAgentRuntime):
+    """AutoGen's gRPC worker runtime on a connection that reconnects by itself."""
+
+    def __init__(self, address: str, connect_timeout: float = 10.0) -> None:
+        super().__init__(host_address=address, extra_grpc_config=GRPC_OPTIONS)
+        self.connection = ResilientConnection(address, connect_timeout)
+        for message_type in WIRE_TYPES:
+            self.add_message_serializer(try_get_known_serializers_for_type(message_type))
+
+    async def start(self) -> None:
+        if self._running:
+            raise ValueError("Runtime is already running.")
+        await self.connection.open()
+        # The stock start() would open its own HostConnection; these three attributes are
+        # all it sets, and the rest of the runtime only uses the connection's public surface.
+        self._host_connection = self.connection  # type: ignore[assignment]
+        self._read_task = asyncio.create_task(self._run_read_loop())
+        self._running = True
+
+    def on_reconnect(self, listener: Callable[[], Awaitable[None]]) -> None:
+        """Call `listener` after each reconnect, once types and subscriptions are registered again."""
+        self.connection.on_reconnect(listener)
+
+
+async def connect_worker(address: str, timeout: float = 10.0) -> WorkerRuntime:
     """A started worker runtime that knows every roundtable message type."""
-    await probe_host(address, timeout)
-    runtime = GrpcWorkerAgentRuntime(host_address=address, extra_grpc_config=GRPC_OPTIONS)
-    for message_type in WIRE_TYPES:
-        runtime.add_message_serializer(try_get_known_serializers_for_type(message_type))
-    try:
-        await asyncio.wait_for(runtime.start(), timeout)
-    except (asyncio.TimeoutError, grpc.aio.AioRpcError) as error:
-        raise HostUnreachable(f"cannot open a stream to the roundtable host at {address}: {error}") from None
+    runtime = WorkerRuntime(address, timeout)
+    await runtime.start()
     return runtime
 
 
 async def stop_worker(runtime: GrpcWorkerAgentRuntime) -> None:
     try:
         await asyncio.wait_for(runtime.stop(), 5)
-    except (Exception, asyncio.CancelledError) as error:  # a dead host makes stop() raise; we are leaving anyway
+    except (Exception, asyncio.CancelledError) as error:  # we are leaving anyway
         log.debug("worker stop: %s", error)
 
 

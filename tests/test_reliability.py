@@ -1,0 +1,190 @@
+"""Nothing lost, nothing hangs: processes die mid-conversation and the conversation still completes,
+with every turn stored exactly once, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fakeopenai import FakeOpenAI
+from harness import READY, Proc, Procs, free_port, processes, scripted_agent, start_cluster, write_config
+
+from roundtable.store import StoredConversation, TranscriptStore
+
+# Twenty words at 40 ms each: a turn takes about a second, long enough to kill something mid-turn.
+LONG = " ".join(f"w{i}" for i in range(20))
+
+
+def config(tmp_path: Path, rounds: int = 6, **manager: Any) -> Path:
+    return write_config(
+        tmp_path / "roundtable.yaml",
+        {
+            "host": {"address": f"127.0.0.1:{free_port()}", "connect_timeout": 5},
+            "agents": [
+                scripted_agent("writer", f"Draft {{n}}: {LONG}", delay=0.04),
+                scripted_agent("editor", f"Feedback {{n}}: {LONG}", delay=0.04),
+            ],
+            "manager": {"termination": {"max_rounds": rounds, "timeout": 300}, "turn_timeout": 30, **manager},
+        },
+    )
+
+
+def chat(procs: Procs, cfg: Path, name: str = "chat", task: str = "Write about rain") -> Proc:
+    return procs.roundtable(name, "chat", task, "--config", str(cfg), "--timeout", "120")
+
+
+def stored(tmp_path: Path) -> list[StoredConversation]:
+    async def read() -> list[StoredConversation]:
+        store = TranscriptStore(f"sqlite+aiosqlite:///{tmp_path / 'data' / 'transcripts.db'}")
+        try:
+            found = []
+            for summary in await store.recent(100):
+                conversation = await store.get(summary.id)
+                assert conversation is not None
+                found.append(conversation)
+            return found
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+def assert_complete(conversation: StoredConversation, rounds: int) -> None:
+    """Every turn exactly once, in order, with no gaps, and the right speakers."""
+    assert conversation.status == "ended" and conversation.ok, conversation
+    assert [m.seq for m in conversation.transcript] == list(range(1, rounds + 2))
+    assert len({m.id for m in conversation.transcript}) == rounds + 1
+    agents = [m.author for m in conversation.transcript if m.kind == "agent"]
+    assert agents == (["writer", "editor"] * rounds)[:rounds]
+
+
+def assert_shown_once(output: str, rounds: int) -> None:
+    """Each agent message printed whole exactly once (a stream cut short by a crash is marked)."""
+    lines = re.findall(r"^(?:writer|editor): .*(?<!\(interrupted\))$", output, re.MULTILINE)
+    assert len(lines) == rounds, output
+
+
+def test_host_killed_and_restarted_mid_conversation(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    with processes(tmp_path) as procs:
+        started = start_cluster(procs, cfg, ["writer", "editor"])
+        terminal = chat(procs, cfg)
+        terminal.wait_for("editor: ", timeout=60)
+        started["host"].stop(signal.SIGKILL)
+        time.sleep(1.0)
+        procs.roundtable("host2", "host", "--config", str(cfg)).wait_for(READY)
+        assert terminal.wait_exit(120) == 0, terminal.output
+        for name in ("writer", "editor", "manager"):
+            assert "reconnected to" in started[name].output, started[name].output
+        output = terminal.output
+    assert "max_rounds reached (6 rounds)" in output
+    assert_shown_once(output, 6)
+    [conversation] = stored(tmp_path)
+    assert_complete(conversation, 6)
+
+
+def test_manager_then_an_agent_killed_mid_turn(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    with processes(tmp_path) as procs:
+        started = start_cluster(procs, cfg, ["writer", "editor"])
+        terminal = chat(procs, cfg)
+        terminal.wait_for("writer speaks next", timeout=60)
+        time.sleep(0.5)  # mid-turn: the writer is streaming
+        started["manager"].stop(signal.SIGKILL)
+        procs.roundtable("manager2", "manager", "--config", str(cfg)).wait_for(READY)
+        terminal.wait_for("editor speaks next", timeout=60)
+        time.sleep(0.5)
+        started["editor"].stop(signal.SIGKILL)
+        procs.roundtable("editor2", "agent", "--config", str(cfg), "--name", "editor").wait_for(READY)
+        assert terminal.wait_exit(120) == 0, terminal.output
+        output = terminal.output
+    assert_shown_once(output, 6)
+    [conversation] = stored(tmp_path)
+    assert_complete(conversation, 6)
+
+
+def test_chaos_under_up_every_conversation_completes_exactly_once(tmp_path: Path) -> None:
+    cfg = config(tmp_path, rounds=4)
+    rng = random.Random(7)
+    with processes(tmp_path) as procs:
+        up = procs.roundtable("up", "up", "--config", str(cfg), "--no-ui")
+        up.wait_for("everything is ready", timeout=60)
+        terminals = [chat(procs, cfg, f"chat{i}", f"Task {i}") for i in range(3)]
+        kills = []
+        for _ in range(4):
+            time.sleep(rng.uniform(1.0, 2.5))
+            pids = dict(re.findall(r"started (\S+) \(pid (\d+)\)", up.output))
+            victim = rng.choice(sorted(pids))
+            kills.append(victim)
+            try:
+                os.kill(int(pids[victim]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for terminal in terminals:
+            assert terminal.wait_exit(180) == 0, f"killed {kills}\n{terminal.output}"
+            assert_shown_once(terminal.output, 4)
+    conversations = stored(tmp_path)
+    assert len(conversations) == 3
+    for conversation in conversations:
+        assert_complete(conversation, 4)
+
+
+def run_chat_with_model(tmp_path: Path, model: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    cfg = write_config(
+        tmp_path / "roundtable.yaml",
+        {
+            "host": {"address": f"127.0.0.1:{free_port()}"},
+            "agents": [{"name": "writer", "model": model}, scripted_agent("editor", "ok")],
+            "manager": {"termination": {"max_rounds": 2}},
+        },
+    )
+    with processes(tmp_path) as procs:
+        start_cluster(procs, cfg, ["writer", "editor"])
+        return subprocess.run(
+            [sys.executable, "-m", "roundtable", "chat", "hello", "--config", str(cfg), "--timeout", "60"],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+
+
+def test_rate_limited_model_is_retried_then_succeeds(tmp_path: Path) -> None:
+    with FakeOpenAI(status=429, fail_first=2) as fake:
+        model = {"provider": "openai-compatible", "base_url": fake.base_url, "model": "m", "max_retries": 3}
+        result = run_chat_with_model(tmp_path, model)
+        assert len(fake.requests) == 3
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "writer: Reply 3 from the writer model." in result.stdout
+
+
+def test_rejected_key_fails_fast_without_retries(tmp_path: Path) -> None:
+    with FakeOpenAI(status=401) as fake:
+        model = {"provider": "openai-compatible", "base_url": fake.base_url, "model": "m", "max_retries": 3}
+        result = run_chat_with_model(tmp_path, model)
+        assert len(fake.requests) == 1
+    assert result.returncode == 1
+    assert "conversation ended: writer: the model server rejected the API key (401)" in result.stdout
+
+
+def test_model_that_never_answers_ends_the_conversation_in_bounded_time(tmp_path: Path) -> None:
+    with FakeOpenAI(hang=True) as fake:
+        model = {
+            "provider": "openai-compatible",
+            "base_url": fake.base_url,
+            "model": "m",
+            "timeout": 2,
+            "max_retries": 1,
+        }
+        started = time.monotonic()
+        result = run_chat_with_model(tmp_path, model)
+    assert result.returncode == 1
+    assert "writer: the model server did not answer in time" in result.stdout
+    assert time.monotonic() - started < 60

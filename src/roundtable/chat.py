@@ -23,6 +23,7 @@ from .messages import (
 )
 from .observer import register_observer
 from .runtime import connect_worker, stop_worker
+from .security import Security
 
 #: How long to wait for the manager to take a new conversation before giving up.
 START_TIMEOUT = 15.0
@@ -136,13 +137,14 @@ async def run_chat(
     connect_timeout: float = 10.0,
     start_timeout: float = START_TIMEOUT,
     out: TextIO | None = None,
+    security: Security | None = None,
 ) -> Outcome:
     if not task.strip():
         raise ConfigError("the task is empty: say what the agents should work on")
     if len(task) > MAX_CONTENT_CHARS:
         raise ConfigError(f"the task is too long: {len(task)} characters (the limit is {MAX_CONTENT_CHARS})")
     out = out or sys.stdout
-    runtime = await connect_worker(host, connect_timeout)
+    runtime = await connect_worker(host, connect_timeout, security)
     try:
         sink = TerminalSink(new_id(), out, color=out.isatty())
         await register_observer(runtime, f"terminal_{new_id()[:12]}", sink)

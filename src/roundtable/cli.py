@@ -18,7 +18,8 @@ from typing import Any
 from pydantic import SecretStr, ValidationError
 
 from .config import AgentConfig, Config, ConfigError, ModelConfig, load_config
-from .runtime import HostUnreachable, setup_logging
+from .runtime import HostUnreachable, WorkerRuntime, setup_logging
+from .security import Security, load_security
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -50,6 +51,45 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 
 def _add_host(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", metavar="ADDR", help="the gRPC host, e.g. 127.0.0.1:50051 (default: from the config)")
+    _add_security(parser)
+
+
+def _add_security(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("security (overrides the config; the token comes from ROUNDTABLE_TOKEN)")
+    group.add_argument("--tls-ca", metavar="FILE", help="the CA that signed the certificates")
+    group.add_argument("--tls-cert", metavar="FILE", help="the host's certificate (host only)")
+    group.add_argument("--tls-key", metavar="FILE", help="the host's private key (host only)")
+    group.add_argument("--tls-client-cert", metavar="FILE", help="mutual TLS: the workers' certificate")
+    group.add_argument("--tls-client-key", metavar="FILE", help="mutual TLS: the workers' private key")
+    group.add_argument("--mutual-tls", action="store_true", default=None, help="require/present client certificates")
+    group.add_argument("--token-file", metavar="FILE", help="read the bearer token from this file")
+    group.add_argument("--server-name", help="the name in the host's certificate, if not the address")
+
+
+def security_from(args: argparse.Namespace, config: Config) -> Security:
+    cfg = config.host.security
+    updates = {
+        key: getattr(args, flag)
+        for flag, key in (
+            ("tls_ca", "ca"),
+            ("tls_cert", "cert"),
+            ("tls_key", "key"),
+            ("tls_client_cert", "client_cert"),
+            ("tls_client_key", "client_key"),
+            ("mutual_tls", "mutual"),
+            ("token_file", "token_file"),
+            ("server_name", "server_name"),
+            ("insecure", "insecure"),
+        )
+        if getattr(args, flag, None) is not None
+    }
+    return load_security(cfg.model_copy(update=updates))
+
+
+async def _connect(args: argparse.Namespace, config: Config) -> WorkerRuntime:
+    from .runtime import connect_worker
+
+    return await connect_worker(_host_address(args, config), config.host.connect_timeout, security_from(args, config))
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +151,7 @@ async def _host(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     address = args.address or config.host.address
-    host = await start_host(address)
+    host = await start_host(address, security=security_from(args, config), queue_limit=config.host.client_queue_limit)
     print(f"Host started at {address}", flush=True)
     announce_ready(f"host on {address}")
     await serve_until_signal()
@@ -142,7 +182,7 @@ def agent_settings(args: argparse.Namespace, config: Config) -> tuple[AgentConfi
 async def _agent(args: argparse.Namespace) -> int:
     from .models import build_client
     from .participant import register_participant
-    from .runtime import announce_ready, connect_worker, serve_until_signal, stop_worker
+    from .runtime import announce_ready, serve_until_signal, stop_worker
 
     config = load_config(args.config)
     settings, model = agent_settings(args, config)
@@ -152,7 +192,7 @@ async def _agent(args: argparse.Namespace) -> int:
             update={k: v for k, v in (("task", args.seed_task), ("max_turns", args.max_turns)) if v is not None}
         )
     client = build_client(model, config.local_model)
-    runtime = await connect_worker(_host_address(args, config), config.host.connect_timeout)
+    runtime = await _connect(args, config)
     try:
         await register_participant(runtime, settings, client, seed)
         mode = "seed mode" if seed else "managed"
@@ -196,7 +236,7 @@ def manager_config(args: argparse.Namespace, config: Config) -> Config:
 async def _manager(args: argparse.Namespace) -> int:
     from .manager import register_manager
     from .models import build_client
-    from .runtime import announce_ready, connect_worker, serve_until_signal, stop_worker
+    from .runtime import announce_ready, serve_until_signal, stop_worker
     from .store import TranscriptStore
 
     config = manager_config(args, load_config(args.config))
@@ -205,7 +245,7 @@ async def _manager(args: argparse.Namespace) -> int:
         selector = build_client(config.manager.model or config.model, config.local_model)
     store = TranscriptStore(config.store_url)
     await store.open()
-    runtime = await connect_worker(_host_address(args, config), config.host.connect_timeout)
+    runtime = await _connect(args, config)
     try:
         await register_manager(runtime, config.agents, config.manager, store, selector)
         names = ", ".join(a.name for a in config.agents)
@@ -223,7 +263,12 @@ async def _chat(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     task = sys.stdin.read() if args.task == "-" else args.task
     outcome = await run_chat(
-        _host_address(args, config), task, args.timeout, config.host.connect_timeout, args.start_timeout
+        _host_address(args, config),
+        task,
+        args.timeout,
+        config.host.connect_timeout,
+        args.start_timeout,
+        security=security_from(args, config),
     )
     return 0 if outcome.ok else EXIT_FAILED
 
@@ -274,7 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     host = sub.add_parser("host", help="run the gRPC host that routes messages between processes")
     host.add_argument("--address", help="where to listen (default: from the config, 127.0.0.1:50051)")
+    host.add_argument(
+        "--insecure", action="store_true", default=None, help="allow listening off loopback without TLS and a token"
+    )
+    _add_security(host)
     _add_config(host)
+
+    certs = sub.add_parser("certs", help="write a development CA, host and client certificates, and a token")
+    certs.add_argument("directory", help="where to write ca.pem, server.pem/.key, client.pem/.key and token")
+    certs.add_argument(
+        "--name", action="append", dest="names", help="a host name or IP the host is reached by (repeatable)"
+    )
 
     agent = sub.add_parser("agent", help="run one participant")
     _add_host(agent)
@@ -324,8 +379,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _certs(args: argparse.Namespace) -> int:
+    from .security import write_dev_certificates
+
+    names = args.names or ["localhost", "127.0.0.1"]
+    for path in write_dev_certificates(Path(args.directory), names):
+        print(path)
+    print(f"the host certificate is for: {', '.join(names)}; keep token and the .key files private")
+    return 0
+
+
 #: Commands that run their own event loop (or none).
-BLOCKING: dict[str, Callable[[argparse.Namespace], int]] = {"model": _model_command, "ui": _ui_command}
+BLOCKING: dict[str, Callable[[argparse.Namespace], int]] = {
+    "model": _model_command,
+    "ui": _ui_command,
+    "certs": _certs,
+}
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "host": _host,
@@ -338,7 +407,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.command if args.command not in ("agent",) else args.name, args.log_level)
+    setup_logging(args.name if args.command == "agent" else args.command, getattr(args, "log_level", "INFO"))
     if args.command in BLOCKING:
         try:
             return BLOCKING[args.command](args)

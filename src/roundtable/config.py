@@ -126,9 +126,25 @@ class ManagerConfig(_Model):
         return value
 
 
+class SecurityConfig(_Model):
+    """TLS and the bearer token. The token itself comes from ROUNDTABLE_TOKEN or token_file."""
+
+    ca: str | None = None  # the CA that signed the certificates (workers check the host with it)
+    cert: str | None = None  # the host's certificate ...
+    key: str | None = None  # ... and its private key
+    client_cert: str | None = None  # mutual TLS: the workers' certificate ...
+    client_key: str | None = None  # ... and its private key
+    mutual: bool = False
+    token_file: str | None = None
+    server_name: str | None = None  # the name in the host's certificate, if not the address
+    insecure: bool = False  # allow listening off loopback without TLS and a token
+
+
 class HostConfig(_Model):
     address: str = DEFAULT_HOST_ADDRESS
     connect_timeout: float = Field(default=10.0, gt=0)
+    client_queue_limit: int = Field(default=10_000, gt=0)  # messages the host keeps for one slow client
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
 
 
 class UIConfig(_Model):
@@ -209,7 +225,8 @@ def _format_location(loc: tuple[int | str, ...]) -> str:
         if isinstance(part, int):
             text += f"[{part}]"
         else:
-            text += f".{part}" if text else str(part)
+            name = part if part.isidentifier() else repr(part)
+            text += f".{name}" if text else name
     return text
 
 
@@ -219,9 +236,8 @@ def _first_error(source: str, error: ValidationError) -> str:
     if detail["type"] == "extra_forbidden":
         message = "unknown field"
     where = _format_location(tuple(detail["loc"]))
-    if where:
-        return f"{source}: {where}: {message}"
-    return f"{source}: {message}"
+    text = f"{source}: {where}: {message}" if where else f"{source}: {message}"
+    return " ".join(text.split("\n"))
 
 
 def config_from_dict(data: Any, source: str = "config") -> Config:

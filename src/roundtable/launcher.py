@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 from .config import Config
 from .runtime import READY_MARKER, shutdown_on_signal
+from .security import load_security
 
 log = logging.getLogger("roundtable.up")
 
@@ -226,7 +227,13 @@ async def run_up(
                 await on_ready(launcher)
             if task is not None:
                 chat = asyncio.ensure_future(
-                    run_chat(config.host.address, task, chat_timeout, config.host.connect_timeout)
+                    run_chat(
+                        config.host.address,
+                        task,
+                        chat_timeout,
+                        config.host.connect_timeout,
+                        security=load_security(config.host.security),
+                    )
                 )
                 stopped = asyncio.ensure_future(stop.wait())
                 await asyncio.wait({chat, stopped}, return_when="FIRST_COMPLETED")

@@ -14,9 +14,9 @@ import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from autogen_core import TopicId
@@ -26,6 +26,15 @@ from autogen_ext.runtimes.grpc.protos import agent_worker_pb2, agent_worker_pb2_
 from autogen_ext.runtimes.grpc.protos.agent_worker_pb2_grpc import add_AgentRpcServicer_to_server
 
 from .messages import WIRE_TYPES
+from .security import (
+    Security,
+    TokenInterceptor,
+    channel_credentials,
+    channel_options,
+    check_listen_address,
+    server_credentials,
+    token_metadata,
+)
 
 log = logging.getLogger("roundtable")
 
@@ -53,6 +62,11 @@ HOST_KEEPALIVE = [
     ("grpc.keepalive_permit_without_calls", 1),
 ]
 OUTBOX_LIMIT = 10_000
+CLIENT_QUEUE_LIMIT = 10_000  # messages waiting for one client on the host before it is cut off
+SENDER_TYPE = "agagentsendertype"
+SCHEMA = "dataschema"
+STREAM_WAIT_STEPS = 200  # x 10 ms
+SENDER_KEY = "agagentsenderkey"
 RECONNECT_MAX_DELAY = 1.0
 
 
@@ -86,27 +100,102 @@ def announce_ready(what: str) -> None:
 # places in roundtable that touch AutoGen's private state.
 
 
-class RoutingServicer(GrpcWorkerAgentRuntimeHostServicer):
-    """AutoGen's host servicer, with two changes to event delivery:
+class _Close:
+    """Put on a client's send queue to end its stream (it fell too far behind)."""
 
+
+CLOSE = _Close()
+
+
+async def _client_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    metadata = dict(context.invocation_metadata() or ())
+    client_id = metadata.get("client-id")
+    if not isinstance(client_id, str) or not client_id:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "client-id metadata not found")
+    return str(client_id)
+
+
+class RoutingServicer(GrpcWorkerAgentRuntimeHostServicer):
+    """AutoGen's host servicer, made safe to share with clients that are broken or hostile,
+    and kind to clients that reconnect.
+
+    - A client id belongs to the connection that opened its stream: another stream with
+      the same id is refused, and registrations, subscriptions and removals must come
+      over that same connection (the stock servicer lets anyone who learns an id take
+      over its messages, and register without a stream, which breaks delivery).
+    - The duplicate-registration error no longer reveals the owner's client id.
+    - A client may only remove its own subscriptions.
+    - The sender of an event is checked against what the client registered; a claimed
+      sender it does not own is replaced by "unknown".
+    - Each client's send queue is bounded. When a client stops reading and its queue is
+      full, what else is meant for it is dropped, and its stream is ended as soon as it
+      reads again: it has missed messages, so it must reconnect (ours do, and the manager
+      then publishes the open transcripts again). The host's memory stays bounded.
     - A freshly started host has no subscriptions until the workers reconnect, and the
       stock servicer drops what they publish meanwhile. For `grace` seconds after start,
       an event that reaches nobody is held, and delivered to the first subscribers that
       appear for it.
-    - A client that registered a type but has no open stream no longer stops delivery
-      to the others (the stock code raises KeyError mid-loop)."""
+    """
 
-    def __init__(self, grace: float = 10.0, held_limit: int = 50_000) -> None:
+    def __init__(self, grace: float = 10.0, held_limit: int = 50_000, queue_limit: int = CLIENT_QUEUE_LIMIT) -> None:
         super().__init__()
         self._started = time.monotonic()
         self._grace = grace
         self._held: list[tuple[cloudevent_pb2.CloudEvent, set[str]]] = []
         self._held_limit = held_limit
+        self._queue_limit = queue_limit
+        self._peers: dict[str, str] = {}
+        self._cut_off: set[str] = set()
 
     def _in_grace(self) -> bool:
         return time.monotonic() - self._started < self._grace
 
+    async def _caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        """The client id of a unary call, which must come over that client's own stream connection."""
+        client_id = await _client_id(context)
+        # The stream is opened first, but its handler may start a moment after this call arrives.
+        for _ in range(STREAM_WAIT_STEPS):
+            if client_id in self._data_connections:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "open a stream before registering")
+        if self._peers.get(client_id) != context.peer():
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this client id belongs to another connection")
+        return client_id
+
+    async def OpenChannel(
+        self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[agent_worker_pb2.Message]:
+        client_id = await _client_id(context)
+        if client_id in self._data_connections:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, "a stream with this client id is already open")
+        self._peers[client_id] = context.peer()
+        stream = cast(AsyncGenerator[agent_worker_pb2.Message, None], super().OpenChannel(request_iterator, context))
+        try:
+            async for message in stream:
+                if message is CLOSE:
+                    log.warning("a client stopped reading; closing its stream")
+                    break
+                yield message
+        finally:
+            await stream.aclose()
+            self._peers.pop(client_id, None)
+            self._cut_off.discard(client_id)
+
+    async def _receive_message(self, client_id: str, message: agent_worker_pb2.Message) -> None:
+        if message.WhichOneof("message") == "cloudEvent":
+            attributes = message.cloudEvent.attributes
+            claimed = attributes[SENDER_TYPE].ce_string if SENDER_TYPE in attributes else ""
+            if claimed and self._agent_type_to_client_id.get(claimed) != client_id:
+                attributes[SENDER_TYPE].ce_string = "unknown"
+                if SENDER_KEY in attributes:
+                    attributes[SENDER_KEY].ce_string = "unknown"
+        await super()._receive_message(client_id, message)
+
     async def _deliver(self, event: cloudevent_pb2.CloudEvent, skip: set[str]) -> set[str]:
+        """Send `event` to its subscribers' clients, except `skip`; return the clients it was
+        meant for (a client cut off for not reading counts: the event was routed)."""
         recipients = await self._subscription_manager.get_subscribed_recipients(TopicId(event.type, event.source))
         async with self._agent_type_to_client_id_lock:
             client_ids = {self._agent_type_to_client_id.get(r.type) for r in recipients}
@@ -117,6 +206,14 @@ class RoutingServicer(GrpcWorkerAgentRuntimeHostServicer):
             connection = self._data_connections.get(client_id)
             if connection is None:
                 continue
+            queue = connection._send_queue
+            if queue.qsize() >= self._queue_limit:
+                if client_id not in self._cut_off:
+                    self._cut_off.add(client_id)
+                    log.warning("a client has %d messages waiting; dropping more for it", queue.qsize())
+                    queue.put_nowait(CLOSE)  # type: ignore[arg-type]
+                sent.add(client_id)
+                continue
             await connection.send(agent_worker_pb2.Message(cloudEvent=event))
             sent.add(client_id)
         return sent
@@ -126,9 +223,22 @@ class RoutingServicer(GrpcWorkerAgentRuntimeHostServicer):
         if not delivered and self._in_grace() and len(self._held) < self._held_limit:
             self._held.append((event, delivered))
 
+    async def RegisterAgent(
+        self, request: agent_worker_pb2.RegisterAgentTypeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> agent_worker_pb2.RegisterAgentTypeResponse:
+        client_id = await self._caller(context)
+        async with self._agent_type_to_client_id_lock:
+            if request.type in self._agent_type_to_client_id:
+                await context.abort(
+                    grpc.StatusCode.ALREADY_EXISTS, f"agent type {request.type} is already registered by another client"
+                )
+            self._agent_type_to_client_id[request.type] = client_id
+        return agent_worker_pb2.RegisterAgentTypeResponse()
+
     async def AddSubscription(
         self, request: agent_worker_pb2.AddSubscriptionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> agent_worker_pb2.AddSubscriptionResponse:
+        await self._caller(context)
         response = await super().AddSubscription(request, context)
         if self._held:
             if not self._in_grace():
@@ -141,17 +251,46 @@ class RoutingServicer(GrpcWorkerAgentRuntimeHostServicer):
             self._held = still_held
         return response
 
+    async def RemoveSubscription(
+        self, request: agent_worker_pb2.RemoveSubscriptionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> agent_worker_pb2.RemoveSubscriptionResponse:
+        client_id = await self._caller(context)
+        owned = self._client_id_to_subscription_id_mapping.get(client_id, set())
+        if request.id not in owned:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not your subscription")
+        owned.discard(request.id)
+        return await super().RemoveSubscription(request, context)
+
+    async def GetSubscriptions(
+        self, request: agent_worker_pb2.GetSubscriptionsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> agent_worker_pb2.GetSubscriptionsResponse:
+        await self._caller(context)
+        return await super().GetSubscriptions(request, context)
+
 
 class Host:
-    """The gRPC host: our own server around the routing servicer."""
+    """The gRPC host: our own server around the routing servicer, with TLS and the token
+    check when configured. Off loopback it refuses to listen without both."""
 
-    def __init__(self, address: str, grace: float = 10.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        grace: float = 10.0,
+        security: Security | None = None,
+        queue_limit: int = CLIENT_QUEUE_LIMIT,
+    ) -> None:
+        security = security or Security()
+        check_listen_address(address, security)
         self.address = address
-        self.servicer = RoutingServicer(grace)
-        self._server = grpc.aio.server(options=GRPC_OPTIONS + HOST_KEEPALIVE)
+        self.servicer = RoutingServicer(grace, queue_limit=queue_limit)
+        interceptors = [TokenInterceptor(security.token)] if security.token else []
+        self._server = grpc.aio.server(options=GRPC_OPTIONS + HOST_KEEPALIVE, interceptors=interceptors)
         add_AgentRpcServicer_to_server(self.servicer, self._server)
         try:
-            self._server.add_insecure_port(address)
+            if security.tls:
+                self._server.add_secure_port(address, server_credentials(security))
+            else:
+                self._server.add_insecure_port(address)
         except RuntimeError as error:
             raise HostUnreachable(f"cannot listen on {address}: {error}") from None
 
@@ -162,8 +301,10 @@ class Host:
         await self._server.stop(grace)
 
 
-async def start_host(address: str, grace: float = 10.0) -> Host:
-    host = Host(address, grace)
+async def start_host(
+    address: str, grace: float = 10.0, security: Security | None = None, queue_limit: int = CLIENT_QUEUE_LIMIT
+) -> Host:
+    host = Host(address, grace, security, queue_limit)
     await host.start()
     return host
 
@@ -211,8 +352,15 @@ class ResilientConnection:
     bounded outbox. The last message handed to a stream that then broke is sent again
     (at least once: consumers drop duplicates by message id)."""
 
-    def __init__(self, address: str, connect_timeout: float, outbox_limit: int = OUTBOX_LIMIT) -> None:
+    def __init__(
+        self,
+        address: str,
+        connect_timeout: float,
+        security: Security | None = None,
+        outbox_limit: int = OUTBOX_LIMIT,
+    ) -> None:
         self.address = address
+        self._security = security or Security()
         self.agent_types: list[str] = []
         self.subscriptions: dict[str, agent_worker_pb2.AddSubscriptionRequest] = {}
         self.reconnects = 0
@@ -234,7 +382,7 @@ class ResilientConnection:
 
     @property
     def metadata(self) -> list[tuple[str, str]]:
-        return [("client-id", self._client_id)]
+        return [("client-id", self._client_id), *token_metadata(self._security)]
 
     @property
     def connected(self) -> bool:
@@ -249,6 +397,11 @@ class ResilientConnection:
             call = await self._connect()
         except (grpc.aio.AioRpcError, asyncio.TimeoutError) as error:
             await self._drop_channel()
+            if isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise HostUnreachable(
+                    f"the roundtable host at {self.address} rejected this process: missing or wrong token "
+                    "(set ROUNDTABLE_TOKEN or security.token_file)"
+                ) from None
             detail = error.details() if isinstance(error, grpc.aio.AioRpcError) else "timed out"
             raise HostUnreachable(
                 f"cannot reach the roundtable host at {self.address} within {self._connect_timeout:g} s "
@@ -259,13 +412,21 @@ class ResilientConnection:
     async def _connect(self) -> grpc.aio.StreamStreamCall[Any, Any]:
         self._generation += 1
         generation = self._generation
-        self._channel = grpc.aio.insecure_channel(self.address, options=GRPC_OPTIONS + WORKER_KEEPALIVE)
+        options = GRPC_OPTIONS + WORKER_KEEPALIVE + channel_options(self._security)
+        if self._security.tls:
+            credentials = channel_credentials(self._security)
+            self._channel = grpc.aio.secure_channel(self.address, credentials, options=options)
+        else:
+            self._channel = grpc.aio.insecure_channel(self.address, options=options)
         self._stub = agent_worker_pb2_grpc.AgentRpcStub(self._channel)
         self._client_id = str(uuid.uuid4())  # a new id each time: the host may still be cleaning up the old one
         requests = _Requests(self, generation, self._in_flight)
         call = self._stub.OpenChannel(requests, metadata=self.metadata)
         try:
             await asyncio.wait_for(call.wait_for_connection(), self._connect_timeout)
+            # A stream is accepted before the host has checked anything; this call proves the
+            # token and the stream, so a rejected worker fails here, at once.
+            await self._raw_call("GetSubscriptions", agent_worker_pb2.GetSubscriptionsRequest())
             for agent_type in self.agent_types:
                 await self._raw_call("RegisterAgent", agent_worker_pb2.RegisterAgentTypeRequest(type=agent_type))
             for subscription in self.subscriptions.values():
@@ -350,6 +511,18 @@ class ResilientConnection:
         return await self._raw_call(method, request)
 
     async def send(self, message: agent_worker_pb2.Message) -> None:
+        size = message.ByteSize()
+        if size > MAX_GRPC_MESSAGE_BYTES:
+            # Sent, it would kill our stream (gRPC's limit) and everything registered on it.
+            event = message.cloudEvent
+            log.error(
+                "refusing to send a %d-byte message (%s on %s; the limit is %d bytes)",
+                size,
+                event.attributes[SCHEMA].ce_string if SCHEMA in event.attributes else "rpc",
+                event.type or "?",
+                MAX_GRPC_MESSAGE_BYTES,
+            )
+            return
         while len(self._outbox) >= self._outbox_limit:
             # Back-pressure rather than loss: wait for the stream to drain the outbox.
             self._outbox_changed.clear()
@@ -405,9 +578,9 @@ class _Requests:
 class WorkerRuntime(GrpcWorkerAgentRuntime):
     """AutoGen's gRPC worker runtime on a connection that reconnects by itself."""
 
-    def __init__(self, address: str, connect_timeout: float = 10.0) -> None:
+    def __init__(self, address: str, connect_timeout: float = 10.0, security: Security | None = None) -> None:
         super().__init__(host_address=address, extra_grpc_config=GRPC_OPTIONS)
-        self.connection = ResilientConnection(address, connect_timeout)
+        self.connection = ResilientConnection(address, connect_timeout, security)
         for message_type in WIRE_TYPES:
             self.add_message_serializer(try_get_known_serializers_for_type(message_type))
 
@@ -425,10 +598,18 @@ class WorkerRuntime(GrpcWorkerAgentRuntime):
         """Call `listener` after each reconnect, once types and subscriptions are registered again."""
         self.connection.on_reconnect(listener)
 
+    async def _process_event(self, event: cloudevent_pb2.CloudEvent) -> None:
+        # The stock runtime lets a message it cannot decode escape as an unhandled task error
+        # with a traceback; log one line and go on.
+        try:
+            await super()._process_event(event)
+        except Exception as error:
+            log.warning("skipped a message on %r that could not be handled: %s", event.type, error)
 
-async def connect_worker(address: str, timeout: float = 10.0) -> WorkerRuntime:
+
+async def connect_worker(address: str, timeout: float = 10.0, security: Security | None = None) -> WorkerRuntime:
     """A started worker runtime that knows every roundtable message type."""
-    runtime = WorkerRuntime(address, timeout)
+    runtime = WorkerRuntime(address, timeout, security)
     await runtime.start()
     return runtime
 

@@ -20,6 +20,7 @@ from pydantic import SecretStr, ValidationError
 from .config import AgentConfig, Config, ConfigError, ModelConfig, load_config
 from .runtime import HostUnreachable, WorkerRuntime, setup_logging
 from .security import Security, load_security
+from .telemetry import setup_tracing, shutdown_tracing
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -47,6 +48,20 @@ def _run(coro_factory: Callable[[], Coroutine[Any, Any, int]]) -> int:
 def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML config (default: the built-in writer and editor)")
     parser.add_argument("--log-level", default=os.environ.get("ROUNDTABLE_LOG_LEVEL", "INFO"))
+    parser.add_argument("--otel-endpoint", metavar="URL", help="send OpenTelemetry traces to this OTLP collector")
+    parser.add_argument("--otel-console", action="store_true", default=None, help="print trace spans on stderr")
+
+
+def load(args: argparse.Namespace) -> Config:
+    """The config for a command, with tracing set up as it and the flags ask."""
+    config = load_config(args.config)
+    telemetry_cfg = config.telemetry.model_copy(
+        update={
+            k: v for k, v in (("otlp_endpoint", args.otel_endpoint), ("console", args.otel_console)) if v is not None
+        }
+    )
+    setup_tracing(telemetry_cfg, args.command if args.command != "agent" else f"agent-{args.name}")
+    return config.model_copy(update={"telemetry": telemetry_cfg})
 
 
 def _add_host(parser: argparse.ArgumentParser) -> None:
@@ -184,7 +199,7 @@ async def _agent(args: argparse.Namespace) -> int:
     from .participant import register_participant
     from .runtime import announce_ready, serve_until_signal, stop_worker
 
-    config = load_config(args.config)
+    config = load(args)
     settings, model = agent_settings(args, config)
     seed = None
     if args.seed:
@@ -239,7 +254,7 @@ async def _manager(args: argparse.Namespace) -> int:
     from .runtime import announce_ready, serve_until_signal, stop_worker
     from .store import TranscriptStore
 
-    config = manager_config(args, load_config(args.config))
+    config = manager_config(args, load(args))
     selector = None
     if config.manager.strategy == "selector":
         selector = build_client(config.manager.model or config.model, config.local_model)
@@ -260,7 +275,7 @@ async def _manager(args: argparse.Namespace) -> int:
 async def _chat(args: argparse.Namespace) -> int:
     from .chat import run_chat
 
-    config = load_config(args.config)
+    config = load(args)
     task = sys.stdin.read() if args.task == "-" else args.task
     outcome = await run_chat(
         _host_address(args, config),
@@ -415,7 +430,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail(str(error), EXIT_BAD_INPUT)
         except KeyboardInterrupt:
             return 130
-    return _run(lambda: COMMANDS[args.command](args))
+    try:
+        return _run(lambda: COMMANDS[args.command](args))
+    finally:
+        shutdown_tracing()
 
 
 # ---------------------------------------------------------------- the tutorial's scripts

@@ -156,6 +156,12 @@ class UIConfig(_Model):
     users: dict[str, str] = Field(default_factory=dict)  # name -> password, when auth is on
 
 
+class TelemetryConfig(_Model):
+    otlp_endpoint: str | None = None  # e.g. http://collector:4317; or OTEL_EXPORTER_OTLP_ENDPOINT
+    otlp_insecure: bool = True
+    console: bool = False  # print spans as JSON on stderr, for debugging
+
+
 class StoreConfig(_Model):
     url: str | None = None  # SQLAlchemy async URL; default: SQLite in data_dir
 
@@ -176,6 +182,7 @@ class Config(_Model):
     ui: UIConfig = Field(default_factory=UIConfig)
     seed: SeedConfig = Field(default_factory=SeedConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     data_dir: str | None = None
 
     @model_validator(mode="after")

@@ -40,6 +40,7 @@ from .messages import (
 from .models import describe_model_error
 from .runtime import WorkerRuntime
 from .store import TranscriptStore
+from .telemetry import span
 
 log = logging.getLogger("roundtable.manager")
 
@@ -339,9 +340,10 @@ class GroupChatManager(RoutedAgent):
 
     async def _next_turn(self, conv: Conversation, note: str = "", skip: str | None = None) -> None:
         candidates = [a for a in self._agents if a.name != skip] or self._agents
-        choice = self._choose(conv, candidates)
-        if not isinstance(choice, Choice):
-            choice = await choice
+        with span("roundtable.manager.select", conversation=conv.id, strategy=self._settings.strategy):
+            choice = self._choose(conv, candidates)
+            if not isinstance(choice, Choice):
+                choice = await choice
         note = "; ".join(n for n in (note, choice.note) if n)
         conv.pending = RequestToSpeak(
             conversation_id=conv.id, turn_id=new_id(), speaker=choice.speaker, history=conv.transcript

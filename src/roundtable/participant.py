@@ -46,6 +46,7 @@ from .messages import (
 )
 from .models import describe_model_error
 from .runtime import WorkerRuntime
+from .telemetry import span
 
 log = logging.getLogger("roundtable.participant")
 
@@ -176,7 +177,8 @@ class Participant(RoutedAgent):
         log.info("%s: speaking in %s (turn %s)", self.name, message.conversation_id, message.turn_id[:8])
         content, error = "", None
         try:
-            content = await self.speak(message.conversation_id, message_id, message.history)
+            with span("roundtable.agent.speak", agent=self.name, conversation=message.conversation_id):
+                content = await self.speak(message.conversation_id, message_id, message.history)
         except Exception as failure:  # any model failure ends the turn with a reason
             error = describe_model_error(failure)
             log.error("%s: %s", self.name, error)

@@ -25,6 +25,7 @@ from autogen_ext.runtimes.grpc import GrpcWorkerAgentRuntime, GrpcWorkerAgentRun
 from autogen_ext.runtimes.grpc.protos import agent_worker_pb2, agent_worker_pb2_grpc, cloudevent_pb2
 from autogen_ext.runtimes.grpc.protos.agent_worker_pb2_grpc import add_AgentRpcServicer_to_server
 
+from . import telemetry
 from .messages import WIRE_TYPES
 from .security import (
     Security,
@@ -66,6 +67,7 @@ CLIENT_QUEUE_LIMIT = 10_000  # messages waiting for one client on the host befor
 SENDER_TYPE = "agagentsendertype"
 SCHEMA = "dataschema"
 STREAM_WAIT_STEPS = 200  # x 10 ms
+TRACE_KEYS = ("traceparent", "tracestate")
 SENDER_KEY = "agagentsenderkey"
 RECONNECT_MAX_DELAY = 1.0
 
@@ -523,6 +525,11 @@ class ResilientConnection:
                 MAX_GRPC_MESSAGE_BYTES,
             )
             return
+        if message.WhichOneof("message") == "cloudEvent":
+            carrier: dict[str, str] = {}
+            telemetry.inject(carrier)
+            for key, value in carrier.items():
+                message.cloudEvent.attributes[key].ce_string = value
         while len(self._outbox) >= self._outbox_limit:
             # Back-pressure rather than loss: wait for the stream to drain the outbox.
             self._outbox_changed.clear()
@@ -601,8 +608,10 @@ class WorkerRuntime(GrpcWorkerAgentRuntime):
     async def _process_event(self, event: cloudevent_pb2.CloudEvent) -> None:
         # The stock runtime lets a message it cannot decode escape as an unhandled task error
         # with a traceback; log one line and go on.
+        carrier = {k: event.attributes[k].ce_string for k in TRACE_KEYS if k in event.attributes}
         try:
-            await super()._process_event(event)
+            with telemetry.restored(carrier):
+                await super()._process_event(event)
         except Exception as error:
             log.warning("skipped a message on %r that could not be handled: %s", event.type, error)
 

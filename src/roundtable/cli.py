@@ -322,7 +322,9 @@ def _ui_command(args: argparse.Namespace) -> int:
     from .ui import serve_ui
 
     config = load_config(args.config)
-    return serve_ui(config, _host_address(args, config), args.port)
+    return serve_ui(
+        config, _host_address(args, config), args.port, seed=args.seed, security=security_from(args, config)
+    )
 
 
 # ---------------------------------------------------------------- parser
@@ -389,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="serve the web page (Chainlit)")
     _add_host(ui)
     ui.add_argument("--port", type=int, help="default: from the config (8000)")
+    ui.add_argument("--seed", action="store_true", help="follow the tutorial's seed-mode conversation")
     _add_config(ui)
 
     return parser

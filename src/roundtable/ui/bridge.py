@@ -1,0 +1,421 @@
+"""Between the group chat and the browser tabs: the observer's sink for the whole UI process.
+
+Each tab is a Chainlit session with its own conversation (in seed mode, all follow the tutorial's
+one). Events arrive on AutoGen's tasks, so each call into a tab first binds Chainlit's context to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import chainlit as cl
+from autogen_core import AgentRuntime
+from chainlit.context import init_ws_context
+from chainlit.data import get_data_layer
+from chainlit.session import WebsocketSession
+from chainlit.types import ThreadDict
+from chainlit.utils import utc_now
+from pydantic import ValidationError
+
+from ..chat import START_RETRY_EVERY
+from ..messages import (
+    CONTROL,
+    MAX_CONTENT_CHARS,
+    SEED_SOURCE,
+    ChatMessage,
+    ConversationEnded,
+    HumanMessage,
+    SpeakerSelected,
+    StartConversation,
+    StopConversation,
+    new_id,
+    topic,
+)
+from .avatars import ensure_avatar
+from .server import PageSettings
+
+log = logging.getLogger("roundtable.ui")
+
+#: Author of the page's own lines: who speaks next, how it ended. The stylesheet keeps them quiet.
+STATUS_AUTHOR = "roundtable"
+STOP_ACTION = "stop_conversation"
+#: The thread's metadata key for the conversation it shows, so a reopened tab can find it again.
+CONVERSATION_KEY = "roundtable_conversation"
+#: How long a stop may wait for the manager's word before the page ends the conversation itself.
+STOP_GRACE = 5.0
+#: A conversation's last whole message can arrive a moment after its end (AutoGen does not keep
+#: order), so the page listens this long after the end before it lets the conversation go.
+END_GRACE = 1.0
+SEED_NOTE = (
+    "This page follows the tutorial's writer and editor (seed mode: they talk on `conversation_topic`, "
+    "with no manager to pass your words to). Start the page with `roundtable ui` to run your own conversations."
+)
+
+
+def step_id(thread_id: str, message_id: str) -> str:
+    """One Chainlit step per message and thread, the same however often it is delivered."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"roundtable:{thread_id}:{message_id}"))
+
+
+class Tab:
+    """One browser tab (a Chainlit session) and the conversation it shows."""
+
+    def __init__(self, session: WebsocketSession, bridge: Bridge) -> None:
+        self.session = session
+        self.bridge = bridge
+        self.conversation_id: str | None = None
+        self.running = False
+        self.heard = asyncio.Event()  # the manager took the current conversation
+        self.on_page: set[str] = set()  # message ids Chainlit shows already: the person's own words
+        self.streams: dict[str, cl.Message] = {}
+        self.stop_button: cl.Action | None = None
+        self.seed_run: str | None = None
+
+    @property
+    def user(self) -> str:
+        return self.session.user.identifier if self.session.user else "user"
+
+    def enter(self) -> None:
+        """Make Chainlit's calls below go to this tab, whichever task we are on."""
+        init_ws_context(self.session)
+
+    def _message(self, content: str, author: str, message_id: str | None = None, **kwargs: Any) -> cl.Message:
+        self.enter()
+        ensure_avatar(self.bridge.avatars_dir, author)
+        message = cl.Message(content=content, author=author, **kwargs)
+        if message_id is not None:
+            message.id = step_id(self.session.thread_id, message_id)
+        # Messages made from a Chainlit handler would nest under its run; these stand on their own.
+        message.parent_id = None
+        message.created_at = utc_now()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
+        return message
+
+    # ---------------------------------------------------------------- conversation events
+
+    def begin(self, conversation_id: str) -> None:
+        self.conversation_id = conversation_id
+        self.running = True
+        self.heard = asyncio.Event()
+        self.streams.clear()
+
+    async def token(self, message_id: str, author: str, text: str) -> None:
+        message = self.streams.get(message_id)
+        if message is None:
+            message = self._message("", author, message_id)
+            self.streams[message_id] = message
+        self.enter()
+        await message.stream_token(text)
+
+    async def message(self, chat: ChatMessage) -> None:
+        if chat.id in self.on_page:
+            return
+        message = self.streams.pop(chat.id, None)
+        if message is None:
+            # A task or a person's words from elsewhere (the seed's opening line) read as a person's.
+            kind = "user_message" if chat.kind in ("task", "human") else "assistant_message"
+            message = self._message(chat.content, chat.author, chat.id, type=kind)
+        self.enter()
+        message.content = chat.content
+        message.tags = [chat.kind]
+        message.metadata = {"conversation_id": chat.conversation_id, "message_id": chat.id, "seq": chat.seq}
+        await message.send()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
+
+    async def speaker(self, event: SpeakerSelected) -> None:
+        note = f" ({event.note})" if event.note else ""
+        await self.say(f"**{event.speaker}** speaks next{note}", stop_button=True)
+
+    async def ended(self, event: ConversationEnded) -> None:
+        self.running = False
+        await self._drop_stop_button()
+        if event.ok:
+            await self.say(f"Conversation ended: {event.reason}. Type a new task to start another one.")
+        else:
+            await self.say(f"Conversation ended with an error: {event.reason}", error=True)
+
+    async def finish_streams(self) -> None:
+        """Keep what a message had streamed when its conversation ended (a stop cuts it short)."""
+        for message in self.streams.values():
+            self.enter()
+            message.metadata = {"interrupted": True}
+            await message.send()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
+        self.streams.clear()
+
+    # ---------------------------------------------------------------- the page's own lines
+
+    async def say(self, content: str, error: bool = False, stop_button: bool = False) -> None:
+        if stop_button:
+            await self._drop_stop_button()
+        message = self._message(content, STATUS_AUTHOR)
+        message.is_error = error
+        if stop_button and self.running:
+            # The button travels with the latest line, so it stays next to what is happening.
+            self.stop_button = cl.Action(
+                name=STOP_ACTION,
+                payload={"conversation_id": self.conversation_id},
+                label="Stop",
+                icon="square",
+                tooltip="Stop this conversation",
+            )
+            message.actions = [self.stop_button]
+        await message.send()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
+
+    async def _drop_stop_button(self) -> None:
+        if self.stop_button is not None:
+            self.enter()
+            await self.stop_button.remove()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
+            self.stop_button = None
+
+    # ---------------------------------------------------------------- seed mode
+
+    async def show_seed_run(self, run: SeedRun) -> bool:
+        """Follow the seed conversation in this tab, in a thread for this run and person.
+        True when the tab has just caught up on everything the run has said so far."""
+        if self.seed_run == run.key:
+            return False
+        self.enter()
+        self.session.thread_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"roundtable-seed:{run.key}:{self.user}"))
+        self.session.has_first_interaction = True
+        self.streams.clear()
+        self.seed_run = run.key
+        await cl.context.emitter.init_thread(run.title)
+        for chat in run.messages:
+            await self.message(chat)
+        for message_id, (author, text) in run.streaming.items():
+            await self.token(message_id, author, text)
+        return True
+
+
+@dataclass
+class SeedRun:
+    """The tutorial's conversation as far as this process has seen it, for tabs opened later."""
+
+    key: str
+    title: str
+    messages: list[ChatMessage] = field(default_factory=list)
+    streaming: dict[str, tuple[str, str]] = field(default_factory=dict)  # message id -> (author, text so far)
+
+
+class Bridge:
+    """The sink for every conversation through this process (see observer.Sink)."""
+
+    def __init__(self, runtime: AgentRuntime, settings: PageSettings) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.avatars_dir = settings.app_root / "public" / "avatars"
+        self._tabs: dict[str, Tab] = {}  # Chainlit session id -> tab
+        self._routes: dict[str, Tab] = {}  # conversation id -> the tab that started it
+        self._seed: SeedRun | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
+
+    def tab(self, session: WebsocketSession) -> Tab:
+        tab = self._tabs.get(session.id)
+        if tab is None:
+            self._live_tabs()
+            tab = self._tabs[session.id] = Tab(session, self)
+        return tab
+
+    def _live_tabs(self) -> list[Tab]:
+        """Tabs whose Chainlit session still exists; Chainlit drops a session some time after its
+        tab is gone (a running conversation keeps its tab through `_routes` until it ends)."""
+        live = [t for t in self._tabs.values() if WebsocketSession.get_by_id(t.session.id) is not None]
+        if len(live) != len(self._tabs):
+            self._tabs = {t.session.id: t for t in live}
+        return live
+
+    def _tabs_for(self, conversation_id: str) -> list[Tab]:
+        if self.settings.seed and conversation_id == SEED_SOURCE:
+            return self._live_tabs()
+        tab = self._routes.get(conversation_id)
+        if tab is None:
+            return []
+        tab.heard.set()  # any event of the conversation means the manager has it
+        return [tab]
+
+    async def _end(self, tab: Tab, event: ConversationEnded) -> None:
+        await tab.ended(event)
+        self.spawn(self._let_go(tab, event.conversation_id))
+
+    async def _let_go(self, tab: Tab, conversation_id: str) -> None:
+        await asyncio.sleep(END_GRACE)
+        if tab.conversation_id == conversation_id:  # no new conversation in the tab meanwhile
+            await tab.finish_streams()
+        if self._routes.get(conversation_id) is tab:
+            del self._routes[conversation_id]
+
+    # ---------------------------------------------------------------- observer.Sink
+
+    async def on_token(self, conversation_id: str, message_id: str, author: str, text: str) -> None:
+        if self.settings.seed and conversation_id == SEED_SOURCE:
+            run = self._seed_run(message_id)
+            before = run.streaming.get(message_id, (author, ""))[1]
+            run.streaming[message_id] = (author, before + text)
+            for tab in self._live_tabs():
+                if not await tab.show_seed_run(run):
+                    await tab.token(message_id, author, text)
+            return
+        for tab in self._tabs_for(conversation_id):
+            if tab.running and tab.conversation_id == conversation_id:
+                await tab.token(message_id, author, text)
+
+    async def on_message(self, message: ChatMessage, streamed: bool) -> None:
+        if self.settings.seed and message.conversation_id == SEED_SOURCE:
+            if message.kind == "task" and message.seq == 0:
+                self._seed = None  # the pair started over: a new run
+            run = self._seed_run(message.id, message)
+            run.streaming.pop(message.id, None)
+            run.messages.append(message)
+            for tab in self._live_tabs():
+                if not await tab.show_seed_run(run):
+                    await tab.message(message)
+            return
+        for tab in self._tabs_for(message.conversation_id):
+            await tab.message(message)
+
+    async def on_speaker(self, event: SpeakerSelected) -> None:
+        for tab in self._tabs_for(event.conversation_id):
+            if tab.running and tab.conversation_id == event.conversation_id:
+                await tab.speaker(event)
+
+    async def on_ended(self, event: ConversationEnded) -> None:
+        for tab in self._tabs_for(event.conversation_id):
+            if tab.running and tab.conversation_id == event.conversation_id:
+                await self._end(tab, event)
+
+    def _seed_run(self, message_id: str, first: ChatMessage | None = None) -> SeedRun:
+        if self._seed is None:
+            if first is not None and first.kind == "task":
+                title = f"Seed: {first.content[:80]}"
+            else:
+                title = "Seed conversation (joined after it began)"
+            self._seed = SeedRun(key=message_id, title=title)
+        return self._seed
+
+    # ---------------------------------------------------------------- what the person does
+
+    async def opened(self, session: WebsocketSession) -> None:
+        tab = self.tab(session)
+        if self.settings.seed and self._seed is not None:
+            await tab.show_seed_run(self._seed)
+
+    async def resumed(self, session: WebsocketSession, thread: ThreadDict) -> None:
+        """A reopened thread whose conversation still runs takes it over from its old tab."""
+        metadata = thread.get("metadata") or {}
+        conversation_id = metadata.get(CONVERSATION_KEY) if isinstance(metadata, dict) else None
+        old = self._routes.get(conversation_id) if isinstance(conversation_id, str) else None
+        if old is not None and old.running and old.session.thread_id == session.thread_id:
+            self._tabs.pop(old.session.id, None)
+            old.session = session
+            self._tabs[session.id] = old
+        else:
+            self.tab(session)
+
+    def closed(self, session: WebsocketSession) -> None:
+        # A running conversation carries on, and is stored, with its tab closed; reopen it from the history.
+        tab = self._tabs.get(session.id)
+        if tab is not None and not tab.running and not self.settings.seed:
+            del self._tabs[session.id]
+
+    async def typed(self, session: WebsocketSession, message: cl.Message) -> None:
+        tab = self.tab(session)
+        if self.settings.seed:
+            await tab.say(SEED_NOTE)
+            return
+        if len(message.content) > MAX_CONTENT_CHARS:
+            await tab.say(f"That is {len(message.content)} characters; the limit is {MAX_CONTENT_CHARS}.", error=True)
+            return
+        tab.on_page.add(message.id)
+        if tab.running and tab.conversation_id is not None:
+            await self._join(tab, tab.conversation_id, message)
+        else:
+            await self._start(tab, message)
+
+    async def _start(self, tab: Tab, message: cl.Message) -> None:
+        conversation_id = new_id()
+        if tab.conversation_id is not None:
+            self._routes.pop(tab.conversation_id, None)
+        tab.begin(conversation_id)
+        self._routes[conversation_id] = tab
+        try:
+            start = StartConversation(
+                conversation_id=conversation_id, task=message.content, author=tab.user, message_id=message.id
+            )
+        except ValidationError:
+            tab.running = False
+            await tab.say("Say what the agents should work on: the task is empty.", error=True)
+            return
+        # Kept with the thread (Chainlit stores the session's values when the tab goes), so
+        # reopening the thread finds a conversation that still runs.
+        cl.user_session.set(CONVERSATION_KEY, conversation_id)  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
+        data_layer = get_data_layer()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
+        if data_layer is not None:
+            await data_layer.update_thread(tab.session.thread_id, tags=["roundtable"])
+        self.spawn(self._announce(tab, start))
+
+    async def _announce(self, tab: Tab, start: StartConversation) -> None:
+        """Publish the start until the manager answers: publishing has no acknowledgement."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.start_timeout
+        while not tab.heard.is_set() and loop.time() < deadline:
+            await self.runtime.publish_message(start, topic(CONTROL, start.conversation_id))
+            try:
+                await asyncio.wait_for(tab.heard.wait(), START_RETRY_EVERY)
+            except asyncio.TimeoutError:
+                pass
+        if not tab.heard.is_set() and tab.conversation_id == start.conversation_id:
+            tab.running = False
+            self._routes.pop(start.conversation_id, None)
+            await tab.say(
+                f"No manager took the conversation within {self.settings.start_timeout:g} s: "
+                "is `roundtable manager` running?",
+                error=True,
+            )
+
+    async def _join(self, tab: Tab, conversation_id: str, message: cl.Message) -> None:
+        # Words sent before the manager has the conversation would reach nobody.
+        try:
+            await asyncio.wait_for(tab.heard.wait(), self.settings.start_timeout)
+        except asyncio.TimeoutError:
+            return  # _announce says what went wrong
+        human = HumanMessage(conversation_id=conversation_id, id=message.id, author=tab.user, content=message.content)
+        await self.runtime.publish_message(human, topic(CONTROL, conversation_id))
+
+    async def stop(self, session: WebsocketSession) -> None:
+        tab = self._tabs.get(session.id)
+        if tab is None or not tab.running or tab.conversation_id is None:
+            return
+        conversation_id = tab.conversation_id
+        stop = StopConversation(conversation_id=conversation_id)
+        await self.runtime.publish_message(stop, topic(CONTROL, conversation_id))
+        self.spawn(self._stop_fallback(tab, conversation_id))
+
+    async def _stop_fallback(self, tab: Tab, conversation_id: str) -> None:
+        await asyncio.sleep(STOP_GRACE)
+        if tab.running and tab.conversation_id == conversation_id:
+            log.warning("conversation %s: no manager confirmed the stop; ending it on the page", conversation_id)
+            reason = "stopped by the user (no manager confirmed)"
+            await self._end(tab, ConversationEnded(conversation_id=conversation_id, reason=reason, ok=False))
+
+
+_current: Bridge | None = None
+
+
+def install(bridge: Bridge) -> None:
+    global _current
+    _current = bridge
+
+
+def current() -> Bridge:
+    """The process's bridge; `roundtable ui` makes it before Chainlit loads the app."""
+    if _current is None:
+        raise RuntimeError("the roundtable page runs through `roundtable ui` (or roundtable.ui.serve_ui), not alone")
+    return _current

@@ -1,0 +1,410 @@
+"""The web page, end to end: real processes on 127.0.0.1, the Chainlit server, headless Chromium.
+
+Scripted models stream word by word with a small delay, so the page's streaming can be seen,
+and record what they were given, so a person's words can be traced to the agents.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from harness import READY, REPO, Proc, Procs, free_port, processes, scripted_agent, start_cluster, write_config
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+SCREENSHOTS = REPO / "docs" / "screenshots"
+WAIT = 30_000  # ms: the longest any one thing on the page may take to show
+DELAY = 0.05  # s between streamed words
+
+WRITER_LINE = "Draft {n}: the lighthouse keeps its lamp burning through the storm, and every ship finds its way home."
+EDITOR_LINE = "Feedback {n}: give the keeper a name, and let the sky turn violet at dusk."
+
+# Text of each message on the page, in order, with its kind and author (from the avatar Chainlit draws).
+TRANSCRIPT_JS = """() => [...document.querySelectorAll('.step')]
+  .filter((step) => step.querySelector('.message-content'))
+  .map((step) => {
+    const avatar = step.querySelector('img[alt^="Avatar for "]');
+    return {
+      id: step.querySelector('[id^="step-"]').id,
+      type: step.dataset.stepType,
+      author: avatar ? avatar.alt.slice('Avatar for '.length) : null,
+      text: step.querySelector('.message-content').innerText.trim(),
+    };
+  })"""
+
+# Every length each message's text has had, recorded on each change of the page.
+RECORD_LENGTHS_JS = """() => {
+  window.lengthsSeen = {};
+  const sample = () => document.querySelectorAll('.step').forEach((step) => {
+    const text = step.querySelector('.message-content');
+    const anchor = step.querySelector('[id^="step-"]');
+    if (!text || !anchor) return;
+    const seen = (window.lengthsSeen[anchor.id] ||= []);
+    const length = text.innerText.trim().length;
+    if (seen[seen.length - 1] !== length) seen.push(length);
+  });
+  new MutationObserver(sample).observe(document.body, { subtree: true, childList: true, characterData: true });
+}"""
+
+SCROLL_TO_TOP_JS = """() => document.querySelectorAll('*').forEach((element) => {
+  if (element.scrollHeight > element.clientHeight && /auto|scroll/.test(getComputedStyle(element).overflowY)) {
+    element.scrollTop = 0;
+  }
+})"""
+
+# An error line has an alert icon where the avatar would be.
+AVATARS_LOADED_JS = """() => [...document.querySelectorAll('.ai-message')]
+  .every((message) => message.querySelector('img[alt^="Avatar for "], .fill-destructive'))"""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    # Every process the test starts inherits it: the page's history and secret stay in tmp.
+    path = tmp_path / "data"
+    monkeypatch.setenv("ROUNDTABLE_DATA_DIR", str(path))
+    return path
+
+
+def make_config(tmp_path: Path, writer: str = WRITER_LINE, editor: str = EDITOR_LINE, **termination: Any) -> Path:
+    agents = [
+        scripted_agent("writer", writer, delay=DELAY, record=tmp_path / "writer.jsonl"),
+        scripted_agent("editor", editor, delay=DELAY, record=tmp_path / "editor.jsonl"),
+    ]
+    data = {
+        "host": {"address": f"127.0.0.1:{free_port()}", "connect_timeout": 5},
+        "model": {"provider": "scripted", "script": ["(default)"]},
+        "agents": agents,
+        "manager": {"turn_timeout": 20, "termination": {"max_rounds": 4, **termination}},
+        "ui": {"port": free_port()},
+    }
+    return write_config(tmp_path / "roundtable.yaml", data)
+
+
+def start_page(procs: Procs, cfg: Path) -> str:
+    port = yaml_port(cfg)
+    ui = procs.roundtable("ui", "ui", "--config", str(cfg), "--port", str(port))
+    ui.wait_for(f"{READY} ui on http://127.0.0.1:{port}", timeout=60)
+    return f"http://127.0.0.1:{port}"
+
+
+def yaml_port(cfg: Path) -> int:
+    match = re.search(r"port: (\d+)", cfg.read_text(encoding="utf-8"))
+    assert match, cfg.read_text(encoding="utf-8")
+    return int(match.group(1))
+
+
+class Tab:
+    """One browser context on the page, remembering every request it made."""
+
+    def __init__(self, browser: Browser, url: str) -> None:
+        self.context: BrowserContext = browser.new_context(viewport={"width": 1280, "height": 980})
+        self.page: Page = self.context.new_page()
+        self.requests: list[str] = []
+        self.page.on("request", lambda request: self.requests.append(request.url))
+        self.url = url
+        self.page.goto(url)
+        # Signing in (as the local user) reloads the page once or twice; the history sidebar
+        # shows only after it, on the page that stays.
+        expect(self.page.locator("#thread-history")).to_be_visible(timeout=WAIT)
+        expect(self.page.locator("#chat-input")).to_be_editable(timeout=WAIT)
+
+    def send(self, text: str) -> None:
+        self.page.locator("#chat-input").fill(text)
+        # The composer takes input before the socket is up; the button says when a message can go.
+        submit = self.page.locator("#chat-submit")
+        expect(submit).to_be_enabled(timeout=WAIT)
+        submit.click()
+        expect(self.page.locator(".step[data-step-type='user_message']", has_text=text)).to_be_visible(timeout=WAIT)
+
+    def wait_for_text(self, text: str) -> None:
+        expect(self.page.locator(".message-content", has_text=text).first).to_be_visible(timeout=WAIT)
+
+    def wait_for_end(self) -> None:
+        self.wait_for_text("Conversation ended")
+
+    def transcript(self) -> list[dict[str, str]]:
+        self.page.wait_for_function(AVATARS_LOADED_JS, timeout=WAIT)
+        entries: list[dict[str, str]] = self.page.evaluate(TRANSCRIPT_JS)
+        return entries
+
+    def hosts(self) -> set[str]:
+        return {urlsplit(url).hostname or url for url in self.requests if not url.startswith(("data:", "blob:"))}
+
+    def close(self) -> None:
+        self.context.close()
+
+
+def agent_messages(transcript: list[dict[str, str]]) -> list[tuple[str, str]]:
+    return [(m["author"], m["text"]) for m in transcript if m["author"] in ("writer", "editor")]
+
+
+def recorded_inputs(path: Path) -> list[str]:
+    return [text for line in path.read_text(encoding="utf-8").splitlines() for text in json.loads(line)["input"]]
+
+
+def screenshot(page: Page, name: str) -> None:
+    """The whole conversation from its first line, for docs/screenshots/."""
+    page.set_viewport_size({"width": 1280, "height": 1180})
+    page.evaluate(SCROLL_TO_TOP_JS)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / name))
+    page.set_viewport_size({"width": 1280, "height": 980})
+
+
+def stored(db: Path, query: str, until: Any, timeout: float = 15.0) -> list[tuple[Any, ...]]:
+    """Rows from the page's history, once `until(rows)` holds: Chainlit writes in the background."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute(query).fetchall()
+        if until(rows) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
+
+
+def test_a_task_typed_on_the_page_runs_a_conversation_that_streams_and_stays_in_the_history(
+    tmp_path: Path, browser: Browser, data_dir: Path
+) -> None:
+    cfg = make_config(tmp_path)
+    task = "Write two sentences about a lighthouse"
+    aside = "Please call the keeper Ada"
+    with processes(tmp_path) as procs:
+        start_cluster(procs, cfg, ["writer", "editor"])
+        tab = Tab(browser, start_page(procs, cfg))
+        page = tab.page
+        page.evaluate(RECORD_LENGTHS_JS)
+
+        tab.send(task)
+        # Join in while the writer's first draft is still streaming.
+        tab.wait_for_text("Draft 1: the lighthouse")
+        tab.send(aside)
+        tab.wait_for_end()
+        transcript = tab.transcript()
+
+        # Both agents, in turn, under their own names, with the person's words where they typed them.
+        assert [author for author, _ in agent_messages(transcript)] == ["writer", "editor", "writer", "editor"]
+        texts = [text for _, text in agent_messages(transcript)]
+        assert texts[0] == WRITER_LINE.format(n=1)
+        assert texts[1] == EDITOR_LINE.format(n=1)
+        assert [m["text"] for m in transcript if m["type"] == "user_message"] == [task, aside]
+        assert "writer speaks next" in [m["text"] for m in transcript]
+        assert transcript[-1]["text"].startswith("Conversation ended: max_rounds reached (4 rounds)")
+
+        # The first draft grew on the page word by word before it was complete.
+        first_draft = next(m for m in transcript if m["author"] == "writer")
+        lengths = page.evaluate("(id) => window.lengthsSeen[id]", first_draft["id"])
+        assert len(lengths) >= 5, lengths
+        assert lengths == sorted(lengths) and lengths[-1] == len(WRITER_LINE.format(n=1)), lengths
+
+        # What the person typed mid-conversation reached the agents' models.
+        seen = recorded_inputs(tmp_path / "writer.jsonl") + recorded_inputs(tmp_path / "editor.jsonl")
+        assert any(aside in text for text in seen), seen
+        screenshot(page, "conversation.png")
+
+        # The history keeps it: after a reload the sidebar lists it, and reopening shows every message.
+        page.goto(tab.url)
+        entry = page.locator("#thread-history a", has_text=task)
+        expect(entry).to_be_visible(timeout=WAIT)
+        entry.click()
+        tab.wait_for_end()
+        expect(page.locator(".message-content", has_text=aside)).to_be_visible(timeout=WAIT)
+        reopened = tab.transcript()
+        assert [(m["type"], m["author"], m["text"]) for m in reopened] == [
+            (m["type"], m["author"], m["text"]) for m in transcript
+        ]
+        assert tab.hosts() == {"127.0.0.1"}, tab.requests
+        tab.close()
+
+    # Lists and dicts (thread tags, message tags and metadata) are stored as JSON, not dropped.
+    db = data_dir / "ui.db"
+    threads = stored(db, "SELECT name, tags FROM threads", lambda rows: bool(rows))
+    assert [(name, json.loads(tags)) for name, tags in threads] == [(task, ["roundtable"])]
+    steps = stored(
+        db,
+        "SELECT name, tags, metadata FROM steps WHERE name IN ('writer', 'editor') ORDER BY \"createdAt\"",
+        lambda rows: len(rows) == 4,
+    )
+    assert [(name, json.loads(tags)) for name, tags, _ in steps] == [
+        ("writer", ["agent"]),
+        ("editor", ["agent"]),
+        ("writer", ["agent"]),
+        ("editor", ["agent"]),
+    ]
+    seqs = [json.loads(metadata)["seq"] for _, _, metadata in steps]
+    assert seqs == sorted(set(seqs)) and seqs[0] >= 2, seqs  # numbered by the manager, after the task
+
+
+def test_stop_ends_the_conversation_and_a_new_task_starts_another(tmp_path: Path, browser: Browser) -> None:
+    cfg = make_config(tmp_path, max_rounds=50)
+    with processes(tmp_path) as procs:
+        start_cluster(procs, cfg, ["writer", "editor"])
+        tab = Tab(browser, start_page(procs, cfg))
+        tab.send("Write about the sea")
+        tab.wait_for_text("Draft 1")
+        stop = tab.page.get_by_role("button", name="Stop")
+        expect(stop).to_be_visible(timeout=WAIT)
+        stop.click()
+        tab.wait_for_text("Conversation ended: stopped by the user")
+        expect(stop).to_have_count(0, timeout=WAIT)
+
+        # After the end, what the person types is a new task, not words for the old conversation.
+        tab.send("Now write about the mountains")
+        expect(tab.page.locator(".message-content", has_text="writer speaks next")).to_have_count(2, timeout=WAIT)
+        expect(tab.page.get_by_role("button", name="Stop")).to_be_visible(timeout=WAIT)
+        assert tab.hosts() == {"127.0.0.1"}, tab.requests
+        tab.close()
+
+
+def test_a_tab_reloaded_mid_conversation_follows_it_to_the_end(tmp_path: Path, browser: Browser) -> None:
+    cfg = make_config(tmp_path, max_rounds=6)
+    with processes(tmp_path) as procs:
+        start_cluster(procs, cfg, ["writer", "editor"])
+        tab = Tab(browser, start_page(procs, cfg))
+        tab.send("Write about a harbour")
+        tab.wait_for_text("Feedback 1")
+        # The page's address names the thread now, so a reload reopens it.
+        expect(tab.page).to_have_url(re.compile(r"/thread/[0-9a-f-]+$"), timeout=WAIT)
+        tab.page.reload()
+        tab.wait_for_end()
+        messages = agent_messages(tab.transcript())
+        assert [author for author, _ in messages] == ["writer", "editor"] * 3, messages
+        assert [text.split(":")[0] for _, text in messages] == [
+            "Draft 1",
+            "Feedback 1",
+            "Draft 2",
+            "Feedback 2",
+            "Draft 3",
+            "Feedback 3",
+        ]
+        assert tab.hosts() == {"127.0.0.1"}, tab.requests
+        tab.close()
+
+
+def test_two_tabs_at_once_never_see_each_others_messages(tmp_path: Path, browser: Browser) -> None:
+    cfg = make_config(tmp_path, writer="Draft {n} about: {last}", editor="Feedback {n} on: {last}")
+    with processes(tmp_path) as procs:
+        start_cluster(procs, cfg, ["writer", "editor"])
+        url = start_page(procs, cfg)
+        tabs = {marker: Tab(browser, url) for marker in ("Topic-A-marker", "Topic-B-marker")}
+        for marker, tab in tabs.items():
+            tab.send(f"Write about {marker}")
+        for tab in tabs.values():
+            tab.wait_for_end()
+        for marker, tab in tabs.items():
+            other = next(m for m in tabs if m != marker)
+            transcript = tab.transcript()
+            messages = agent_messages(transcript)
+            assert [author for author, _ in messages] == ["writer", "editor", "writer", "editor"], transcript
+            assert all(marker in text for _, text in messages), transcript
+            assert not any(other in m["text"] for m in transcript), transcript
+            assert tab.hosts() == {"127.0.0.1"}, tab.requests
+        for tab in tabs.values():
+            tab.close()
+
+
+def test_the_tutorial_page_shows_the_seed_conversation_live(tmp_path: Path, browser: Browser) -> None:
+    """`python3 ui.py --host-address ADDR`, as the tutorial runs it, with its two agents in seed mode."""
+    address = f"127.0.0.1:{free_port()}"
+    port = free_port()
+    data = {
+        "host": {"address": address, "connect_timeout": 5},
+        "agents": [
+            scripted_agent("writer_agent", "A ghost of gingerbread haunts the bakery {n}.", delay=DELAY),
+            scripted_agent("editor_agent", "Make the ghost friendlier, please {n}.", delay=DELAY),
+        ],
+        "seed": {"task": "Write a story about gingerbread at halloween", "max_turns": 4},
+    }
+    cfg = write_config(tmp_path / "roundtable.yaml", data)
+    with processes(tmp_path) as procs:
+        procs.roundtable("host", "host", "--config", str(cfg)).wait_for(READY)
+        ui = procs.start(
+            "ui",
+            sys.executable,
+            "ui.py",
+            "--host-address",
+            address,
+            "--port",
+            str(port),
+            "--config",
+            str(cfg),
+            cwd=REPO / "examples" / "tutorial",
+        )
+        ui.wait_for(f"{READY} ui on http://127.0.0.1:{port}", timeout=60)
+        tab = Tab(browser, f"http://127.0.0.1:{port}")
+        agents: list[Proc] = [
+            procs.roundtable(f"agent-{name}", "agent", "--seed", "--config", str(cfg), "--name", name)
+            for name in ("writer_agent", "editor_agent")
+        ]
+        for agent in agents:
+            agent.wait_for(READY)
+        tab.wait_for_text("Make the ghost friendlier, please 2.")
+        transcript = tab.transcript()
+        assert transcript[0]["type"] == "user_message"
+        assert transcript[0]["text"] == "Write a story about gingerbread at halloween"
+        assert [m["author"] for m in transcript[1:5]] == [
+            "writer_agent",
+            "editor_agent",
+            "writer_agent",
+            "editor_agent",
+        ]
+        screenshot(tab.page, "seed.png")
+        assert tab.hosts() == {"127.0.0.1"}, tab.requests
+        tab.close()
+
+
+def test_with_auth_on_only_a_listed_user_signs_in(tmp_path: Path, browser: Browser, data_dir: Path) -> None:
+    cfg = make_config(tmp_path, max_rounds=2)
+    text = cfg.read_text(encoding="utf-8")
+    cfg.write_text(text.replace("ui:\n", "ui:\n  auth: true\n  users: {alice: wonderland}\n"), encoding="utf-8")
+    with processes(tmp_path) as procs:
+        start_cluster(procs, cfg, ["writer", "editor"])
+        url = start_page(procs, cfg)
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(url)
+        page.locator("#email").fill("alice")
+        page.locator("#password").fill("not her password")
+        page.locator("button[type='submit']").click()
+        expect(page.get_by_role("alert")).to_contain_text("Unable to sign in", timeout=WAIT)
+        page.locator("#password").fill("wonderland")
+        page.locator("button[type='submit']").click()
+        expect(page.locator("#thread-history")).to_be_visible(timeout=WAIT)
+        page.locator("#chat-input").fill("Write about rabbit holes")
+        expect(page.locator("#chat-submit")).to_be_enabled(timeout=WAIT)
+        page.locator("#chat-submit").click()
+        expect(page.get_by_text("Conversation ended")).to_be_visible(timeout=WAIT)
+        context.close()
+        page_log = next(proc for proc in procs.all if proc.name == "ui").output
+    threads = stored(data_dir / "ui.db", 'SELECT name, "userIdentifier" FROM threads', lambda rows: bool(rows))
+    assert threads == [("Write about rabbit holes", "alice")]
+    secret = data_dir / "ui_auth_secret"
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert "wonderland" not in page_log and secret.read_text(encoding="utf-8") not in page_log

@@ -12,6 +12,7 @@ from autogen_ext.runtimes.grpc import GrpcWorkerAgentRuntime
 
 from roundtable.messages import (
     CONTROL,
+    AgentStatus,
     ChatMessage,
     ConversationEnded,
     SpeakerSelected,
@@ -31,6 +32,7 @@ class Collector:
     messages: list[ChatMessage] = field(default_factory=list)
     speakers: list[SpeakerSelected] = field(default_factory=list)
     ended: dict[str, ConversationEnded] = field(default_factory=dict)
+    statuses: list[AgentStatus] = field(default_factory=list)
 
     async def on_token(self, conversation_id: str, message_id: str, author: str, text: str) -> None:
         self.events.append(("token", message_id, text, time.monotonic()))
@@ -44,6 +46,9 @@ class Collector:
 
     async def on_ended(self, event: ConversationEnded) -> None:
         self.ended[event.conversation_id] = event
+
+    async def on_status(self, event: AgentStatus) -> None:
+        self.statuses.append(event)
 
     def tokens(self, message_id: str) -> list[str]:
         return [str(e[2]) for e in self.events if e[0] == "token" and e[1] == message_id]

@@ -188,3 +188,21 @@ def test_model_that_never_answers_ends_the_conversation_in_bounded_time(tmp_path
     assert result.returncode == 1
     assert "writer: the model server did not answer in time" in result.stdout
     assert time.monotonic() - started < 60
+
+
+def test_a_silent_agent_is_shown_unreachable_then_back(tmp_path: Path) -> None:
+    cfg = config(tmp_path, rounds=4)
+    with processes(tmp_path) as procs:
+        started = start_cluster(procs, cfg, ["writer", "editor"])
+        terminal = chat(procs, cfg)
+        terminal.wait_for("editor speaks next", timeout=60)
+        os.kill(started["editor"].popen.pid, signal.SIGSTOP)  # alive, but silent: like a cut link
+        try:
+            terminal.wait_for("editor is unreachable", timeout=30)
+        finally:
+            os.kill(started["editor"].popen.pid, signal.SIGCONT)
+        terminal.wait_for("editor is reachable again", timeout=30)
+        assert terminal.wait_exit(120) == 0, terminal.output
+        assert_shown_once(terminal.output, 4)
+    [conversation] = stored(tmp_path)
+    assert_complete(conversation, 4)

@@ -14,6 +14,7 @@ from .config import ConfigError
 from .messages import (
     CONTROL,
     MAX_CONTENT_CHARS,
+    AgentStatus,
     ChatMessage,
     ConversationEnded,
     SpeakerSelected,
@@ -47,7 +48,8 @@ class TerminalSink:
         self.messages: list[ChatMessage] = []
         self._out = out
         self._color = color
-        self._open: str | None = None  # message id whose tokens are being printed
+        self._streaming: str | None = None  # the message whose tokens are being printed
+        self._line_open = False
 
     def _dim(self, text: str) -> str:
         return f"\x1b[2m{text}\x1b[0m" if self._color else text
@@ -60,22 +62,26 @@ class TerminalSink:
         self._out.flush()
 
     def _close_line(self) -> None:
-        if self._open is not None:
+        if self._line_open:
             self._write("\n")
-            self._open = None
+            self._line_open = False
 
     async def on_token(self, conversation_id: str, message_id: str, author: str, text: str) -> None:
         if conversation_id != self.conversation_id:
             return
         self.heard.set()
-        if self._open != message_id:
-            if self._open is not None:
+        if self._streaming != message_id:
+            if self._streaming is not None:
                 # One speaker at a time: a new stream while another is open means that
                 # one's author died mid-message. Its turn is being answered again.
-                self._write(self._dim(" … (interrupted)"))
+                self._write(self._dim(" … (interrupted)") if self._line_open else self._dim("… (interrupted)"))
+                self._line_open = True
             self._close_line()
             self._write(self._bold(f"{author}: "))
-            self._open = message_id
+            self._streaming = message_id
+        elif not self._line_open:  # a notice came in between
+            self._write(self._bold(f"{author} (continued): "))
+        self._line_open = True
         self._write(text)
 
     async def on_message(self, message: ChatMessage, streamed: bool) -> None:
@@ -83,8 +89,9 @@ class TerminalSink:
             return
         self.heard.set()
         self.messages.append(message)
-        if streamed and self._open == message.id:
+        if streamed and self._streaming == message.id:
             self._close_line()
+            self._streaming = None
             return
         self._close_line()
         if message.kind == "task":
@@ -99,6 +106,13 @@ class TerminalSink:
         self._close_line()
         note = f" ({event.note})" if event.note else ""
         self._write(self._dim(f"· {event.speaker} speaks next{note}") + "\n")
+
+    async def on_status(self, event: AgentStatus) -> None:
+        if event.conversation_id != self.conversation_id:
+            return
+        self._close_line()
+        state = "is reachable again" if event.reachable else "is unreachable (no heartbeat); waiting for it"
+        self._write(self._dim(f"· {event.agent} {state}") + "\n")
 
     async def on_ended(self, event: ConversationEnded) -> None:
         if event.conversation_id != self.conversation_id or self.ended.done():

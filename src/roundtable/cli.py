@@ -209,10 +209,12 @@ async def _agent(args: argparse.Namespace) -> int:
     client = build_client(model, config.local_model)
     runtime = await _connect(args, config)
     try:
-        await register_participant(runtime, settings, client, seed)
+        heartbeat = await register_participant(runtime, settings, client, seed, config.host.heartbeat)
         mode = "seed mode" if seed else "managed"
         announce_ready(f"agent {settings.name} ({model.provider}, {mode})")
         await serve_until_signal()
+        if heartbeat is not None:
+            heartbeat.cancel()
     finally:
         await stop_worker(runtime)
     return 0
@@ -262,10 +264,11 @@ async def _manager(args: argparse.Namespace) -> int:
     await store.open()
     runtime = await _connect(args, config)
     try:
-        await register_manager(runtime, config.agents, config.manager, store, selector)
+        watcher = await register_manager(runtime, config.agents, config.manager, store, selector, config.host.heartbeat)
         names = ", ".join(a.name for a in config.agents)
         announce_ready(f"manager ({config.manager.strategy}; agents: {names})")
         await serve_until_signal()
+        watcher.cancel()
     finally:
         await stop_worker(runtime)
         await store.close()

@@ -144,6 +144,7 @@ class HostConfig(_Model):
     address: str = DEFAULT_HOST_ADDRESS
     connect_timeout: float = Field(default=10.0, gt=0)
     client_queue_limit: int = Field(default=10_000, gt=0)  # messages the host keeps for one slow client
+    heartbeat: float = Field(default=2.0, gt=0)  # seconds between participants' "I am here"; 3 missed = unreachable
     security: SecurityConfig = Field(default_factory=SecurityConfig)
 
 

@@ -25,6 +25,7 @@ from .messages import (
     PRESENCE,
     AgentOnline,
     AgentReply,
+    AgentStatus,
     ChatMessage,
     ConversationEnded,
     HumanMessage,
@@ -296,6 +297,13 @@ class GroupChatManager(RoutedAgent):
                 conv.attempts = 0
                 await self._ask(conv)
 
+    async def announce_status(self, agent: str, reachable: bool) -> None:
+        if self._conv is not None and not self._conv.ended:
+            await self.publish_message(
+                AgentStatus(conversation_id=self._conv.id, agent=agent, reachable=reachable),
+                topic(GROUP_CHAT, self._conv.id),
+            )
+
     @message_handler
     async def on_stop(self, message: StopConversation, ctx: MessageContext) -> None:
         async with self._lock:
@@ -407,17 +415,50 @@ class GroupChatManager(RoutedAgent):
         self._timers.clear()
 
 
-class PresenceWatcher(RoutedAgent):
-    """Hears participants come (back) online and asks them again for turns they owe."""
+class Presence:
+    """Who has been heard from lately. Three missed heartbeats make a participant unreachable,
+    which every open conversation is told; when it is heard again it is asked for its turn."""
 
-    def __init__(self, registry: dict[str, GroupChatManager]) -> None:
-        super().__init__("Watches participants come and go")
+    def __init__(self, registry: dict[str, GroupChatManager], heartbeat: float) -> None:
         self._registry = registry
+        self._heartbeat = heartbeat
+        self._last_seen: dict[str, float] = {}
+        self._unreachable: set[str] = set()
+
+    async def heard(self, online: AgentOnline) -> None:
+        self._last_seen[online.name] = time.monotonic()
+        back = online.name in self._unreachable
+        if back:
+            self._unreachable.discard(online.name)
+            log.warning("%s is reachable again", online.name)
+        for manager in list(self._registry.values()):
+            if back:
+                await manager.announce_status(online.name, reachable=True)
+            if online.fresh or back:
+                await manager.nudge(online.name)
+
+    async def watch(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat)
+            now = time.monotonic()
+            for name, seen in list(self._last_seen.items()):
+                if name not in self._unreachable and now - seen > 3 * self._heartbeat:
+                    self._unreachable.add(name)
+                    log.warning("%s is unreachable: no heartbeat for %.0f s", name, now - seen)
+                    for manager in list(self._registry.values()):
+                        await manager.announce_status(name, reachable=False)
+
+
+class PresenceWatcher(RoutedAgent):
+    """Receives the participants' heartbeats for `Presence`."""
+
+    def __init__(self, presence: Presence) -> None:
+        super().__init__("Watches participants come and go")
+        self._presence = presence
 
     @message_handler
     async def on_online(self, message: AgentOnline, ctx: MessageContext) -> None:
-        for manager in list(self._registry.values()):
-            await manager.nudge(message.name)
+        await self._presence.heard(message)
 
 
 async def register_manager(
@@ -426,8 +467,10 @@ async def register_manager(
     settings: ManagerConfig,
     store: TranscriptStore,
     selector: ChatCompletionClient | None = None,
-) -> None:
-    """Register the manager, then resume every conversation the store says is still open."""
+    heartbeat: float = 2.0,
+) -> asyncio.Task[None]:
+    """Register the manager, then resume every conversation the store says is still open.
+    Returns the task that watches the participants' heartbeats."""
     if not agents:
         raise ValueError("the manager needs at least one agent")
     registry: dict[str, GroupChatManager] = {}
@@ -435,7 +478,8 @@ async def register_manager(
         runtime, MANAGER_TYPE, lambda: GroupChatManager(agents, settings, store, registry, selector)
     )
     await runtime.add_subscription(TypeSubscription(CONTROL, MANAGER_TYPE))
-    await PresenceWatcher.register(runtime, PRESENCE_TYPE, lambda: PresenceWatcher(registry))
+    presence = Presence(registry, heartbeat)
+    await PresenceWatcher.register(runtime, PRESENCE_TYPE, lambda: PresenceWatcher(presence))
     await runtime.add_subscription(TypeSubscription(PRESENCE, PRESENCE_TYPE))
 
     async def after_reconnect() -> None:
@@ -449,3 +493,4 @@ async def register_manager(
         await runtime.publish_message(
             ResumeConversation(conversation_id=conversation_id), topic(CONTROL, conversation_id)
         )
+    return asyncio.create_task(presence.watch())

@@ -121,9 +121,19 @@ class ConversationEnded(_Wire):
 
 
 class AgentOnline(_Wire):
-    """A participant started or reconnected: the manager asks it again for any turn it owes."""
+    """A participant's heartbeat. `fresh` when it just started or reconnected: the manager
+    then asks it again for any turn it owes, as it does when a silent agent is heard again."""
 
     name: str
+    fresh: bool = False
+
+
+class AgentStatus(_Wire):
+    """The manager's word that a participant stopped or started answering its heartbeat."""
+
+    conversation_id: str
+    agent: str
+    reachable: bool
 
 
 class ResumeConversation(_Wire):
@@ -150,6 +160,7 @@ WIRE_TYPES: tuple[type[BaseModel], ...] = (
     SpeakerSelected,
     ConversationEnded,
     AgentOnline,
+    AgentStatus,
     ResumeConversation,
     SeedHello,
 )

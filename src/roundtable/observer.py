@@ -12,7 +12,16 @@ from typing import Protocol
 
 from autogen_core import AgentRuntime, MessageContext, RoutedAgent, TypeSubscription, message_handler
 
-from .messages import GROUP_CHAT, SEED_TOPIC, STREAM, ChatMessage, ConversationEnded, SpeakerSelected, StreamChunk
+from .messages import (
+    GROUP_CHAT,
+    SEED_TOPIC,
+    STREAM,
+    AgentStatus,
+    ChatMessage,
+    ConversationEnded,
+    SpeakerSelected,
+    StreamChunk,
+)
 
 
 class Sink(Protocol):
@@ -25,6 +34,8 @@ class Sink(Protocol):
     async def on_speaker(self, event: SpeakerSelected) -> None: ...
 
     async def on_ended(self, event: ConversationEnded) -> None: ...
+
+    async def on_status(self, event: AgentStatus) -> None: ...
 
 
 class ConversationObserver(RoutedAgent):
@@ -71,6 +82,11 @@ class ConversationObserver(RoutedAgent):
     async def on_ended(self, message: ConversationEnded, ctx: MessageContext) -> None:
         async with self._lock:
             await self._sink.on_ended(message)
+
+    @message_handler
+    async def on_status(self, message: AgentStatus, ctx: MessageContext) -> None:
+        async with self._lock:
+            await self._sink.on_status(message)
 
 
 async def register_observer(runtime: AgentRuntime, agent_type: str, sink: Sink, seed: bool = False) -> None:

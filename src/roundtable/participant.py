@@ -244,7 +244,8 @@ async def register_participant(
     settings: AgentConfig,
     client: ChatCompletionClient,
     seed: SeedConfig | None = None,
-) -> None:
+    heartbeat: float = 2.0,
+) -> asyncio.Task[None] | None:
     """Register the agent type and its subscriptions, then say so: in managed mode to the
     manager (which asks again for any turn this agent owes), in seed mode to the peer."""
     await Participant.register(runtime, settings.name, lambda: Participant(settings, client, seed))
@@ -252,13 +253,21 @@ async def register_participant(
         await runtime.add_subscription(TypeSubscription(turn_topic_type(settings.name), settings.name))
         await runtime.add_subscription(TypeSubscription(GROUP_CHAT, settings.name))
 
-        async def announce() -> None:
-            await runtime.publish_message(AgentOnline(name=settings.name), topic(PRESENCE, PRESENCE_SOURCE))
+        async def announce(fresh: bool = True) -> None:
+            online = AgentOnline(name=settings.name, fresh=fresh)
+            await runtime.publish_message(online, topic(PRESENCE, PRESENCE_SOURCE))
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(heartbeat)
+                if runtime.connection.connected:
+                    await announce(fresh=False)
 
         runtime.on_reconnect(announce)
         await announce()
-        return
+        return asyncio.create_task(beat())
     await runtime.add_subscription(TypeSubscription(SEED_TOPIC, settings.name))
     # Give the host a moment to apply the subscription before the peer can answer.
     await asyncio.sleep(0.2)
     await runtime.publish_message(SeedHello(name=settings.name), topic(SEED_TOPIC, SEED_SOURCE))
+    return None

@@ -1,12 +1,14 @@
 """The transcript store: every conversation and message, written by the manager before
-anyone sees them, so a restarted manager carries on where it stopped.
+anyone sees them, so a restarted manager (here or on another machine) carries on where it stopped.
 
-SQLAlchemy's async engine: SQLite (WAL) by default, PostgreSQL when given its URL.
+SQLAlchemy Core on its async engine: SQLite (WAL) by default, PostgreSQL when given its URL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,43 +24,73 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
-    insert,
+    func,
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    InvalidRequestError,
+    OperationalError,
+    ProgrammingError,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from .config import ConfigError
 from .messages import ChatMessage
 
 metadata = MetaData()
 
+# Ids and names are unbounded strings: PostgreSQL enforces VARCHAR lengths where SQLite does
+# not, and the store must accept whatever the wire types accept on either.
 conversations = Table(
     "rt_conversations",
     metadata,
-    Column("id", String(64), primary_key=True),
+    Column("id", String, primary_key=True),
     Column("task", Text, nullable=False),
     Column("status", String(16), nullable=False, default="open"),  # open | ended
     Column("reason", Text),
     Column("ok", Boolean),
-    Column("created_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False),  # Unix seconds; FLOAT is double precision on both
     Column("updated_at", Float, nullable=False),
-    Column("pending_speaker", String(64)),
-    Column("pending_turn_id", String(64)),
+    Column("pending_speaker", String),
+    Column("pending_turn_id", String),
 )
 
+# The primary key keeps one message per (conversation, seq) and the unique constraint one per
+# (conversation, id), so two managers writing the same conversation cannot duplicate a turn.
 messages = Table(
     "rt_messages",
     metadata,
-    Column("conversation_id", String(64), primary_key=True),
+    Column("conversation_id", String, primary_key=True),
     Column("seq", Integer, primary_key=True),
-    Column("id", String(64), nullable=False),
-    Column("author", String(128), nullable=False),
+    Column("id", String, nullable=False),
+    Column("author", String, nullable=False),
     Column("kind", String(16), nullable=False),
     Column("content", Text, nullable=False),
     Column("created_at", Float, nullable=False),
     UniqueConstraint("conversation_id", "id", name="rt_messages_unique_id"),
 )
+
+# The driver each backend gets when the URL names none (`postgresql://...`), since only async
+# drivers work here.
+ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+
+# "INSERT ... ON CONFLICT DO NOTHING" reads the same on both backends, but SQLAlchemy offers it
+# only through each dialect's own insert(). Skipping in SQL, rather than catching IntegrityError,
+# matters on PostgreSQL: there a failed INSERT aborts the whole transaction.
+_INSERT_OR_SKIP: dict[str, Callable[[Table], postgresql.Insert | sqlite.Insert]] = {
+    "sqlite": sqlite.insert,
+    "postgresql": postgresql.insert,
+}
+
+
+class StoreUnavailable(Exception):
+    """The transcript store could not be reached or opened; the message says where and why."""
 
 
 @dataclass
@@ -72,59 +104,96 @@ class StoredConversation:
     pending_speaker: str | None = None
     pending_turn_id: str | None = None
     transcript: list[ChatMessage] = field(default_factory=list)
+    updated_at: float = 0.0  # the last message or change of state
+    message_count: int = 0
+
+
+def store_url(raw: str) -> URL:
+    """The URL with its async driver; anything but SQLite or PostgreSQL is a config error."""
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        # Not echoed: an unparsable URL may still hold a password.
+        raise ConfigError(
+            "store.url: not a database URL (expected e.g. postgresql+asyncpg://user:password@host/db)"
+        ) from None
+    backend = url.get_backend_name()
+    if backend not in ASYNC_DRIVERS:
+        raise ConfigError(f"store.url: unsupported database {backend!r} (expected one of: sqlite, postgresql)")
+    if "+" not in url.drivername:
+        url = url.set(drivername=f"{backend}+{ASYNC_DRIVERS[backend]}")
+    return url
 
 
 class TranscriptStore:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._engine: AsyncEngine = create_async_engine(url)
-        if url.startswith("sqlite"):
+    def __init__(self, url: str, connect_timeout: float = 10.0) -> None:
+        self.url = store_url(url)  # str() of a URL hides its password, so it is safe to show
+        self._backend = self.url.get_backend_name()
+        self._insert_or_skip = _INSERT_OR_SKIP[self._backend]
+        options: dict[str, Any] = {}
+        if self._backend == "postgresql":
+            # A server that restarted or a proxy that dropped idle connections leaves dead
+            # connections in the pool: test each one before use, and renew them now and then.
+            options = {"pool_pre_ping": True, "pool_recycle": 1800, "connect_args": {"timeout": connect_timeout}}
+        try:
+            self._engine: AsyncEngine = create_async_engine(self.url, **options)
+        except (ArgumentError, InvalidRequestError, ImportError) as error:
+            raise ConfigError(f"store.url: {self.url}: {error}") from None
+        if self._backend == "sqlite":
             event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
 
     async def open(self) -> None:
-        if self.url.startswith("sqlite"):
-            path = self.url.split("///", 1)[-1]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-        async with self._engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+        """Create the tables if they are missing; StoreUnavailable if the database can't be reached."""
+        if self._backend == "sqlite" and self.url.database not in (None, "", ":memory:"):
+            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            for attempt in range(3):
+                try:
+                    async with self._engine.begin() as conn:
+                        await conn.run_sync(metadata.create_all)
+                    return
+                except (IntegrityError, OperationalError, ProgrammingError):
+                    # Two managers starting together on an empty database both see no table and
+                    # both create it ("already exists"); the loser's next look finds it there.
+                    if attempt == 2:
+                        raise
+        except (OSError, DBAPIError, asyncio.TimeoutError) as error:
+            raise StoreUnavailable(f"cannot open the transcript store at {self.url}: {_reason(error)}") from None
 
     async def close(self) -> None:
         await self._engine.dispose()
 
     async def start(self, conversation_id: str, task: str) -> None:
+        """Record a new conversation; a repeated start (or one by another manager) changes nothing."""
         now = time.time()
         async with self._engine.begin() as conn:
-            try:
-                await conn.execute(
-                    insert(conversations).values(
-                        id=conversation_id, task=task, status="open", created_at=now, updated_at=now
-                    )
-                )
-            except IntegrityError:
-                pass  # a repeated start
+            await conn.execute(
+                self._insert_or_skip(conversations)
+                .values(id=conversation_id, task=_text(task), status="open", created_at=now, updated_at=now)
+                .on_conflict_do_nothing()
+            )
 
     async def append(self, message: ChatMessage) -> bool:
         """Store one numbered message; False if it was there already (by id or seq)."""
+        now = time.time()
         async with self._engine.begin() as conn:
-            try:
-                await conn.execute(
-                    insert(messages).values(
-                        conversation_id=message.conversation_id,
-                        seq=message.seq,
-                        id=message.id,
-                        author=message.author,
-                        kind=message.kind,
-                        content=message.content,
-                        created_at=time.time(),
-                    )
+            inserted = await conn.execute(
+                self._insert_or_skip(messages)
+                .values(
+                    conversation_id=message.conversation_id,
+                    seq=message.seq,
+                    id=message.id,
+                    author=_text(message.author),
+                    kind=message.kind,
+                    content=_text(message.content),
+                    created_at=now,
                 )
-            except IntegrityError:
+                .on_conflict_do_nothing()
+            )
+            if inserted.rowcount == 0:
                 return False
             await conn.execute(
-                update(conversations)
-                .where(conversations.c.id == message.conversation_id)
-                .values(updated_at=time.time())
+                update(conversations).where(conversations.c.id == message.conversation_id).values(updated_at=now)
             )
         return True
 
@@ -133,7 +202,12 @@ class TranscriptStore:
 
     async def end(self, conversation_id: str, reason: str, ok: bool) -> None:
         await self._update(
-            conversation_id, status="ended", reason=reason, ok=ok, pending_speaker=None, pending_turn_id=None
+            conversation_id,
+            status="ended",
+            reason=_text(reason),
+            ok=ok,
+            pending_speaker=None,
+            pending_turn_id=None,
         )
 
     async def _update(self, conversation_id: str, **values: Any) -> None:
@@ -149,16 +223,7 @@ class TranscriptStore:
             row = (await conn.execute(select(conversations).where(conversations.c.id == conversation_id))).first()
             if row is None:
                 return None
-            found = StoredConversation(
-                id=row.id,
-                task=row.task,
-                created_at=row.created_at,
-                status=row.status,
-                reason=row.reason,
-                ok=row.ok,
-                pending_speaker=row.pending_speaker,
-                pending_turn_id=row.pending_turn_id,
-            )
+            found = _conversation(row._mapping)
             rows = await conn.execute(
                 select(messages).where(messages.c.conversation_id == conversation_id).order_by(messages.c.seq)
             )
@@ -173,6 +238,7 @@ class TranscriptStore:
                 )
                 for r in rows
             ]
+            found.message_count = len(found.transcript)
             return found
 
     async def open_ids(self) -> list[str]:
@@ -182,16 +248,48 @@ class TranscriptStore:
             )
             return [r.id for r in rows]
 
-    async def recent(self, limit: int = 20) -> list[StoredConversation]:
-        """The latest conversations, newest first, without their transcripts."""
+    async def recent(self, limit: int = 20, status: str | None = None) -> list[StoredConversation]:
+        """The latest conversations (only those with `status`, if given), most recently active
+        first, with their message counts but without their transcripts."""
+        count = (
+            select(func.count())
+            .where(messages.c.conversation_id == conversations.c.id)
+            .scalar_subquery()
+            .label("message_count")
+        )
+        query = select(conversations, count).order_by(conversations.c.updated_at.desc()).limit(limit)
+        if status is not None:
+            query = query.where(conversations.c.status == status)
         async with self._engine.connect() as conn:
-            rows = await conn.execute(select(conversations).order_by(conversations.c.updated_at.desc()).limit(limit))
-            return [
-                StoredConversation(
-                    id=r.id, task=r.task, created_at=r.updated_at, status=r.status, reason=r.reason, ok=r.ok
-                )
-                for r in rows
-            ]
+            return [_conversation(r._mapping) for r in await conn.execute(query)]
+
+
+def _conversation(row: Any) -> StoredConversation:
+    return StoredConversation(
+        id=row["id"],
+        task=row["task"],
+        created_at=row["created_at"],
+        status=row["status"],
+        reason=row["reason"],
+        ok=row["ok"],
+        pending_speaker=row["pending_speaker"],
+        pending_turn_id=row["pending_turn_id"],
+        updated_at=row["updated_at"],
+        message_count=row.get("message_count", 0),
+    )
+
+
+def _text(value: str) -> str:
+    # PostgreSQL's text cannot hold NUL at all (the INSERT fails, and the conversation with it);
+    # SQLite can. Replacing it on both keeps the two backends alike, and no one writes NUL on purpose.
+    return value.replace("\x00", "\ufffd")
+
+
+def _reason(error: BaseException) -> str:
+    """The driver's own words, on one line, without SQLAlchemy's SQL echo and links."""
+    cause = getattr(error, "orig", None) or error
+    text = str(cause).strip().splitlines()
+    return text[0] if text else type(cause).__name__
 
 
 def _sqlite_pragmas(dbapi_connection: Any, record: Any) -> None:

@@ -27,6 +27,7 @@ from ..messages import (
     CONTROL,
     MAX_CONTENT_CHARS,
     SEED_SOURCE,
+    AgentStatus,
     ChatMessage,
     ConversationEnded,
     HumanMessage,
@@ -285,6 +286,12 @@ class Bridge:
         for tab in self._tabs_for(event.conversation_id):
             if tab.running and tab.conversation_id == event.conversation_id:
                 await tab.speaker(event)
+
+    async def on_status(self, event: AgentStatus) -> None:
+        state = "is reachable again" if event.reachable else "is unreachable (no heartbeat); waiting for it"
+        for tab in self._tabs_for(event.conversation_id):
+            if tab.running and tab.conversation_id == event.conversation_id:
+                await tab.say(f"**{event.agent}** {state}", error=not event.reachable)
 
     async def on_ended(self, event: ConversationEnded) -> None:
         for tab in self._tabs_for(event.conversation_id):

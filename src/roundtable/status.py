@@ -1,0 +1,118 @@
+"""`roundtable status`: which agents are connected to the host right now, and which
+conversations the transcript store still has open, with how long each has been idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import grpc
+from autogen_ext.runtimes.grpc.protos import agent_worker_pb2
+from sqlalchemy.exc import DBAPIError
+
+from .manager import MANAGER_TYPE, PRESENCE_TYPE
+from .messages import SEED_TOPIC, TURN_PREFIX
+from .runtime import HostUnreachable, connect_worker, stop_worker
+from .store import StoredConversation, StoreUnavailable, TranscriptStore
+
+TASK_CHARS = 60
+
+
+@dataclass
+class Status:
+    host: str
+    agent_types: list[str]  # every agent type with a subscription at the host, ours excepted
+    participants: list[str]  # those that take turns (or talk in seed mode)
+    store: str  # the store's URL, password hidden
+    conversations: list[StoredConversation] = field(default_factory=list)  # open ones, latest activity first
+    at: float = field(default_factory=time.time)  # when this was gathered; idle times count from here
+
+
+async def gather_status(host_address: str, store_url: str, timeout: float, limit: int = 20) -> Status:
+    """Ask the host and the store; HostUnreachable or StoreUnavailable (one line each) if one can't answer."""
+    agent_types, participants = await _connected(host_address, timeout)
+    store = TranscriptStore(store_url, connect_timeout=timeout)
+    try:
+        conversations = await asyncio.wait_for(_open_conversations(store, limit), timeout)
+    except asyncio.TimeoutError:
+        raise StoreUnavailable(f"the transcript store at {store.url} did not answer within {timeout:g} s") from None
+    finally:
+        await store.close()
+    return Status(host_address, agent_types, participants, str(store.url), conversations)
+
+
+async def _connected(address: str, timeout: float) -> tuple[list[str], list[str]]:
+    """The host's subscriptions exist only while their workers are connected, so the agent types
+    they name are the ones online now."""
+    runtime = await connect_worker(address, timeout)
+    try:
+        response = await asyncio.wait_for(
+            runtime.connection.call("GetSubscriptions", agent_worker_pb2.GetSubscriptionsRequest()), timeout
+        )
+    except (grpc.aio.AioRpcError, asyncio.TimeoutError) as error:
+        detail = error.details() if isinstance(error, grpc.aio.AioRpcError) else f"no answer within {timeout:g} s"
+        raise HostUnreachable(f"the roundtable host at {address} did not list its agents ({detail})") from None
+    finally:
+        await stop_worker(runtime)
+    own = set(runtime.connection.agent_types)
+    agent_types: set[str] = set()
+    participants: set[str] = set()
+    for subscription in response.subscriptions:
+        kind = subscription.WhichOneof("subscription")
+        if kind == "typeSubscription":
+            agent_type, topic_type = subscription.typeSubscription.agent_type, subscription.typeSubscription.topic_type
+        elif kind == "typePrefixSubscription":
+            prefix = subscription.typePrefixSubscription
+            agent_type, topic_type = prefix.agent_type, prefix.topic_type_prefix
+        else:
+            continue
+        if agent_type in own:
+            continue
+        agent_types.add(agent_type)
+        if topic_type.startswith(TURN_PREFIX) or topic_type == SEED_TOPIC:
+            participants.add(agent_type)
+    return sorted(agent_types), sorted(participants)
+
+
+async def _open_conversations(store: TranscriptStore, limit: int) -> list[StoredConversation]:
+    await store.open()
+    try:
+        return await store.recent(limit, status="open")
+    except (DBAPIError, OSError) as error:
+        raise StoreUnavailable(f"cannot read the transcript store at {store.url}: {error}".splitlines()[0]) from None
+
+
+def format_status(status: Status) -> str:
+    manager = [t for t in (MANAGER_TYPE, PRESENCE_TYPE) if t in status.agent_types]
+    others = [t for t in status.agent_types if t not in status.participants and t not in manager]
+    open_count = len(status.conversations)
+    lines = [
+        f"host {status.host}: {len(status.agent_types)} agent types connected",
+        f"  participants: {', '.join(status.participants) or 'none'}",
+        f"  manager:      {', '.join(manager) or 'not connected'}",
+        f"  others:       {', '.join(others) or 'none'}",
+        f"store {status.store}: {open_count} open conversation{'' if open_count == 1 else 's'}",
+    ]
+    for conversation in status.conversations:
+        waiting = f"waiting for {conversation.pending_speaker}" if conversation.pending_speaker else "between turns"
+        lines.append(
+            f"  {conversation.id}  {conversation.message_count} messages  {waiting}  "
+            f"idle {_duration(status.at - conversation.updated_at)}  {_shorten(conversation.task)}"
+        )
+    return "\n".join(lines)
+
+
+def _shorten(task: str) -> str:
+    line = " ".join(task.split())
+    return line if len(line) <= TASK_CHARS else line[: TASK_CHARS - 1] + "…"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

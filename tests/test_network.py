@@ -1,0 +1,117 @@
+"""Across machines: the host, the writer, the editor, and the manager with the terminal each on
+their own network host (a namespace), over TLS with the token; then a partition heals."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import READY, Proc, Procs, free_port, processes, scripted_agent, write_config
+from netns import Network, require_netns
+
+from roundtable.security import write_dev_certificates
+from roundtable.store import TranscriptStore
+
+LONG = " ".join(f"w{i}" for i in range(25))
+
+
+@pytest.fixture
+def network() -> Iterator[Network]:
+    require_netns()
+    net = Network(["host", "writer", "editor", "desk"])
+    with net:
+        yield net
+    assert net.leftovers() == [], "the harness must remove every namespace and link it made"
+
+
+def start(procs: Procs, net: Network, where: str, name: str, *args: str) -> Proc:
+    return procs.start(name, *net.run(where, sys.executable, "-m", "roundtable", *args))
+
+
+def cluster(tmp_path: Path, net: Network, rounds: int) -> tuple[Path, Procs]:
+    certs = tmp_path / "certs"
+    write_dev_certificates(certs, [net.addresses["host"]])
+    cfg = write_config(
+        tmp_path / "roundtable.yaml",
+        {
+            "host": {
+                "address": f"{net.addresses['host']}:{free_port()}",
+                "heartbeat": 0.5,
+                "security": {
+                    "ca": str(certs / "ca.pem"),
+                    "cert": str(certs / "server.pem"),
+                    "key": str(certs / "server.key"),
+                    "token_file": str(certs / "token"),
+                },
+            },
+            "agents": [
+                scripted_agent("writer", f"Draft {{n}}: {LONG}", delay=0.04),
+                scripted_agent("editor", f"Feedback {{n}}: {LONG}", delay=0.04),
+            ],
+            "manager": {"termination": {"max_rounds": rounds, "timeout": 300}, "turn_timeout": 60},
+        },
+    )
+    return cfg, Procs(tmp_path)
+
+
+def run_cluster(procs: Procs, net: Network, cfg: Path) -> dict[str, Proc]:
+    started = {"host": start(procs, net, "host", "host", "host", "--config", str(cfg))}
+    started["host"].wait_for(READY)
+    for name in ("writer", "editor"):
+        started[name] = start(procs, net, name, name, "agent", "--name", name, "--config", str(cfg))
+    started["manager"] = start(procs, net, "desk", "manager", "manager", "--config", str(cfg))
+    for proc in started.values():
+        proc.wait_for(READY, timeout=60)
+    return started
+
+
+def transcript_agents(tmp_path: Path) -> list[tuple[int, str]]:
+    async def read() -> list[tuple[int, str]]:
+        store = TranscriptStore(f"sqlite+aiosqlite:///{tmp_path / 'data' / 'transcripts.db'}")
+        try:
+            [summary] = await store.recent()
+            conversation = await store.get(summary.id)
+            assert conversation is not None and conversation.status == "ended"
+            return [(m.seq, m.author) for m in conversation.transcript]
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+def test_a_conversation_across_four_network_hosts_over_tls(tmp_path: Path, network: Network) -> None:
+    cfg, _ = cluster(tmp_path, network, rounds=4)
+    with processes(tmp_path) as procs:
+        started = run_cluster(procs, network, cfg)
+        terminal = start(procs, network, "desk", "chat", "chat", "Write about the sea", "--config", str(cfg))
+        assert terminal.wait_exit(120) == 0, terminal.output
+        assert "max_rounds reached (4 rounds)" in terminal.output
+    assert [a for _, a in transcript_agents(tmp_path)] == ["user", "writer", "editor", "writer", "editor"]
+
+
+def test_a_partition_heals_and_nothing_is_lost_or_doubled(tmp_path: Path, network: Network) -> None:
+    cfg, _ = cluster(tmp_path, network, rounds=6)
+    with processes(tmp_path) as procs:
+        run_cluster(procs, network, cfg)
+        terminal = start(procs, network, "desk", "chat", "chat", "Write about the sea", "--config", str(cfg))
+        terminal.wait_for("writer speaks next", timeout=60)
+        network.cut("writer")
+        try:
+            terminal.wait_for("writer is unreachable", timeout=30)
+            time.sleep(2)
+        finally:
+            network.heal("writer")
+        terminal.wait_for("writer is reachable again", timeout=60)
+        assert terminal.wait_exit(180) == 0, terminal.output
+        output = terminal.output
+    whole = re.findall(r"^(?:writer|editor): .*(?<!\(interrupted\))$", output, re.MULTILINE)
+    whole = [line for line in whole if line.endswith("w24")]
+    assert len(whole) == 6, output
+    seqs_and_authors = transcript_agents(tmp_path)
+    assert [s for s, _ in seqs_and_authors] == list(range(1, 8))
+    assert [a for _, a in seqs_and_authors][1:] == ["writer", "editor"] * 3

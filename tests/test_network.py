@@ -33,10 +33,10 @@ def start(procs: Procs, net: Network, where: str, name: str, *args: str) -> Proc
     return procs.start(name, *net.run(where, sys.executable, "-m", "roundtable", *args))
 
 
-def cluster(tmp_path: Path, net: Network, rounds: int) -> tuple[Path, Procs]:
+def cluster(tmp_path: Path, net: Network, rounds: int) -> Path:
     certs = tmp_path / "certs"
     write_dev_certificates(certs, [net.addresses["host"]])
-    cfg = write_config(
+    return write_config(
         tmp_path / "roundtable.yaml",
         {
             "host": {
@@ -56,7 +56,6 @@ def cluster(tmp_path: Path, net: Network, rounds: int) -> tuple[Path, Procs]:
             "manager": {"termination": {"max_rounds": rounds, "timeout": 300}, "turn_timeout": 60},
         },
     )
-    return cfg, Procs(tmp_path)
 
 
 def run_cluster(procs: Procs, net: Network, cfg: Path) -> dict[str, Proc]:
@@ -85,9 +84,9 @@ def transcript_agents(tmp_path: Path) -> list[tuple[int, str]]:
 
 
 def test_a_conversation_across_four_network_hosts_over_tls(tmp_path: Path, network: Network) -> None:
-    cfg, _ = cluster(tmp_path, network, rounds=4)
+    cfg = cluster(tmp_path, network, rounds=4)
     with processes(tmp_path) as procs:
-        started = run_cluster(procs, network, cfg)
+        run_cluster(procs, network, cfg)
         terminal = start(procs, network, "desk", "chat", "chat", "Write about the sea", "--config", str(cfg))
         assert terminal.wait_exit(120) == 0, terminal.output
         assert "max_rounds reached (4 rounds)" in terminal.output
@@ -95,7 +94,7 @@ def test_a_conversation_across_four_network_hosts_over_tls(tmp_path: Path, netwo
 
 
 def test_a_partition_heals_and_nothing_is_lost_or_doubled(tmp_path: Path, network: Network) -> None:
-    cfg, _ = cluster(tmp_path, network, rounds=6)
+    cfg = cluster(tmp_path, network, rounds=6)
     with processes(tmp_path) as procs:
         run_cluster(procs, network, cfg)
         terminal = start(procs, network, "desk", "chat", "chat", "Write about the sea", "--config", str(cfg))

@@ -20,6 +20,7 @@ from pydantic import SecretStr, ValidationError
 from .config import AgentConfig, Config, ConfigError, ModelConfig, load_config
 from .runtime import HostUnreachable, WorkerRuntime, setup_logging
 from .security import Security, load_security
+from .store import StoreUnavailable
 from .telemetry import setup_tracing, shutdown_tracing
 
 EXIT_BAD_INPUT = 2
@@ -36,7 +37,7 @@ def _run(coro_factory: Callable[[], Coroutine[Any, Any, int]]) -> int:
         return asyncio.run(coro_factory())
     except ConfigError as error:
         return _fail(str(error), EXIT_BAD_INPUT)
-    except (HostUnreachable, TimeoutError) as error:
+    except (HostUnreachable, StoreUnavailable, TimeoutError) as error:
         return _fail(str(error), EXIT_FAILED)
     except KeyboardInterrupt:
         return 130
@@ -330,6 +331,17 @@ def _ui_command(args: argparse.Namespace) -> int:
     )
 
 
+async def _status(args: argparse.Namespace) -> int:
+    from .status import format_status, gather_status
+
+    config = load_config(args.config)
+    status = await gather_status(
+        _host_address(args, config), config.store_url, config.host.connect_timeout, security_from(args, config)
+    )
+    print(format_status(status))
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -391,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--timeout", type=float, default=900.0, help="with --task: give up after this many seconds")
     _add_config(up)
 
+    status = sub.add_parser("status", help="show the connected agents and the open conversations")
+    _add_host(status)
+    _add_config(status)
+
     ui = sub.add_parser("ui", help="serve the web page (Chainlit)")
     _add_host(ui)
     ui.add_argument("--port", type=int, help="default: from the config (8000)")
@@ -423,6 +439,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "manager": _manager,
     "chat": _chat,
     "up": _up,
+    "status": _status,
 }
 
 

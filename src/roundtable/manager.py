@@ -209,12 +209,27 @@ class GroupChatManager(RoutedAgent):
     async def _publish(self, message: ChatMessage | SpeakerSelected | ConversationEnded) -> None:
         await self.publish_message(message, topic(GROUP_CHAT, message.conversation_id))
 
-    async def _record(self, conv: Conversation, message: ChatMessage) -> None:
+    async def _record(self, conv: Conversation, message: ChatMessage) -> bool:
         """Number the message, store it, then forward it: the manager writes first."""
         numbered = message.model_copy(update={"seq": len(conv.transcript) + 1})
-        await self._store.append(numbered)
+        if not await self._store.append(numbered):
+            # Someone else stored this place first: another manager is running this
+            # conversation (two managers on one database). It is theirs; let go of it.
+            log.warning("conversation %s is being written by another manager; leaving it", conv.id)
+            self._let_go(conv)
+            return False
         conv.transcript.append(numbered)
         await self._publish(numbered)
+        return True
+
+    def _let_go(self, conv: Conversation) -> None:
+        conv.ended = True
+        conv.pending = None
+        self._registry.pop(conv.id, None)
+        for timer in self._timers:
+            if timer is not asyncio.current_task():
+                timer.cancel()
+        self._timers.clear()
 
     def _adopt(self, conv: Conversation) -> None:
         self._conv = conv
@@ -333,13 +348,12 @@ class GroupChatManager(RoutedAgent):
             if message.error is not None:
                 await self._end(conv, f"{message.author}: {message.error}", ok=False)
                 return
-            conv.rounds += 1
-            await self._record(
-                conv,
-                ChatMessage(
-                    conversation_id=conv.id, id=message.message_id, author=message.author, content=message.content
-                ),
+            reply = ChatMessage(
+                conversation_id=conv.id, id=message.message_id, author=message.author, content=message.content
             )
+            if not await self._record(conv, reply):
+                return
+            conv.rounds += 1
             reason = termination_reason(conv, self._settings)
             if reason is not None:
                 await self._end(conv, reason)

@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from .manager import MANAGER_TYPE, PRESENCE_TYPE
 from .messages import SEED_TOPIC, TURN_PREFIX
 from .runtime import HostUnreachable, connect_worker, stop_worker
+from .security import Security
 from .store import StoredConversation, StoreUnavailable, TranscriptStore
 
 TASK_CHARS = 60
@@ -30,9 +31,11 @@ class Status:
     at: float = field(default_factory=time.time)  # when this was gathered; idle times count from here
 
 
-async def gather_status(host_address: str, store_url: str, timeout: float, limit: int = 20) -> Status:
+async def gather_status(
+    host_address: str, store_url: str, timeout: float, security: Security | None = None, limit: int = 20
+) -> Status:
     """Ask the host and the store; HostUnreachable or StoreUnavailable (one line each) if one can't answer."""
-    agent_types, participants = await _connected(host_address, timeout)
+    agent_types, participants = await _connected(host_address, timeout, security)
     store = TranscriptStore(store_url, connect_timeout=timeout)
     try:
         conversations = await asyncio.wait_for(_open_conversations(store, limit), timeout)
@@ -43,10 +46,10 @@ async def gather_status(host_address: str, store_url: str, timeout: float, limit
     return Status(host_address, agent_types, participants, str(store.url), conversations)
 
 
-async def _connected(address: str, timeout: float) -> tuple[list[str], list[str]]:
+async def _connected(address: str, timeout: float, security: Security | None) -> tuple[list[str], list[str]]:
     """The host's subscriptions exist only while their workers are connected, so the agent types
     they name are the ones online now."""
-    runtime = await connect_worker(address, timeout)
+    runtime = await connect_worker(address, timeout, security)
     try:
         response = await asyncio.wait_for(
             runtime.connection.call("GetSubscriptions", agent_worker_pb2.GetSubscriptionsRequest()), timeout

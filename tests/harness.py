@@ -135,3 +135,17 @@ def start_cluster(procs: Procs, config: Path, agents: Sequence[str], manager: bo
     for proc in started.values():
         proc.wait_for(READY)
     return started
+
+
+def terminal_messages(output: str, authors: Sequence[str] = ("writer", "editor")) -> list[tuple[str, str]]:
+    """The agent messages `roundtable chat` printed, put back together where a notice split
+    one ("writer (continued): ..."); a stream cut short by a crash ends in "(interrupted)",
+    one that lost tokens on the way in "(shown whole below)"."""
+    messages: list[tuple[str, str]] = []
+    for line in output.splitlines():
+        author, _, text = line.partition(": ")
+        if author in authors:
+            messages.append((author, text))
+        elif author.endswith(" (continued)") and messages and messages[-1][0] == author.removesuffix(" (continued)"):
+            messages[-1] = (messages[-1][0], messages[-1][1] + text)
+    return [m for m in messages if not m[1].endswith(("(interrupted)", "(shown whole below)"))]

@@ -15,7 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from fakeopenai import FakeOpenAI
-from harness import READY, Proc, Procs, free_port, processes, scripted_agent, start_cluster, write_config
+from harness import (
+    READY,
+    Proc,
+    Procs,
+    free_port,
+    processes,
+    scripted_agent,
+    start_cluster,
+    terminal_messages,
+    write_config,
+)
 
 from roundtable.store import StoredConversation, TranscriptStore
 
@@ -68,8 +78,9 @@ def assert_complete(conversation: StoredConversation, rounds: int) -> None:
 
 def assert_shown_once(output: str, rounds: int) -> None:
     """Each agent message printed whole exactly once (a stream cut short by a crash is marked)."""
-    lines = re.findall(r"^(?:writer|editor): .*(?<!\(interrupted\))$", output, re.MULTILINE)
-    assert len(lines) == rounds, output
+    shown = terminal_messages(output)
+    assert [author for author, _ in shown] == (["writer", "editor"] * rounds)[:rounds], output
+    assert all(text.endswith("w19") for _, text in shown), output
 
 
 def test_host_killed_and_restarted_mid_conversation(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class TerminalSink:
         self._out = out
         self._color = color
         self._streaming: str | None = None  # the message whose tokens are being printed
+        self._streamed = ""  # ... and what of it has been printed
         self._line_open = False
 
     def _dim(self, text: str) -> str:
@@ -78,10 +80,11 @@ class TerminalSink:
                 self._line_open = True
             self._close_line()
             self._write(self._bold(f"{author}: "))
-            self._streaming = message_id
+            self._streaming, self._streamed = message_id, ""
         elif not self._line_open:  # a notice came in between
             self._write(self._bold(f"{author} (continued): "))
         self._line_open = True
+        self._streamed += text
         self._write(text)
 
     async def on_message(self, message: ChatMessage, streamed: bool) -> None:
@@ -90,14 +93,29 @@ class TerminalSink:
         self.heard.set()
         self.messages.append(message)
         if streamed and self._streaming == message.id:
-            self._close_line()
-            self._streaming = None
-            return
+            printed, self._streaming = self._streamed.lstrip(), None
+            if message.content.startswith(printed):
+                # Tokens can be lost on a broken connection; the stored message is whole.
+                rest = message.content[len(printed) :]
+                if rest:
+                    if not self._line_open:
+                        self._write(self._bold(f"{message.author} (continued): "))
+                        self._line_open = True
+                    self._write(rest)
+                self._close_line()
+                return
+            self._write(self._dim(" … (shown whole below)"))
+            self._line_open = True
         self._close_line()
         if message.kind == "task":
             self._write(self._bold(f"{message.author} (task): ") + message.content + "\n")
         else:
             self._write(self._bold(f"{message.author}: ") + message.content + "\n")
+
+    def notice(self, text: str) -> None:
+        """A line of our own between the messages (a lost connection, say)."""
+        self._close_line()
+        self._write(self._dim(f"· {text}") + "\n")
 
     async def on_speaker(self, event: SpeakerSelected) -> None:
         if event.conversation_id != self.conversation_id:
@@ -158,10 +176,26 @@ async def run_chat(
     if len(task) > MAX_CONTENT_CHARS:
         raise ConfigError(f"the task is too long: {len(task)} characters (the limit is {MAX_CONTENT_CHARS})")
     out = out or sys.stdout
+    sink = TerminalSink(new_id(), out, color=out.isatty())
     runtime = await connect_worker(host, connect_timeout, security)
+    # Our own warnings (a lost host, a reconnect) go between the messages, not through them.
+    handler = _NoticeHandler(sink)
+    roundtable_log = logging.getLogger("roundtable")
+    roundtable_log.addHandler(handler)
+    roundtable_log.propagate = False
     try:
-        sink = TerminalSink(new_id(), out, color=out.isatty())
         await register_observer(runtime, f"terminal_{new_id()[:12]}", sink)
         return await start_and_follow(runtime, task, sink, timeout, start_timeout)
     finally:
+        roundtable_log.removeHandler(handler)
+        roundtable_log.propagate = True
         await stop_worker(runtime)
+
+
+class _NoticeHandler(logging.Handler):
+    def __init__(self, sink: TerminalSink) -> None:
+        super().__init__(logging.WARNING)
+        self._sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._sink.notice(record.getMessage())

@@ -39,7 +39,7 @@ from .messages import (
     turn_topic_type,
 )
 from .models import describe_model_error
-from .runtime import WorkerRuntime
+from .runtime import WorkerRuntime, forget
 from .store import TranscriptStore
 from .telemetry import span
 
@@ -422,6 +422,7 @@ class GroupChatManager(RoutedAgent):
         self._registry.pop(conv.id, None)
         log.info("conversation %s ended: %s", conv.id, reason)
         await self._publish(ConversationEnded(conversation_id=conv.id, reason=reason, ok=ok))
+        forget(self)  # the store has it all; a late message for it finds the conversation ended there
         current = asyncio.current_task()
         for timer in self._timers:
             if timer is not current:

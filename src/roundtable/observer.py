@@ -22,6 +22,7 @@ from .messages import (
     SpeakerSelected,
     StreamChunk,
 )
+from .runtime import forget
 
 
 class Sink(Protocol):
@@ -82,6 +83,7 @@ class ConversationObserver(RoutedAgent):
     async def on_ended(self, message: ConversationEnded, ctx: MessageContext) -> None:
         async with self._lock:
             await self._sink.on_ended(message)
+        forget(self)
 
     @message_handler
     async def on_status(self, message: AgentStatus, ctx: MessageContext) -> None:

@@ -45,7 +45,7 @@ from .messages import (
     turn_topic_type,
 )
 from .models import describe_model_error
-from .runtime import WorkerRuntime
+from .runtime import WorkerRuntime, forget
 from .telemetry import span
 
 log = logging.getLogger("roundtable.participant")
@@ -237,6 +237,7 @@ class Participant(RoutedAgent):
     @message_handler
     async def on_ended(self, message: ConversationEnded, ctx: MessageContext) -> None:
         log.info("%s: conversation %s ended: %s", self.name, message.conversation_id, message.reason)
+        forget(self)
 
 
 async def register_participant(

@@ -19,7 +19,7 @@ from contextlib import contextmanager, suppress
 from typing import Any, cast
 
 import grpc
-from autogen_core import TopicId
+from autogen_core import AgentId, RoutedAgent, TopicId
 from autogen_core._serialization import try_get_known_serializers_for_type
 from autogen_ext.runtimes.grpc import GrpcWorkerAgentRuntime, GrpcWorkerAgentRuntimeHostServicer
 from autogen_ext.runtimes.grpc.protos import agent_worker_pb2, agent_worker_pb2_grpc, cloudevent_pb2
@@ -612,6 +612,12 @@ class WorkerRuntime(GrpcWorkerAgentRuntime):
         """Call `listener` after each reconnect, once types and subscriptions are registered again."""
         self.connection.on_reconnect(listener)
 
+    def forget(self, agent_id: AgentId) -> None:
+        """Drop an agent instance whose conversation has ended. The stock runtime keeps every
+        instance for ever, so a long-running process would grow with each conversation; a
+        message that still comes for it simply makes a new one."""
+        self._instantiated_agents.pop(agent_id, None)
+
     async def _process_event(self, event: cloudevent_pb2.CloudEvent) -> None:
         # The stock runtime lets a message it cannot decode escape as an unhandled task error
         # with a traceback; log one line and go on.
@@ -628,6 +634,12 @@ async def connect_worker(address: str, timeout: float = 10.0, security: Security
     runtime = WorkerRuntime(address, timeout, security)
     await runtime.start()
     return runtime
+
+
+def forget(agent: RoutedAgent) -> None:
+    """Let the runtime drop this (finished) agent instance, if it is one of ours."""
+    if isinstance(agent.runtime, WorkerRuntime):
+        agent.runtime.forget(agent.id)
 
 
 async def stop_worker(runtime: GrpcWorkerAgentRuntime) -> None:

@@ -381,13 +381,13 @@ async def test_the_host_keeps_serving_through_hostile_input(cluster: tuple[Path,
     # Malformed CloudEvents and unknown message types, sent to the participants' own topic.
     attacker = RawClient(address_of(cfg), security)
     await attacker.open()
-    attacker.publish("group_chat", b"\x00\x01 not json", schema="roundtable.messages.ChatMessage")
-    attacker.publish("group_chat", b"{}", schema="no.such.Type")
-    bare = cloudevent_pb2.CloudEvent(id="1", spec_version="1.0", type="group_chat", source="default")
+    attacker.publish("turn.writer", b"\x00\x01 not json", schema="roundtable.messages.RequestToSpeak")
+    attacker.publish("turn.writer", b"{}", schema="no.such.Type")
+    bare = cloudevent_pb2.CloudEvent(id="1", spec_version="1.0", type="turn.writer", source="default")
     attacker.outgoing.put_nowait(agent_worker_pb2.Message(cloudEvent=bare))
     await asyncio.sleep(1)
     await attacker.close()
     await asyncio.to_thread(assert_chat_still_works, cfg)
     writer_log = next(p for p in procs.all if p.name == "agent-writer").output
-    assert "skipped a message on 'group_chat' that could not be handled" in writer_log
+    assert "skipped a message on 'turn.writer' that could not be handled" in writer_log
     assert "Traceback" not in writer_log

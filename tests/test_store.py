@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_reliability import assert_complete, assert_shown_once, chat, config
 
-from roundtable.config import ConfigError
+from roundtable.config import ConfigError, StoreUnavailable
 from roundtable.messages import MAX_CONTENT_CHARS, ChatMessage
-from roundtable.store import StoredConversation, StoreUnavailable, TranscriptStore
+from roundtable.store import StoredConversation, TranscriptStore
 
 pytest_plugins = ["pg"]
 

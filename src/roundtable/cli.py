@@ -17,10 +17,9 @@ from typing import Any
 
 from pydantic import SecretStr, ValidationError
 
-from .config import AgentConfig, Config, ConfigError, ModelConfig, load_config
+from .config import AgentConfig, Config, ConfigError, ModelConfig, StoreUnavailable, load_config
 from .runtime import HostUnreachable, WorkerRuntime, setup_logging
 from .security import Security, load_security
-from .store import StoreUnavailable
 from .telemetry import setup_tracing, shutdown_tracing
 
 EXIT_BAD_INPUT = 2

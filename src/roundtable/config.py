@@ -25,6 +25,11 @@ class ConfigError(Exception):
     """Bad input from a config file or flags; the message is one line a person can act on."""
 
 
+class StoreUnavailable(Exception):
+    """The transcript store could not be reached or opened; the message says where and why.
+    (Here rather than in store.py so that catching it does not import SQLAlchemy.)"""
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -187,11 +187,13 @@ def plan(config: Config, config_path: str | None, with_ui: bool) -> list[list[Ro
     me = [sys.executable, "-m", "roundtable"]
     cfg = ["--config", config_path] if config_path else []
     stages: list[list[Role]] = [[Role("host", [*me, "host", *cfg])]]
-    if config.uses_local_model:
-        # The model server joins and checks the weights first: allow time for that.
-        stages.append([Role("model", [*me, "model", *cfg], ready_timeout=900)])
     workers = [Role("manager", [*me, "manager", *cfg])]
     workers += [Role(agent.name, [*me, "agent", "--name", agent.name, *cfg]) for agent in config.agents]
+    if config.uses_local_model:
+        # Agents need the model only to answer, so it loads beside them; the page and a
+        # task given with --task wait for the whole stage. Joining and checking the
+        # weights the first time takes a while: allow for it.
+        workers.insert(0, Role("model", [*me, "model", *cfg], ready_timeout=900))
     stages.append(workers)
     if with_ui and config.ui.enabled:
         stages.append([Role("ui", [*me, "ui", *cfg], ready_timeout=120)])

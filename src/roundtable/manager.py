@@ -421,7 +421,10 @@ class GroupChatManager(RoutedAgent):
         await self._store.end(conv.id, reason, ok)
         self._registry.pop(conv.id, None)
         log.info("conversation %s ended: %s", conv.id, reason)
-        await self._publish(ConversationEnded(conversation_id=conv.id, reason=reason, ok=ok))
+        ended = ConversationEnded(conversation_id=conv.id, reason=reason, ok=ok)
+        await self._publish(ended)
+        for agent in self._agents:  # participants hear it on their own topic
+            await self.publish_message(ended, topic(turn_topic_type(agent.name), conv.id))
         forget(self)  # the store has it all; a late message for it finds the conversation ended there
         current = asyncio.current_task()
         for timer in self._timers:

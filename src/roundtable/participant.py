@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
 from autogen_agentchat.agents import AssistantAgent
@@ -27,7 +28,6 @@ from autogen_core.models import AssistantMessage, ChatCompletionClient, LLMMessa
 from .config import AgentConfig, SeedConfig
 from .messages import (
     CONTROL,
-    GROUP_CHAT,
     PRESENCE,
     PRESENCE_SOURCE,
     SEED_SOURCE,
@@ -83,6 +83,63 @@ def render_prompt(settings: AgentConfig, history: Sequence[ChatMessage]) -> str 
     return template.format_map(values)
 
 
+#: Tokens that come within this long of the last chunk sent travel together in the next one.
+#: A real model's tokens are further apart and go one by one; a burst costs one message.
+COALESCE_SECONDS = 0.015
+
+
+class _ChunkSender:
+    """Publishes one message's tokens as `StreamChunk`s, numbered so the order can be restored."""
+
+    def __init__(self, agent: Participant, conversation_id: str, message_id: str) -> None:
+        self._agent = agent
+        self._topic = topic(STREAM, conversation_id)
+        self._conversation_id = conversation_id
+        self._message_id = message_id
+        self._index = 0
+        self._buffer = ""
+        self._last_sent = 0.0
+        self._flush: asyncio.Task[None] | None = None
+
+    async def add(self, text: str) -> None:
+        self._buffer += text
+        if self._flush is not None:
+            return  # a send is already due; this token goes with it
+        wait = self._last_sent + COALESCE_SECONDS - time.monotonic()
+        if wait <= 0:
+            await self._send()
+        else:
+            self._flush = asyncio.create_task(self._send_after(wait))
+
+    async def _send_after(self, wait: float) -> None:
+        await asyncio.sleep(wait)
+        self._flush = None
+        await self._send()
+
+    async def _send(self, done: bool = False) -> None:
+        text, self._buffer = self._buffer, ""
+        if not text and not done:
+            return
+        self._last_sent = time.monotonic()
+        chunk = StreamChunk(
+            conversation_id=self._conversation_id,
+            message_id=self._message_id,
+            author=self._agent.name,
+            index=self._index,
+            text=text,
+            done=done,
+        )
+        self._index += 1
+        await self._agent.publish_message(chunk, self._topic)
+
+    async def close(self) -> None:
+        """Send what is left and mark the message done."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        await self._send(done=True)
+
+
 class Participant(RoutedAgent):
     """One instance per conversation (the conversation id is its key)."""
 
@@ -129,39 +186,18 @@ class Participant(RoutedAgent):
         return [TextMessage(content=last.content, source=last.author)]
 
     async def speak(self, conversation_id: str, message_id: str, history: Sequence[ChatMessage]) -> str:
-        """Generate the next message, streaming each token as it arrives. Raises on model failure."""
+        """Generate the next message, streaming tokens as they arrive. Raises on model failure."""
         new_messages = await self._prepare(history)
-        stream_topic = topic(STREAM, conversation_id)
-        index = 0
+        chunks = _ChunkSender(self, conversation_id, message_id)
         final: str | None = None
         try:
             async for event in self._assistant.on_messages_stream(new_messages, CancellationToken()):
                 if isinstance(event, ModelClientStreamingChunkEvent):
-                    await self.publish_message(
-                        StreamChunk(
-                            conversation_id=conversation_id,
-                            message_id=message_id,
-                            author=self.name,
-                            index=index,
-                            text=event.content,
-                        ),
-                        stream_topic,
-                    )
-                    index += 1
+                    await chunks.add(event.content)
                 elif isinstance(event, Response):
                     final = event.chat_message.to_text()
         finally:
-            await self.publish_message(
-                StreamChunk(
-                    conversation_id=conversation_id,
-                    message_id=message_id,
-                    author=self.name,
-                    index=index,
-                    text="",
-                    done=True,
-                ),
-                stream_topic,
-            )
+            await chunks.close()
         return (final or "").strip()
 
     @message_handler
@@ -251,8 +287,9 @@ async def register_participant(
     manager (which asks again for any turn this agent owes), in seed mode to the peer."""
     await Participant.register(runtime, settings.name, lambda: Participant(settings, client, seed))
     if seed is None:
+        # Only its own topic: the manager sends it both "your turn" and the end there, so the
+        # group chat's traffic is not delivered (and decoded) here for nothing.
         await runtime.add_subscription(TypeSubscription(turn_topic_type(settings.name), settings.name))
-        await runtime.add_subscription(TypeSubscription(GROUP_CHAT, settings.name))
 
         async def announce(fresh: bool = True) -> None:
             online = AgentOnline(name=settings.name, fresh=fresh)

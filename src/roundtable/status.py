@@ -12,11 +12,12 @@ import grpc
 from autogen_ext.runtimes.grpc.protos import agent_worker_pb2
 from sqlalchemy.exc import DBAPIError
 
+from .config import StoreUnavailable
 from .manager import MANAGER_TYPE, PRESENCE_TYPE
 from .messages import SEED_TOPIC, TURN_PREFIX
 from .runtime import HostUnreachable, connect_worker, stop_worker
 from .security import Security
-from .store import StoredConversation, StoreUnavailable, TranscriptStore
+from .store import StoredConversation, TranscriptStore
 
 TASK_CHARS = 60
 

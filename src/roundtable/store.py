@@ -40,7 +40,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from .config import ConfigError
+from .config import ConfigError, StoreUnavailable
 from .messages import ChatMessage
 
 metadata = MetaData()
@@ -87,10 +87,6 @@ _INSERT_OR_SKIP: dict[str, Callable[[Table], postgresql.Insert | sqlite.Insert]]
     "sqlite": sqlite.insert,
     "postgresql": postgresql.insert,
 }
-
-
-class StoreUnavailable(Exception):
-    """The transcript store could not be reached or opened; the message says where and why."""
 
 
 @dataclass

@@ -1,0 +1,78 @@
+"""How much each measurement does, in quick (CI smoke) and full mode: the one place for counts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str
+    # 1. hop latency: blocks of round trips, the variants taking turns block by block
+    hop_warmup: int
+    hop_blocks: int
+    hop_block: int
+    # 3a. one-way throughput; the large burst is above roundtable's outbox limit (10,000)
+    flood_n: int
+    flood_reps: int
+    flood_large_n: int
+    flood_timeout: float
+    # 2. turn overhead: one long conversation
+    turn_rounds: int
+    # 3b. concurrent conversations
+    concurrent: tuple[int, ...]
+    concurrent_rounds: int
+    # 4. streaming: models to run, generated tokens, repetitions per side
+    stream_models: tuple[str, ...]
+    stream_max_tokens: int
+    stream_reps: int
+    stream_latency_runs: int
+    # 5. start-up: `roundtable up` runs per config
+    startup_runs: int
+    # --profile: repetitions of each what-if turn measurement
+    whatif_reps: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+QUICK = Settings(
+    mode="quick",
+    hop_warmup=50,
+    hop_blocks=10,
+    hop_block=100,
+    flood_n=2000,
+    flood_reps=1,
+    flood_large_n=12000,
+    flood_timeout=90,
+    turn_rounds=40,
+    concurrent=(1, 10, 100),
+    concurrent_rounds=4,
+    stream_models=("small",),
+    stream_max_tokens=64,
+    stream_reps=2,
+    stream_latency_runs=1,
+    startup_runs=1,
+    whatif_reps=1,
+)
+
+FULL = Settings(
+    mode="full",
+    hop_warmup=200,
+    hop_blocks=20,
+    hop_block=250,
+    flood_n=8000,
+    flood_reps=3,
+    flood_large_n=12000,
+    flood_timeout=120,
+    turn_rounds=200,
+    concurrent=(1, 10, 100),
+    concurrent_rounds=6,
+    stream_models=("small", "default"),
+    stream_max_tokens=128,
+    stream_reps=5,
+    stream_latency_runs=3,
+    startup_runs=3,
+    whatif_reps=3,
+)

@@ -148,3 +148,15 @@ def test_every_strategy_finishes(tmp_path: Path, strategy: str) -> None:
         terminal = chat(procs, cfg, "Go")
         assert terminal.wait_exit(60) == 0, terminal.output
         assert len(speakers(terminal.output)) == 3
+
+
+def test_timeout_ends_a_conversation_that_would_run_on(tmp_path: Path) -> None:
+    slow = scripted_agent("writer", "a b c d e f g h i j k l m n o p q r s t", delay=0.1)
+    cfg = config(tmp_path, [slow, EDITOR], termination={"max_rounds": 100, "timeout": 3})
+    with processes(tmp_path) as procs:
+        start_cluster(procs, cfg, ["writer", "editor"])
+        terminal = chat(procs, cfg, "Go on and on")
+        assert terminal.wait_exit(60) == 0, terminal.output
+        out = terminal.output
+    assert "conversation ended: timeout after 3 s" in out
+    assert 1 <= len(speakers(out)) < 100

@@ -17,8 +17,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 from harness import READY, REPO, Proc, Procs, free_port, processes, scripted_agent, start_cluster, write_config
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+pytest_plugins = ["pg"]
 
 pytestmark = pytest.mark.browser
 
@@ -260,6 +263,39 @@ def test_a_task_typed_on_the_page_runs_a_conversation_that_streams_and_stays_in_
     ]
     seqs = [json.loads(metadata)["seq"] for _, _, metadata in steps]
     assert seqs == sorted(set(seqs)) and seqs[0] >= 2, seqs  # numbered by the manager, after the task
+
+
+def test_history_on_postgresql_outlives_the_page_process(
+    tmp_path: Path, browser: Browser, postgres_database: str
+) -> None:
+    cfg = make_config(tmp_path)
+    data = yaml.safe_load(cfg.read_text(encoding="utf-8"))
+    write_config(
+        cfg, {**data, "store": {"url": postgres_database}, "ui": {**data["ui"], "database": postgres_database}}
+    )
+    task = "Write two sentences about a harbour"
+    with processes(tmp_path) as procs:
+        start_cluster(procs, cfg, ["writer", "editor"])
+        url = start_page(procs, cfg)
+        tab = Tab(browser, url)
+        tab.send(task)
+        tab.wait_for_end()
+        before = [(m["type"], m["author"], m["text"]) for m in tab.transcript()]
+        tab.close()
+        # A new page process, sharing nothing with the first but the database.
+        next(p for p in procs.all if p.name == "ui").stop()
+        port = yaml_port(cfg)
+        again = procs.roundtable("ui2", "ui", "--config", str(cfg), "--port", str(port))
+        again.wait_for(f"{READY} ui on http://127.0.0.1:{port}", timeout=60)
+        tab = Tab(browser, url)
+        entry = tab.page.locator("#thread-history a", has_text=task)
+        expect(entry).to_be_visible(timeout=WAIT)
+        entry.click()
+        tab.wait_for_end()
+        after = [(m["type"], m["author"], m["text"]) for m in tab.transcript()]
+        tab.close()
+    assert after == before
+    assert [author for kind, author, _ in before if author in ("writer", "editor")] == ["writer", "editor"] * 2
 
 
 def test_stop_ends_the_conversation_and_a_new_task_starts_another(tmp_path: Path, browser: Browser) -> None:

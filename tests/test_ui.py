@@ -7,7 +7,9 @@ and record what they were given, so a person's words can be traced to the agents
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import sqlite3
 import sys
 import time
@@ -296,6 +298,27 @@ def test_history_on_postgresql_outlives_the_page_process(
         tab.close()
     assert after == before
     assert [author for kind, author, _ in before if author in ("writer", "editor")] == ["writer", "editor"] * 2
+
+
+def test_an_agent_that_goes_silent_is_shown_unreachable_then_back(tmp_path: Path, browser: Browser) -> None:
+    cfg = make_config(tmp_path)
+    data = yaml.safe_load(cfg.read_text(encoding="utf-8"))
+    write_config(cfg, {**data, "host": {**data["host"], "heartbeat": 0.5}})
+    with processes(tmp_path) as procs:
+        started = start_cluster(procs, cfg, ["writer", "editor"])
+        tab = Tab(browser, start_page(procs, cfg))
+        tab.send("Write about a storm")
+        tab.wait_for_text("editor speaks next")
+        editor = started["editor"].popen.pid
+        os.kill(editor, signal.SIGSTOP)  # alive but silent, as behind a cut link
+        try:
+            tab.wait_for_text("editor is unreachable")
+        finally:
+            os.kill(editor, signal.SIGCONT)
+        tab.wait_for_text("editor is reachable again")
+        tab.wait_for_end()
+        assert [a for a, _ in agent_messages(tab.transcript())] == ["writer", "editor", "writer", "editor"]
+        tab.close()
 
 
 def test_stop_ends_the_conversation_and_a_new_task_starts_another(tmp_path: Path, browser: Browser) -> None:

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -254,7 +254,3 @@ async def run_up(
             await launcher.stop()
             launcher.say("up", "stopped")
     return code
-
-
-def roles_summary(stages: Sequence[Sequence[Role]]) -> str:
-    return " -> ".join(", ".join(role.name for role in stage) for stage in stages)

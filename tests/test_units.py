@@ -1,0 +1,53 @@
+"""Pure functions that decide what the chat does: prompts, speaker names, termination."""
+
+from __future__ import annotations
+
+import time
+
+from roundtable.config import AgentConfig, ManagerConfig, TerminationConfig
+from roundtable.manager import Conversation, find_named, termination_reason
+from roundtable.messages import ChatMessage
+from roundtable.participant import render_prompt
+
+
+def msg(author: str, content: str, kind: str = "agent") -> ChatMessage:
+    return ChatMessage(conversation_id="c", author=author, content=content, kind=kind)  # type: ignore[arg-type]
+
+
+def test_prompt_restates_the_task_and_the_feedback_since_the_writers_last_turn() -> None:
+    writer = AgentConfig(
+        name="writer", first_prompt="Task: {task}", prompt="Task: {task}|{my_last}|{last_author}|{last_message}"
+    )
+    history = [msg("user", "Write a haiku", "task")]
+    assert render_prompt(writer, history) == "Task: Write a haiku"
+    history += [msg("writer", "Draft one"), msg("editor", "More colour"), msg("user", "Name the cat Ada", "human")]
+    assert (
+        render_prompt(writer, history)
+        == "Task: Write a haiku|Draft one|editor and user|editor: More colour\nuser: Name the cat Ada"
+    )
+
+
+def test_without_templates_the_history_goes_as_it_is() -> None:
+    assert render_prompt(AgentConfig(name="writer"), [msg("user", "hi", "task")]) is None
+
+
+def test_the_selector_answer_names_the_first_participant_it_mentions() -> None:
+    names = ["writer", "editor"]
+    assert find_named("I pick editor, then writer", names) == "editor"
+    assert find_named("WRITER.", names) == "writer"
+    assert find_named("the rewriter", names) is None
+    assert find_named("banana", names) is None
+
+
+def test_termination_any_and_all() -> None:
+    conv = Conversation(id="c", task="t", transcript=[msg("editor", "looks good, APPROVE")], rounds=2)
+    any_rule = ManagerConfig(termination=TerminationConfig(max_rounds=5, text_mention="APPROVE", timeout=None))
+    assert termination_reason(conv, any_rule) == "'APPROVE' mentioned by editor"
+    all_rule = ManagerConfig(termination=TerminationConfig(max_rounds=5, text_mention="APPROVE", combine="all"))
+    assert termination_reason(conv, all_rule) is None
+    conv.rounds = 5
+    conv.started = time.time() - 10_000
+    assert (
+        termination_reason(conv, all_rule)
+        == "max_rounds reached (5 rounds); 'APPROVE' mentioned by editor; timeout after 600 s"
+    )

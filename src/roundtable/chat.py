@@ -18,6 +18,7 @@ from .messages import (
     AgentStatus,
     ChatMessage,
     ConversationEnded,
+    ResumeConversation,
     SpeakerSelected,
     StartConversation,
     new_id,
@@ -183,6 +184,13 @@ async def run_chat(
     roundtable_log = logging.getLogger("roundtable")
     roundtable_log.addHandler(handler)
     roundtable_log.propagate = False
+
+    async def catch_up() -> None:
+        # Whatever was published while we were away reaches us again; we drop what we have.
+        resume = ResumeConversation(conversation_id=sink.conversation_id)
+        await runtime.publish_message(resume, topic(CONTROL, sink.conversation_id))
+
+    runtime.on_reconnect(catch_up)
     try:
         await register_observer(runtime, f"terminal_{new_id()[:12]}", sink)
         return await start_and_follow(runtime, task, sink, timeout, start_timeout)

@@ -262,11 +262,24 @@ class GroupChatManager(RoutedAgent):
 
     @message_handler
     async def on_resume(self, message: ResumeConversation, ctx: MessageContext) -> None:
+        """From the manager itself after a restart, or from a terminal or page that lost its
+        connection and may have missed messages: either way, send the conversation again."""
         async with self._lock:
             if self._conv is not None:
+                if not self._conv.ended:
+                    await self._republish(self._conv)
                 return
             stored = await self._store.get(message.conversation_id)
-            if stored is None or stored.status != "open":
+            if stored is None:
+                return
+            if stored.status != "open":
+                for stored_message in stored.transcript:
+                    await self._publish(stored_message)
+                ended = ConversationEnded(
+                    conversation_id=stored.id, reason=stored.reason or "ended", ok=bool(stored.ok)
+                )
+                await self._publish(ended)
+                forget(self)
                 return
             conv = Conversation(
                 id=stored.id,

@@ -158,8 +158,8 @@ class RoutingServicer(GrpcWorkerAgentRuntimeHostServicer):
       then publishes the open transcripts again). The host's memory stays bounded.
     - A freshly started host has no subscriptions until the workers reconnect, and the
       stock servicer drops what they publish meanwhile. For `grace` seconds after start,
-      an event that reaches nobody is held, and delivered to the first subscribers that
-      appear for it.
+      events are kept, and an agent type that subscribes late gets those meant for it
+      that it has not had (a type already served never gets one twice).
     """
 
     def __init__(self, grace: float = 10.0, held_limit: int = 50_000, queue_limit: int = CLIENT_QUEUE_LIMIT) -> None:
@@ -241,16 +241,18 @@ class RoutingServicer(GrpcWorkerAgentRuntimeHostServicer):
         task.add_done_callback(self._background_tasks.discard)
         task.add_done_callback(_log_failure)
 
-    async def _deliver(self, event: cloudevent_pb2.CloudEvent, skip: set[str]) -> set[str]:
-        """Send `event` to its subscribers' clients, except `skip`; return the clients it was
-        meant for (a client cut off for not reading counts: the event was routed)."""
+    async def _deliver(self, event: cloudevent_pb2.CloudEvent, served: set[str]) -> set[str]:
+        """Send `event` to the clients of its subscribed agent types, except the types in
+        `served`; return the types it reached (a client cut off for not reading counts)."""
         recipients = await self._subscription_manager.get_subscribed_recipients(TopicId(event.type, event.source))
+        by_client: dict[str, set[str]] = {}
         async with self._agent_type_to_client_id_lock:
-            client_ids = {self._agent_type_to_client_id.get(r.type) for r in recipients}
-        sent: set[str] = set()
-        for client_id in client_ids:
-            if client_id is None or client_id in skip:
-                continue
+            for recipient in recipients:
+                client_id = self._agent_type_to_client_id.get(recipient.type)
+                if client_id is not None and recipient.type not in served:
+                    by_client.setdefault(client_id, set()).add(recipient.type)
+        reached: set[str] = set()
+        for client_id, agent_types in by_client.items():
             connection = self._data_connections.get(client_id)
             if connection is None:
                 continue
@@ -260,16 +262,15 @@ class RoutingServicer(GrpcWorkerAgentRuntimeHostServicer):
                     self._cut_off.add(client_id)
                     log.warning("a client has %d messages waiting; dropping more for it", queue.qsize())
                     queue.put_nowait(CLOSE)  # type: ignore[arg-type]
-                sent.add(client_id)
-                continue
-            await connection.send(agent_worker_pb2.Message(cloudEvent=event))
-            sent.add(client_id)
-        return sent
+            else:
+                await connection.send(agent_worker_pb2.Message(cloudEvent=event))
+            reached |= agent_types
+        return reached
 
     async def _process_event(self, event: cloudevent_pb2.CloudEvent) -> None:
-        delivered = await self._deliver(event, set())
-        if not delivered and self._in_grace() and len(self._held) < self._held_limit:
-            self._held.append((event, delivered))
+        reached = await self._deliver(event, set())
+        if self._in_grace() and len(self._held) < self._held_limit:
+            self._held.append((event, reached))
 
     async def RegisterAgent(
         self, request: agent_worker_pb2.RegisterAgentTypeRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -288,15 +289,11 @@ class RoutingServicer(GrpcWorkerAgentRuntimeHostServicer):
     ) -> agent_worker_pb2.AddSubscriptionResponse:
         await self._caller(context)
         response = await super().AddSubscription(request, context)
-        if self._held:
-            if not self._in_grace():
-                self._held.clear()
-            still_held = []
-            for event, delivered in self._held:
-                delivered |= await self._deliver(event, delivered)
-                if not delivered:
-                    still_held.append((event, delivered))
-            self._held = still_held
+        if self._held and not self._in_grace():
+            self._held.clear()
+        for event, reached in self._held:
+            # An agent type that comes back gets what it missed; one that was served, nothing twice.
+            reached |= await self._deliver(event, reached)
         return response
 
     async def RemoveSubscription(

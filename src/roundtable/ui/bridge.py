@@ -31,6 +31,7 @@ from ..messages import (
     ChatMessage,
     ConversationEnded,
     HumanMessage,
+    ResumeConversation,
     SpeakerSelected,
     StartConversation,
     StopConversation,
@@ -286,6 +287,13 @@ class Bridge:
         for tab in self._tabs_for(event.conversation_id):
             if tab.running and tab.conversation_id == event.conversation_id:
                 await tab.speaker(event)
+
+    async def catch_up(self) -> None:
+        """After a reconnect: ask for the running conversations again; what is on the page already is dropped."""
+        for tab in self._live_tabs():
+            if tab.running and tab.conversation_id:
+                resume = ResumeConversation(conversation_id=tab.conversation_id)
+                await self.runtime.publish_message(resume, topic(CONTROL, tab.conversation_id))
 
     async def on_status(self, event: AgentStatus) -> None:
         state = "is reachable again" if event.reachable else "is unreachable (no heartbeat); waiting for it"

@@ -361,30 +361,62 @@ class GroupChatManager(RoutedAgent):
             if message.error is not None:
                 await self._end(conv, f"{message.author}: {message.error}", ok=False)
                 return
+            # The reply and what comes next (the next speaker, or the end) are decided first
+            # and stored together: one write per turn, and a restart finds them consistent.
             reply = ChatMessage(
-                conversation_id=conv.id, id=message.message_id, author=message.author, content=message.content
+                conversation_id=conv.id,
+                id=message.message_id,
+                seq=len(conv.transcript) + 1,
+                author=message.author,
+                content=message.content,
             )
-            if not await self._record(conv, reply):
-                return
+            conv.transcript.append(reply)
             conv.rounds += 1
             reason = termination_reason(conv, self._settings)
-            if reason is not None:
-                await self._end(conv, reason)
+            choice, request = None, None
+            if reason is None:
+                choice = await self._select(conv)
+                request = RequestToSpeak(
+                    conversation_id=conv.id, turn_id=new_id(), speaker=choice.speaker, history=conv.transcript
+                )
+                stored = await self._store.append(
+                    reply, pending_speaker=choice.speaker, pending_turn_id=request.turn_id
+                )
             else:
-                await self._next_turn(conv)
+                stored = await self._store.append(
+                    reply, status="ended", reason=reason, ok=True, pending_speaker=None, pending_turn_id=None
+                )
+            if not stored:
+                conv.transcript.pop()
+                log.warning("conversation %s is being written by another manager; leaving it", conv.id)
+                self._let_go(conv)
+                return
+            await self._publish(reply)
+            if choice is not None and request is not None:
+                await self._begin_turn(conv, request, choice.note)
+            else:
+                await self._announce_end(conv, str(reason), ok=True)
 
-    async def _next_turn(self, conv: Conversation, note: str = "", skip: str | None = None) -> None:
+    async def _select(self, conv: Conversation, skip: str | None = None) -> Choice:
         candidates = [a for a in self._agents if a.name != skip] or self._agents
         with span("roundtable.manager.select", conversation=conv.id, strategy=self._settings.strategy):
             choice = self._choose(conv, candidates)
             if not isinstance(choice, Choice):
                 choice = await choice
-        note = "; ".join(n for n in (note, choice.note) if n)
-        conv.pending = RequestToSpeak(
+        return choice
+
+    async def _next_turn(self, conv: Conversation, note: str = "", skip: str | None = None) -> None:
+        choice = await self._select(conv, skip)
+        request = RequestToSpeak(
             conversation_id=conv.id, turn_id=new_id(), speaker=choice.speaker, history=conv.transcript
         )
-        await self._store.set_pending(conv.id, choice.speaker, conv.pending.turn_id)
-        await self._publish(SpeakerSelected(conversation_id=conv.id, speaker=choice.speaker, note=note))
+        await self._store.set_pending(conv.id, choice.speaker, request.turn_id)
+        await self._begin_turn(conv, request, "; ".join(n for n in (note, choice.note) if n))
+
+    async def _begin_turn(self, conv: Conversation, request: RequestToSpeak, note: str) -> None:
+        """Announce the (stored) next speaker and ask it."""
+        conv.pending = request
+        await self._publish(SpeakerSelected(conversation_id=conv.id, speaker=request.speaker, note=note))
         conv.attempts = 0
         await self._ask(conv)
 
@@ -429,9 +461,13 @@ class GroupChatManager(RoutedAgent):
                     await self._end(conv, reason)
 
     async def _end(self, conv: Conversation, reason: str, ok: bool = True) -> None:
+        await self._store.end(conv.id, reason, ok)
+        await self._announce_end(conv, reason, ok)
+
+    async def _announce_end(self, conv: Conversation, reason: str, ok: bool) -> None:
+        """Tell everyone the (stored) end, and let go of the conversation."""
         conv.ended = True
         conv.pending = None
-        await self._store.end(conv.id, reason, ok)
         self._registry.pop(conv.id, None)
         log.info("conversation %s ended: %s", conv.id, reason)
         ended = ConversationEnded(conversation_id=conv.id, reason=reason, ok=ok)

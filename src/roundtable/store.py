@@ -169,8 +169,9 @@ class TranscriptStore:
                 .on_conflict_do_nothing()
             )
 
-    async def append(self, message: ChatMessage) -> bool:
-        """Store one numbered message; False if it was there already (by id or seq)."""
+    async def append(self, message: ChatMessage, **conversation: Any) -> bool:
+        """Store one numbered message, and in the same transaction any changes to its
+        conversation (the pending speaker, the end); False if it was there already."""
         now = time.time()
         async with self._engine.begin() as conn:
             inserted = await conn.execute(
@@ -188,8 +189,12 @@ class TranscriptStore:
             )
             if inserted.rowcount == 0:
                 return False
+            if "reason" in conversation and conversation["reason"] is not None:
+                conversation["reason"] = _text(conversation["reason"])
             await conn.execute(
-                update(conversations).where(conversations.c.id == message.conversation_id).values(updated_at=now)
+                update(conversations)
+                .where(conversations.c.id == message.conversation_id)
+                .values(updated_at=now, **conversation)
             )
         return True
 

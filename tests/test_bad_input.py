@@ -129,3 +129,11 @@ def test_a_wrong_api_key_ends_the_conversation_with_that_reason(tmp_path: Path) 
     assert result.returncode == 1
     assert "writer: the model server rejected the API key (401)" in result.stdout
     assert "sk-wrong" not in result.stdout + result.stderr + writer_log
+
+
+def test_a_config_without_agents_is_refused_by_up_and_the_manager(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "empty.yaml", {"agents": []})
+    for command in ("up", "manager"):
+        result = run(command, "--config", str(cfg), timeout=30)
+        assert result.returncode == 2, result.stderr
+        assert f"{cfg}: agents: there are none" in one_error_line(result)

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -250,6 +251,11 @@ def manager_config(args: argparse.Namespace, config: Config) -> Config:
         raise ConfigError(f"manager options: {str(error.errors()[0]['msg']).removeprefix('Value error, ')}") from None
 
 
+def _require_agents(config: Config, source: str | None) -> None:
+    if not config.agents:
+        raise ConfigError(f"{source or 'the config'}: agents: there are none; add at least one under `agents:`")
+
+
 async def _manager(args: argparse.Namespace) -> int:
     from .manager import register_manager
     from .models import build_client
@@ -257,6 +263,7 @@ async def _manager(args: argparse.Namespace) -> int:
     from .store import TranscriptStore
 
     config = manager_config(args, load(args))
+    _require_agents(config, args.config)
     selector = None
     if config.manager.strategy == "selector":
         selector = build_client(config.manager.model or config.model, config.local_model)
@@ -318,6 +325,7 @@ async def _up(args: argparse.Namespace) -> int:
     from .launcher import run_up
 
     config = load_config(args.config)
+    _require_agents(config, args.config)
     return await run_up(config, args.config, task=args.task, with_ui=not args.no_ui, chat_timeout=args.timeout)
 
 
@@ -406,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_host(status)
     _add_config(status)
 
+    bench = sub.add_parser("bench", help="run the benchmarks (benchmarks/run; e.g. --quick)")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed to benchmarks/run")
+
     ui = sub.add_parser("ui", help="serve the web page (Chainlit)")
     _add_host(ui)
     ui.add_argument("--port", type=int, help="default: from the config (8000)")
@@ -413,6 +424,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(ui)
 
     return parser
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """`roundtable bench` is `benchmarks/run` of a source checkout."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "run"
+    if not script.exists():
+        raise ConfigError("the benchmarks come with the source checkout: run benchmarks/run there")
+    return subprocess.call([str(script), *args.bench_args])
 
 
 def _certs(args: argparse.Namespace) -> int:
@@ -430,6 +449,7 @@ BLOCKING: dict[str, Callable[[argparse.Namespace], int]] = {
     "model": _model_command,
     "ui": _ui_command,
     "certs": _certs,
+    "bench": _bench,
 }
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {

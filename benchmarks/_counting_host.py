@@ -5,66 +5,29 @@ delivered to subscribers. The counting is a protobuf ByteSize per message.
 It also notes when each ChatMessage reaches it from the manager: the host is on every
 message's path, so these times are the turn's own pace, whatever an observer's lag.
 
-For diagnosis, {"cmd": "quiet", "on": true} skips the two log lines AutoGen's servicer
-formats for every message (f-strings, so they cost even when INFO is off)."""
+The counters wrap roundtable's own `RoutingServicer._receive_message` (which replaced
+AutoGen's, and no longer formats a log line per message) and AutoGen's `ChannelConnection.send`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 import time
 from collections import defaultdict
 from typing import Any
 
 from autogen_ext.runtimes.grpc import _constants
-from autogen_ext.runtimes.grpc._worker_runtime_host_servicer import (
-    ChannelConnection,
-    GrpcWorkerAgentRuntimeHostServicer,
-)
+from autogen_ext.runtimes.grpc._worker_runtime_host_servicer import ChannelConnection
 from autogen_ext.runtimes.grpc.protos import agent_worker_pb2
 
 from roundtable.messages import GROUP_CHAT
-from roundtable.runtime import setup_logging, start_host
+from roundtable.runtime import RoutingServicer, setup_logging, start_host
 
 from ._control import serve_commands
 
 Counts = defaultdict[str, list[int]]  # topic type -> [messages, JSON payload bytes, envelope bytes]
-autogen_log = logging.getLogger("autogen_core")
-quiet = [False]  # the what-if switch
-
-
-def install_quiet_switch() -> None:
-    """AutoGen 0.7.5's two receive methods, as they are, but with their f-string log lines
-    behind the switch. With the switch off they do exactly what AutoGen does."""
-
-    async def receive_messages(self: ChannelConnection[Any, Any], client_id: str, request_iterator: Any) -> None:
-        async for message in request_iterator:
-            if not quiet[0]:
-                autogen_log.info(f"Received message from client {client_id}: {message}")
-            await self._handle_message(message)
-
-    async def receive_message(self: GrpcWorkerAgentRuntimeHostServicer, client_id: str, message: Any) -> None:
-        if not quiet[0]:
-            autogen_log.info(f"Received message from client {client_id}: {message}")
-        case = message.WhichOneof("message")
-        if case == "request":
-            work = self._process_request(message.request, client_id)
-        elif case == "response":
-            work = self._process_response(message.response, client_id)
-        elif case == "cloudEvent":
-            work = self._process_event(message.cloudEvent)
-        else:
-            autogen_log.warning("Received empty message")
-            return
-        task = asyncio.create_task(work)
-        self._background_tasks.add(task)
-        task.add_done_callback(self._raise_on_exception)
-        task.add_done_callback(self._background_tasks.discard)
-
-    ChannelConnection._receive_messages = receive_messages  # type: ignore[method-assign]
-    GrpcWorkerAgentRuntimeHostServicer._receive_message = receive_message  # type: ignore[method-assign]
 
 
 def _event(message: Any) -> Any:
@@ -84,10 +47,10 @@ def _add(counts: Counts, message: Any) -> None:
 
 
 def install_counters(published: Counts, delivered: Counts, chat_times: list[list[Any]]) -> None:
-    receive = GrpcWorkerAgentRuntimeHostServicer._receive_message
+    receive = RoutingServicer._receive_message
     send = ChannelConnection.send
 
-    async def counting_receive(self: GrpcWorkerAgentRuntimeHostServicer, client_id: str, message: Any) -> None:
+    async def counting_receive(self: RoutingServicer, client_id: str, message: Any) -> None:
         arrived = time.monotonic()
         _add(published, message)
         event = _event(message)
@@ -102,7 +65,7 @@ def install_counters(published: Counts, delivered: Counts, chat_times: list[list
         _add(delivered, message)
         await send(self, message)
 
-    GrpcWorkerAgentRuntimeHostServicer._receive_message = counting_receive  # type: ignore[method-assign]
+    RoutingServicer._receive_message = counting_receive  # type: ignore[method-assign]
     ChannelConnection.send = counting_send  # type: ignore[method-assign]
 
 
@@ -111,14 +74,10 @@ async def main(address: str) -> None:
     published: Counts = defaultdict(lambda: [0, 0, 0])
     delivered: Counts = defaultdict(lambda: [0, 0, 0])
     chat_times: list[list[Any]] = []
-    install_quiet_switch()
     install_counters(published, delivered, chat_times)
     host = await start_host(address)
 
     async def handle(command: dict[str, Any]) -> dict[str, Any]:
-        if command["cmd"] == "quiet":
-            quiet[0] = bool(command["on"])
-            return {"quiet": quiet[0]}
         if command["cmd"] == "chat_times":
             taken = list(chat_times)
             chat_times.clear()

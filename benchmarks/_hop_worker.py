@@ -1,7 +1,9 @@
-"""A worker process for the hop and one-way throughput benchmarks, in one of two variants:
+"""A worker process for the hop and one-way throughput benchmarks, in one of three variants:
 
 - `bare`: stock AutoGen 0.7.5, `GrpcWorkerAgentRuntime(host_address)` and a plain dataclass message;
-- `roundtable`: `roundtable.runtime.connect_worker` and roundtable's own `StreamChunk`.
+- `roundtable`: `roundtable.runtime.connect_worker` and roundtable's own `StreamChunk`;
+- `roundtable+tls`: the same over TLS with the bearer token, as off loopback: the CA from
+  `--tls-ca`, the token from ROUNDTABLE_TOKEN, both read by `roundtable.security.load_security`.
 
 `--role pong` echoes pings and counts floods; `--role ping` takes commands from the benchmark
 (stdin) and measures. Both roles publish on topics, as the product does.
@@ -85,7 +87,34 @@ def index_of(message: Any) -> int:
     return int(message.index)
 
 
-async def connect(variant: str, address: str) -> AgentRuntime:
+def security_for(variant: str, ca: str | None) -> Any:
+    """What a roundtable worker connects with: nothing on loopback, or the CA and the token."""
+    from roundtable.config import SecurityConfig
+    from roundtable.security import Security, load_security
+
+    if variant != "roundtable+tls":
+        return Security()
+    security = load_security(SecurityConfig(ca=ca))
+    if not (security.tls and security.token):
+        raise RuntimeError("roundtable+tls needs --tls-ca and ROUNDTABLE_TOKEN")
+    return security
+
+
+async def refused_without_token(address: str, security: Any) -> str:
+    """Proof that the host checks the token: the same TLS connection without it must fail."""
+    from dataclasses import replace
+
+    from roundtable.runtime import HostUnreachable, connect_worker, stop_worker
+
+    try:
+        runtime = await connect_worker(address, 10, replace(security, token=None))
+    except HostUnreachable as error:
+        return str(error)
+    await stop_worker(runtime)
+    raise RuntimeError(f"the host at {address} accepted a worker without the token")
+
+
+async def connect(variant: str, address: str, ca: str | None = None) -> AgentRuntime:
     bench_types = [CountRequest, Tally]
     if variant == "bare":
         from autogen_ext.runtimes.grpc import GrpcWorkerAgentRuntime
@@ -98,7 +127,7 @@ async def connect(variant: str, address: str) -> AgentRuntime:
     from roundtable.runtime import connect_worker, setup_logging
 
     setup_logging("bench", "WARNING")  # what every roundtable process does
-    runtime = await connect_worker(address, 30)
+    runtime = await connect_worker(address, 30, security_for(variant, ca))
     for message_type in bench_types:
         runtime.add_message_serializer(try_get_known_serializers_for_type(message_type))
     return runtime
@@ -165,9 +194,10 @@ class Collector(RoutedAgent):
 
 
 class Pinger:
-    def __init__(self, runtime: AgentRuntime, variant: str) -> None:
+    def __init__(self, runtime: AgentRuntime, variant: str, refusal: str = "") -> None:
         self.runtime = runtime
         self.variant = variant
+        self.refusal = refusal  # roundtable+tls: how the host refused the same worker without the token
         self.waiting: dict[int, asyncio.Future[float]] = {}
         self.tallies: dict[int, asyncio.Future[Tally]] = {}
         self._indices = itertools.count()
@@ -251,7 +281,7 @@ class Pinger:
         if command["cmd"] == "flood":
             return await self.flood(int(command["n"]), str(command["mode"]), float(command["timeout"]))
         if command["cmd"] == "sizes":
-            return message_sizes(self.variant)
+            return message_sizes(self.variant) | ({"refused_without_token": self.refusal} if self.refusal else {})
         raise ValueError(f"unknown command {command['cmd']!r}")
 
 
@@ -265,11 +295,15 @@ def message_sizes(variant: str) -> dict[str, Any]:
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--variant", choices=["bare", "roundtable"], required=True)
+    parser.add_argument("--variant", choices=["bare", "roundtable", "roundtable+tls"], required=True)
     parser.add_argument("--role", choices=["ping", "pong"], required=True)
     parser.add_argument("--host", required=True)
+    parser.add_argument("--tls-ca", help="roundtable+tls: the CA that signed the host's certificate")
     args = parser.parse_args()
-    runtime = await connect(args.variant, args.host)
+    refusal = ""
+    if args.variant == "roundtable+tls" and args.role == "ping":
+        refusal = await refused_without_token(args.host, security_for(args.variant, args.tls_ca))
+    runtime = await connect(args.variant, args.host, args.tls_ca)
     if args.role == "pong":
         floods = FloodLog()
         await Echo.register(runtime, "bench_echo", lambda: Echo(floods))
@@ -277,7 +311,7 @@ async def main() -> None:
             await runtime.add_subscription(TypeSubscription(topic_type, "bench_echo"))
         await serve_commands(_idle)
         return
-    pinger = Pinger(runtime, args.variant)
+    pinger = Pinger(runtime, args.variant, refusal)
     await Collector.register(runtime, "bench_collector", lambda: Collector(pinger.waiting, pinger.tallies))
     for topic_type in (PONG, TALLY):
         await runtime.add_subscription(TypeSubscription(topic_type, "bench_collector"))

@@ -3,7 +3,8 @@
     benchmarks/run --quick            # CI smoke: small counts, the small model, under 3 minutes
     benchmarks/run --publish          # full run; plots into docs/benchmarks/
 
-Exit code: 1 if a measurement failed or a message was lost or duplicated; with --strict,
+Exit code: 1 if a measurement failed, or a message was lost or duplicated where none may be
+(concurrent conversations; messages published while the host was down); with --strict,
 also if a target was missed.
 """
 
@@ -25,11 +26,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import conversations, hop, plots, report, startup, streaming
+from . import conversations, hop, plots, recovery, report, startup, streaming
 from ._procs import REPO
 from .settings import FULL, QUICK, Settings
 
-MEASUREMENTS = ("hop", "conversations", "streaming", "startup")
+MEASUREMENTS = ("hop", "conversations", "streaming", "startup", "recovery")
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "latest.json"
 PUBLISHED_PLOTS = REPO / "docs" / "benchmarks"
 
@@ -126,6 +127,8 @@ def run(settings: Settings, only: set[str], log_dir: Path, profile: bool) -> dic
             results["streaming"].append(result | ({"model": model} if "error" in result else {}))
     if "startup" in only:
         results["startup"] = attempt("start-up and memory", lambda: startup.run(settings, log_dir))
+    if "recovery" in only:
+        results["recovery"] = attempt("host restart", lambda: recovery.run(settings, log_dir))
     results["meta"]["load_after"] = _load()
     results["meta"]["seconds"] = round(time.monotonic() - began, 1)
     return results
@@ -136,6 +139,7 @@ def failed(results: dict[str, Any], strict: bool) -> bool:
     errors += [s for s in results.get("streaming") or [] if "error" in s]
     rows = report.targets(results)
     lost = any(row[0].endswith("concurrent conversations") and row[3] == "MISS" for row in rows)
+    lost = lost or report.recovery_lost(results)
     missed = any(row[3] == "MISS" for row in rows)
     return bool(errors) or lost or (strict and missed)
 

@@ -1,5 +1,6 @@
 """Measurement 1 and the one-way half of 3: hop latency and messages per second through a host,
-stock AutoGen against roundtable's runtime, each host and worker its own process.
+stock AutoGen against roundtable's runtime, plain on loopback and with TLS and the bearer token
+(as off loopback), each host and worker its own process.
 
 Every variant's cluster is started first and they take turns in small blocks, so slow
 moments of a shared machine fall on all of them alike.
@@ -8,7 +9,9 @@ moments of a shared machine fall on all of them alike.
 from __future__ import annotations
 
 import socket
+import ssl
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,49 +38,94 @@ def wait_port(address: str, timeout: float) -> None:
     raise BenchError(f"nothing listens on {address} after {timeout:g} s")
 
 
-def _bare_host(procs: Procs, address: str) -> Proc:
+@dataclass(frozen=True)
+class Certs:
+    """Development certificates and a token, written by roundtable's own `write_dev_certificates`."""
+
+    directory: Path
+
+    @property
+    def ca(self) -> str:
+        return str(self.directory / "ca.pem")
+
+    @property
+    def token(self) -> str:
+        return (self.directory / "token").read_text(encoding="utf-8").strip()
+
+    def host_args(self) -> tuple[str, ...]:
+        return ("--tls-cert", str(self.directory / "server.pem"), "--tls-key", str(self.directory / "server.key"))
+
+    def env(self) -> dict[str, str]:
+        return {"ROUNDTABLE_TOKEN": self.token}
+
+
+def _bare_host(procs: Procs, address: str, certs: Certs) -> Proc:
     host = procs.python("bare-host", "benchmarks._bare_host", address)
     host.ready(60)
     return host
 
 
-def _roundtable_host(procs: Procs, address: str) -> Proc:
+def _roundtable_host(procs: Procs, address: str, certs: Certs) -> Proc:
     host = procs.roundtable("roundtable-host", "host", "--address", address, "--log-level", "WARNING")
     host.wait_for(READY_LINE, 60)
     return host
 
 
+def _tls_host(procs: Procs, address: str, certs: Certs) -> Proc:
+    """`roundtable host` as the README starts it off loopback: certificate, key, ROUNDTABLE_TOKEN."""
+    args = ("host", "--address", address, "--log-level", "WARNING", *certs.host_args())
+    host = procs.python("roundtable+tls-host", "roundtable", *args, env=certs.env())
+    host.wait_for(READY_LINE, 60)
+    return host
+
+
+def check_tls(address: str, ca: str, timeout: float = 10.0) -> str:
+    """A TLS handshake with the host, checked against the dev CA: the port really speaks TLS."""
+    host, _, port = address.rpartition(":")
+    context = ssl.create_default_context(cafile=ca)
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection((host, int(port)), timeout=timeout) as raw:
+        with context.wrap_socket(raw, server_hostname=host) as tls:
+            cipher = tls.cipher()
+            return f"{tls.version()}, {cipher[0] if cipher else '?'}"
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
-    # How to start this variant's host; None while the variant does not exist yet.
-    start_host: Callable[[Procs, str], Proc] | None
-    worker: str = ""  # the --variant of benchmarks._hop_worker
+    start_host: Callable[[Procs, str, Certs], Proc]
+    worker: str  # the --variant of benchmarks._hop_worker
+    tls: bool = False
 
 
 VARIANTS = (
     Variant("bare", _bare_host, "bare"),
     Variant("roundtable", _roundtable_host, "roundtable"),
-    # TLS + token: a third column once roundtable.runtime grows it; the worker will need a
-    # matching --variant that connects with the certificate and the token.
-    Variant("roundtable+tls", None),
+    Variant("roundtable+tls", _tls_host, "roundtable+tls", tls=True),
 )
 
 
 def run(settings: Settings, log_dir: Path) -> dict[str, Any]:
-    available = [v for v in VARIANTS if v.start_host is not None]
-    raw: dict[str, dict[str, Any]] = {v.name: {"rtt_ns": [], "lost": 0, "floods": []} for v in available}
-    with processes(log_dir / "hop") as procs:
+    raw: dict[str, dict[str, Any]] = {v.name: {"rtt_ns": [], "lost": 0, "floods": []} for v in VARIANTS}
+    with tempfile.TemporaryDirectory(prefix="roundtable-bench-certs-") as tmp, processes(log_dir / "hop") as procs:
+        from roundtable.security import write_dev_certificates
+
+        certs = Certs(Path(tmp))
+        write_dev_certificates(certs.directory, ["127.0.0.1", "localhost"])
         pingers: dict[str, Proc] = {}
-        for variant in available:
-            assert variant.start_host is not None
+        for variant in VARIANTS:
             address = f"127.0.0.1:{free_port()}"
-            variant.start_host(procs, address)
+            variant.start_host(procs, address, certs)
             wait_port(address, 30)
-            common = ("--variant", variant.worker, "--host", address)
-            pong = procs.python(f"{variant.name}-pong", "benchmarks._hop_worker", "--role", "pong", *common)
+            common: tuple[str, ...] = ("--variant", variant.worker, "--host", address)
+            env = None
+            if variant.tls:
+                raw[variant.name]["tls"] = check_tls(address, certs.ca)
+                common += ("--tls-ca", certs.ca)
+                env = certs.env()
+            pong = procs.python(f"{variant.name}-pong", "benchmarks._hop_worker", "--role", "pong", *common, env=env)
             pong.ready(60)
-            ping = procs.python(f"{variant.name}-ping", "benchmarks._hop_worker", "--role", "ping", *common)
+            ping = procs.python(f"{variant.name}-ping", "benchmarks._hop_worker", "--role", "ping", *common, env=env)
             ping.ready(60)
             pingers[variant.name] = ping
             raw[variant.name]["message"] = ping.request({"cmd": "sizes"}, 30)
@@ -127,11 +175,21 @@ def summarise(raw: dict[str, dict[str, Any]], names: list[str]) -> dict[str, Any
             "message": data["message"],
             "flood": floods,
         }
-    bare, rt = variants.get("bare"), variants.get("roundtable")
-    ratios: dict[str, float] = {}
-    if bare and rt:
+        if "tls" in data:
+            variants[name]["tls"] = data["tls"]
+    return {
+        "variants": variants,
+        "ratio_roundtable_over_bare": ratios(variants.get("roundtable"), variants.get("bare")),
+        "ratio_tls_over_bare": ratios(variants.get("roundtable+tls"), variants.get("bare")),
+        "ratio_tls_over_roundtable": ratios(variants.get("roundtable+tls"), variants.get("roundtable")),
+    }
+
+
+def ratios(side: dict[str, Any] | None, base: dict[str, Any] | None) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if side and base:
         for p in ("p50", "p99"):
-            ratios[f"hop_{p}"] = ratio(rt["hop_ms"][p], bare["hop_ms"][p])
+            out[f"hop_{p}"] = ratio(side["hop_ms"][p], base["hop_ms"][p])
         for mode in FLOOD_MODES:
-            ratios[f"flood_{mode}"] = ratio(rt["flood"][mode]["rate"], bare["flood"][mode]["rate"])
-    return {"variants": variants, "ratio_roundtable_over_bare": ratios}
+            out[f"flood_{mode}"] = ratio(side["flood"][mode]["rate"], base["flood"][mode]["rate"])
+    return out

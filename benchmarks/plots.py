@@ -10,7 +10,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-COLORS = {"bare": "#7f7f7f", "roundtable": "#1f77b4", "raw": "#7f7f7f", "server": "#ff7f0e"}
+COLORS = {
+    "bare": "#7f7f7f",
+    "roundtable": "#1f77b4",
+    "roundtable+tls": "#2ca02c",
+    "raw": "#7f7f7f",
+    "server": "#ff7f0e",
+}
+LABELS = {"sentence": "14-word replies", "word": "1-word replies"}
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -31,7 +38,7 @@ def hop(data: dict[str, Any], out: Path) -> Path:
     ax.set_xscale("log")
     ax.set_xlabel("hop latency, worker -> host -> worker (ms, log scale)")
     ax.set_ylabel("fraction of hops")
-    ax.set_title("Hop latency: stock AutoGen vs roundtable's runtime")
+    ax.set_title("Hop latency: stock AutoGen vs roundtable's runtime, plain and TLS + token")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     return _save(fig, out / "hop.png")
@@ -41,8 +48,9 @@ def turns(data: dict[str, Any], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4))
     for pair, turn in data["turns"].items():
         series = turn["series_ms"]
-        chunks = turn["tokens_per_turn"] + 1
-        ax.plot(range(1, len(series) + 1), series, lw=0.9, label=f"{pair} replies ({chunks:.1f} chunks/turn)")
+        chunks = turn.get("chunks_per_turn", float("nan"))
+        label = f"{LABELS.get(pair, pair)} ({chunks:.1f} chunks/turn)"
+        ax.plot(range(1, len(series) + 1), series, lw=0.9, label=label)
     ax.axhline(2.0, color="green", ls="--", lw=0.8, label="target p50 2 ms")
     ax.axhline(10.0, color="red", ls="--", lw=0.8, label="target p99 10 ms")
     ax.set_xlabel("turn in the conversation (the history the manager sends grows with it)")
@@ -113,6 +121,42 @@ def memory(data: dict[str, Any], out: Path, limit_mb: float) -> Path:
     return _save(fig, out / "memory.png")
 
 
+def recovery(data: dict[str, Any], out: Path) -> Path:
+    """Each restart of roundtable's host: from its ready line to the first and to the last
+    of the messages published while it was down; stock AutoGen's never come."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    rt = data["variants"].get("roundtable")
+    top = 1.3
+    if rt:
+        runs = rt["runs"]
+        xs = range(1, len(runs) + 1)
+        last = [r["recovery_s"] if r["recovery_s"] is not None else float("nan") for r in runs]
+        first = [r["first_s"] if r["first_s"] is not None else float("nan") for r in runs]
+        ax.vlines(xs, first, last, color=COLORS["roundtable"], lw=2)
+        ax.plot(xs, last, "o", color=COLORS["roundtable"], label=f"roundtable: all {rt['n']} messages there")
+        ax.plot(xs, first, "_", color=COLORS["roundtable"], ms=12, label="roundtable: the first one")
+        top = max([top, *[v * 1.1 for v in last if v == v]])
+        ax.set_xticks(list(xs))
+    ax.axhline(1.0, color="red", ls="--", lw=0.8, label="README: within 1 s")
+    bare = data["variants"].get("bare")
+    if bare:
+        ax.annotate(
+            f"stock AutoGen, {bare['reps']} restart(s): {bare['published'] - bare['lost']} of {bare['published']}"
+            f" messages arrived within {bare['wait_s']:g} s",
+            (0.02, 0.93),
+            xycoords="axes fraction",
+            fontsize=8,
+            color=COLORS["bare"],
+        )
+    ax.set_xlabel("restart")
+    ax.set_ylabel("seconds after the new host's ready line")
+    ax.set_title("Host killed and started again: messages published while it was down")
+    ax.set_ylim(0, top)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="center right")
+    return _save(fig, out / "recovery.png")
+
+
 def draw(results: dict[str, Any], out: Path, limit_mb: float) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     made: list[Path] = []
@@ -125,4 +169,6 @@ def draw(results: dict[str, Any], out: Path, limit_mb: float) -> list[Path]:
         made.append(streaming(results["streaming"], out))
     if results.get("startup") and "error" not in results["startup"]:
         made.append(memory(results["startup"]["configs"], out, limit_mb))
+    if results.get("recovery") and "error" not in results["recovery"]:
+        made.append(recovery(results["recovery"], out))
     return made

@@ -47,19 +47,24 @@ def _mb(kb: dict[str, int] | None) -> float | None:
 def hop_tables(hop: dict[str, Any]) -> list[str]:
     variants = hop["variants"]
     names = list(variants)
-    ratios = hop["ratio_roundtable_over_bare"]
+    plain = hop["ratio_roundtable_over_bare"]
+    tls = hop.get("ratio_tls_over_bare") or {}
 
     def per_variant(get: Any) -> list[Any]:
         return [get(variants[n]) if variants[n] else None for n in names]
 
-    header = ["", *names, "roundtable / bare"]
+    def x(key: str) -> list[str]:
+        return [_x(plain.get(key)), _x(tls.get(key))]
+
+    header = ["", *names, "roundtable / bare", "roundtable+tls / bare"]
     latency = [
-        ["p50 (ms)", *per_variant(lambda v: v["hop_ms"]["p50"]), _x(ratios.get("hop_p50"))],
-        ["p99 (ms)", *per_variant(lambda v: v["hop_ms"]["p99"]), _x(ratios.get("hop_p99"))],
-        ["samples", *per_variant(lambda v: v["hop_ms"]["n"]), ""],
+        ["p50 (ms)", *per_variant(lambda v: v["hop_ms"]["p50"]), *x("hop_p50")],
+        ["p99 (ms)", *per_variant(lambda v: v["hop_ms"]["p99"]), *x("hop_p99")],
+        ["samples", *per_variant(lambda v: v["hop_ms"]["n"]), "", ""],
         [
             "message: JSON / gRPC bytes",
             *per_variant(lambda v: f"{v['message']['payload_bytes']} / {v['message']['envelope_bytes']}"),
+            "",
             "",
         ],
     ]
@@ -68,17 +73,17 @@ def hop_tables(hop: dict[str, Any]) -> list[str]:
         [
             f"burst of {bare['burst']['n']:,}: publish in a loop",
             *per_variant(lambda v: v["flood"]["burst"]["rate"]),
-            _x(ratios.get("flood_burst")),
+            *x("flood_burst"),
         ],
         [
             f"{bare['yield']['n']:,}, sleep(0) after each publish",
             *per_variant(lambda v: v["flood"]["yield"]["rate"]),
-            _x(ratios.get("flood_yield")),
+            *x("flood_yield"),
         ],
         [
             f"burst of {bare['burst-large']['n']:,} (over the outbox limit)",
             *per_variant(lambda v: v["flood"]["burst-large"]["rate"]),
-            _x(ratios.get("flood_burst-large")),
+            *x("flood_burst-large"),
         ],
         [
             "lost / duplicated, all runs",
@@ -89,17 +94,25 @@ def hop_tables(hop: dict[str, Any]) -> list[str]:
                 )
             ),
             "",
+            "",
         ],
     ]
+    tls_variant = variants.get("roundtable+tls") or {}
+    note = ""
+    if tls_variant.get("tls"):
+        refused = tls_variant["message"].get("refused_without_token", "")
+        note = f"\n  roundtable+tls: {tls_variant['tls']} with the dev CA; " + (
+            "the same worker without the token is refused" if refused else "token refusal NOT checked"
+        )
     return [
-        table("1. Hop latency, worker -> host -> worker (half a round trip, ms)", header, latency),
+        table("1. Hop latency, worker -> host -> worker (half a round trip, ms)", header, latency) + note,
         table("3a. One-way throughput through the host (messages/s)", header, rate),
     ]
 
 
 def turn_table(turns: dict[str, Any]) -> str:
     pairs = list(turns)
-    header = ["", *[f"{p} replies" for p in pairs]]
+    header = ["", *[{"sentence": "14-word replies", "word": "1-word replies"}.get(p, p) for p in pairs]]
 
     def row(label: str, get: Any) -> list[Any]:
         return [label, *[get(turns[p]) for p in pairs]]
@@ -110,7 +123,10 @@ def turn_table(turns: dict[str, Any]) -> str:
         return f"{parts['host']:.1f} / {parts['manager']:.1f} / {speakers:.1f} / {parts['observer']:.1f}"
 
     rows = [
-        row("stream chunks per turn", lambda t: f"{t['tokens_per_turn'] + 1:.1f}"),
+        row(
+            "stream chunks per turn (at the host)",
+            lambda t: f"{t.get('chunks_per_turn', t['tokens_per_turn'] + 1):.1f}",
+        ),
         row("turn p50 at the observer (ms)", lambda t: t["turn_ms"]["p50"]),
         row("turn p99 at the observer (ms)", lambda t: t["turn_ms"]["p99"]),
         row(
@@ -202,6 +218,11 @@ def streaming_table(stream: dict[str, Any]) -> str:
         f" p99 {latency['p99']:.2f} ms ({latency['n']} tokens); same text on every side: "
         f"{'yes' if stream['same_text'] else 'NO'}"
     )
+    if "chunks" in sides["roundtable"]:
+        note += (
+            f"\n  the agent sent its {sides['roundtable']['tokens']:.0f} tokens in {sides['roundtable']['chunks']:.0f}"
+            " StreamChunks (median); tokens are counted, each arriving with its chunk"
+        )
     return table(title, header, rows) + "\n" + note
 
 
@@ -216,7 +237,7 @@ def diagnostics(conversations: dict[str, Any]) -> list[str]:
     what_if = conversations.get("what_if")
     if what_if:
         rows = [[name, r["p50"], r["mean"], r["host"], r["manager"]] for name, r in what_if.items()]
-        header = ["15-chunk replies", "turn p50 ms", "turn mean ms", "host CPU ms/turn", "manager CPU ms/turn"]
+        header = ["14-word replies", "turn p50 ms", "turn mean ms", "host CPU ms/turn", "manager CPU ms/turn"]
         parts.append(table("Diagnosis: turn time with a cost taken away (same run, taking turns)", header, rows))
     if conversations.get("profile"):
         parts.append(profile_lines("during turns", conversations["profile"]))
@@ -251,6 +272,65 @@ def startup_table(startup: dict[str, Any]) -> str:
     return table("5. `roundtable up --no-ui`: start-up, and RSS at ready / after one conversation", header, rows)
 
 
+def _seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def recovery_outcome(side: dict[str, Any]) -> str:
+    """'p50 / max' seconds, or 'never (lost N of N)' when no restart was recovered from."""
+    if side["recovered_reps"] == 0:
+        return f"never (lost {side['lost']:,} of {side['published']:,})"
+    shown = f"{_seconds(side['recovery_s']['p50'])} / {_seconds(side['recovery_s']['max'])}"
+    if side["recovered_reps"] < side["reps"]:
+        shown += f" ({side['reps'] - side['recovered_reps']} of {side['reps']} never)"
+    return shown
+
+
+def recovery_table(data: dict[str, Any]) -> str:
+    sides = data["variants"]
+    names = list(sides)
+    rt = sides.get("roundtable") or {}
+    n = rt.get("n") or next(iter(sides.values()))["n"]
+    wait = next(iter(sides.values()))["wait_s"]
+
+    def row(label: str, get: Any) -> list[Any]:
+        return [label, *[get(sides[name]) for name in names]]
+
+    rows = [
+        row("restarts", lambda s: s["reps"]),
+        row(f"ready line -> all {n} at the subscriber, p50 / max (s)", recovery_outcome),
+        row(
+            "ready line -> first one, p50 / max (s)",
+            lambda s: f"{_seconds(s['first_s']['p50'])} / {_seconds(s['first_s']['max'])}",
+        ),
+        row("lost / duplicated, all restarts", lambda s: f"{s['lost']:,} / {s['duplicated']:,}"),
+        row("earlier message sent again (at least once)", lambda s: s["earlier_resent"]),
+        row("kill -> new host's ready line, median (s)", lambda s: _seconds(s["down_s"])),
+    ]
+    header = ["", *[("bare AutoGen" if name == "bare" else name) for name in names]]
+    title = (
+        f"6. Host restart: SIGKILL the host, publish {n} messages while it is down, start a new one on the"
+        f" same address {data['down_seconds']:g} s after the kill (bounded wait {wait:g} s)"
+    )
+    lines = [table(title, header, rows)]
+    bursts = rt.get("mid_burst") or []
+    if bursts:
+        lost = ", ".join(f"{b['lost']:,}" for b in bursts)
+        dup = sum(b["duplicated"] for b in bursts)
+        lines.append(
+            f"  context, not a target: killed 50 ms into a burst of {bursts[0]['n']:,} (roundtable), lost {lost}"
+            f" ({len(bursts)} kill{'s' if len(bursts) > 1 else ''}), duplicated {dup}: what the host held or a"
+            " dead socket swallowed at the kill"
+        )
+    return "\n".join(lines)
+
+
+def recovery_lost(results: dict[str, Any]) -> bool:
+    """A message published while roundtable's host was down that never came, or came twice."""
+    side: dict[str, Any] = ((results.get("recovery") or {}).get("variants") or {}).get("roundtable") or {}
+    return bool(side) and (side["lost"] > 0 or side["duplicated"] > 0)
+
+
 def agent_memory_mb(results: dict[str, Any]) -> float | None:
     values: list[float] = []
     for data in (results.get("startup") or {}).get("configs", {}).values():
@@ -269,7 +349,7 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
         rows.append([name, shown if shown is not None else _fmt(measured), goal, status])
 
     turns = (results.get("conversations") or {}).get("turns", {})
-    for pair, label in (("sentence", "15-chunk replies"), ("word", "2-chunk replies")):
+    for pair, label in (("sentence", "14-word replies"), ("word", "1-word replies")):
         t = turns.get(pair)
         p50 = t["turn_ms"]["p50"] if t else None
         p99 = t["turn_ms"]["p99"] if t else None
@@ -277,9 +357,12 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
         add(f"turn overhead p99, {label}", p99, "<= 10 ms", None if p99 is None else p99 <= 10.0, _ms(p99))
     hop = results.get("hop")
     for p in ("p50", "p99"):
-        value = hop["ratio_roundtable_over_bare"].get(f"hop_{p}") if hop else None
+        value = hop["ratio_roundtable_over_bare"].get(f"hop_{p}") if hop and "error" not in hop else None
         ok = None if value is None else value <= 1.2
         add(f"roundtable hop {p} / bare AutoGen", value, "<= 1.2x", ok, _x(value, 3))
+    for p in ("p50", "p99"):
+        value = (hop.get("ratio_tls_over_bare") or {}).get(f"hop_{p}") if hop and "error" not in hop else None
+        rows.append([f"roundtable+TLS+token hop {p} / bare", _x(value, 3), "none set", "-"])
     for stream in results.get("streaming") or []:
         if "error" in stream:
             add(f"streaming tokens/s / raw ({stream.get('model')})", None, ">= 0.9x", None)
@@ -296,6 +379,19 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
         add(f"{biggest['count']} concurrent conversations", float(bad), "0 lost or duplicated", bad == 0, shown)
     else:
         add("100 concurrent conversations", None, "0 lost or duplicated", None)
+    restart = (results.get("recovery") or {}).get("variants", {}).get("roundtable")
+    if restart:
+        worst = restart["recovery_s"]["max"]
+        clean = restart["lost"] == 0 and restart["duplicated"] == 0 and restart["recovered_reps"] == restart["reps"]
+        shown = (
+            f"p50 {_seconds(restart['recovery_s']['p50'])} s, max {_seconds(worst)} s, "
+            f"{restart['lost']} lost, {restart['duplicated']} dup"
+        )
+        ok = clean and worst is not None and worst <= 1.0
+        measured = math.inf if worst is None else worst
+        add("host restart: all messages through again", measured, "<= 1 s, 0 lost", ok, shown)
+    else:
+        add("host restart: all messages through again", None, "<= 1 s, 0 lost", None)
     memory = agent_memory_mb(results)
     add(
         "agent process RSS, largest seen",
@@ -338,6 +434,8 @@ def render(results: dict[str, Any]) -> str:
                 parts.append(profile_lines(f"while streaming ({stream['model']} model)", stream["profile"]))
     if results.get("startup") and "error" not in results["startup"]:
         parts.append(startup_table(results["startup"]) + _load_note(results["startup"]))
+    if results.get("recovery") and "error" not in results["recovery"]:
+        parts.append(recovery_table(results["recovery"]) + _load_note(results["recovery"]))
     errors = [
         f"  {name}: {value['error']}"
         for name, value in _sections(results)
@@ -351,7 +449,7 @@ def render(results: dict[str, Any]) -> str:
 
 def _sections(results: dict[str, Any]) -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
-    for name in ("hop", "conversations", "startup"):
+    for name in ("hop", "conversations", "startup", "recovery"):
         out.append((name, results.get(name)))
     for stream in results.get("streaming") or []:
         out.append((f"streaming {stream.get('model')}", stream))

@@ -32,6 +32,17 @@ class Settings:
     startup_runs: int
     # --profile: repetitions of each what-if turn measurement
     whatif_reps: int
+    # 6. host restart: kills of roundtable's host, and of stock AutoGen's (which never
+    # recovers, so each costs the whole bounded wait); messages published while it is down;
+    # seconds from the kill to launching the new host; the bounded wait for the messages
+    recovery_reps: int
+    recovery_bare_reps: int
+    recovery_messages: int
+    recovery_down_seconds: float
+    recovery_wait_seconds: float
+    # ... and, for context, kills in the middle of a burst of this many messages
+    recovery_burst_reps: int
+    recovery_burst: int
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,6 +66,13 @@ QUICK = Settings(
     stream_latency_runs=1,
     startup_runs=1,
     whatif_reps=1,
+    recovery_reps=3,
+    recovery_bare_reps=1,
+    recovery_messages=200,
+    recovery_down_seconds=1.0,
+    recovery_wait_seconds=10.0,
+    recovery_burst_reps=1,
+    recovery_burst=2000,
 )
 
 FULL = Settings(
@@ -75,4 +93,11 @@ FULL = Settings(
     stream_latency_runs=3,
     startup_runs=3,
     whatif_reps=3,
+    recovery_reps=10,
+    recovery_bare_reps=3,
+    recovery_messages=200,
+    recovery_down_seconds=1.0,
+    recovery_wait_seconds=10.0,
+    recovery_burst_reps=3,
+    recovery_burst=2000,
 )

@@ -69,8 +69,28 @@ def text(run: dict[str, Any]) -> str:
     return "".join(piece for _, piece in run["tokens"])
 
 
+def per_token(run: dict[str, Any], pieces: list[str]) -> dict[str, Any]:
+    """What the observer got is chunks: an agent sends tokens that come within 15 ms of its
+    last chunk together in the next one. Count model tokens, not chunks: each of the server's
+    tokens (`pieces`, the same text) arrives with the chunk that completes it."""
+    chunks = run["tokens"]
+    if "".join(piece for _, piece in chunks) != "".join(pieces):
+        return run | {"chunks": chunks, "per_token": False}  # analyse() reports the text mismatch
+    ends = list(itertools.accumulate(len(piece) for _, piece in chunks))
+    tokens: list[list[Any]] = []
+    end = 0
+    j = 0
+    for piece in pieces:
+        end += len(piece)
+        while ends[j] < end:
+            j += 1
+        tokens.append([chunks[j][0], piece])
+    return run | {"tokens": tokens, "chunks": chunks, "per_token": True}
+
+
 def gaps_ms(run: dict[str, Any]) -> list[float]:
-    times = [t for t, _ in run["tokens"]]
+    """Between arrivals: of chunks, on the roundtable side."""
+    times = [t for t, _ in run.get("chunks", run["tokens"])]
     return [(b - a) * 1e3 for a, b in itertools.pairwise(times)]
 
 
@@ -130,12 +150,12 @@ def run(settings: Settings, log_dir: Path, model: str, profile: bool = False) ->
         if not captured:
             raise RuntimeError("the tap saw no request from the agent")
         generate(captured)
-        http(captured)
+        pieces = [piece for _, piece in http(captured)["tokens"]]  # the server's tokens, one by one
         speak("streamer")
 
         sides: dict[str, list[dict[str, Any]]] = {"roundtable": [], "server": [], "raw": []}
         measure = {
-            "roundtable": lambda: speak("streamer"),
+            "roundtable": lambda: per_token(speak("streamer"), pieces),
             "server": lambda: http(captured),
             "raw": lambda: generate(captured),
         }
@@ -158,9 +178,10 @@ def run(settings: Settings, log_dir: Path, model: str, profile: bool = False) ->
         tapped_runs = []
         for _ in range(settings.stream_latency_runs):
             tap.request({"cmd": "take"}, 30)  # start empty
-            seen = speak("tapped")
+            chunks = speak("tapped")
             sent = tap.request({"cmd": "take"}, 30)["tokens"]
-            tapped_runs.append({"sent": len(sent), "received": len(seen["tokens"])})
+            seen = per_token(chunks, [piece for _, piece in sent])  # each token: when its chunk arrived
+            tapped_runs.append({"sent": len(sent), "received": len(seen["tokens"]), "chunks": len(chunks["tokens"])})
             for (t_sent, piece_sent), (t_seen, piece_seen) in zip(sent, seen["tokens"], strict=False):
                 if piece_sent != piece_seen:
                     mismatched += 1
@@ -196,6 +217,7 @@ def analyse(
         best = runs[max(range(len(runs)), key=lambda i: per_run[i]["e2e"])]
         sides[name] = {
             "runs": per_run,
+            "chunks": statistics.median(len(r.get("chunks", r["tokens"])) for r in runs),
             "tokens": statistics.median(r["tokens"] for r in per_run),
             # The best run of each side: other work on a shared machine only ever slows a run down.
             "e2e": max(r["e2e"] for r in per_run),

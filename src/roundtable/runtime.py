@@ -72,6 +72,7 @@ HOST_KEEPALIVE = [
 ]
 OUTBOX_LIMIT = 10_000
 CLIENT_QUEUE_LIMIT = 10_000  # messages waiting for one client on the host before it is cut off
+HELD_BYTES_LIMIT = 8 * 1024 * 1024  # events a freshly started host keeps for late subscribers
 SENDER_TYPE = "agagentsendertype"
 SCHEMA = "dataschema"
 STREAM_WAIT_STEPS = 200  # x 10 ms
@@ -158,16 +159,19 @@ class RoutingServicer(GrpcWorkerAgentRuntimeHostServicer):
       then publishes the open transcripts again). The host's memory stays bounded.
     - A freshly started host has no subscriptions until the workers reconnect, and the
       stock servicer drops what they publish meanwhile. For `grace` seconds after start,
-      events are kept, and an agent type that subscribes late gets those meant for it
-      that it has not had (a type already served never gets one twice).
+      events are kept (up to 8 MB), and an agent type that subscribes late gets those meant
+      for it that it has not had (a type already served never gets one twice).
     """
 
-    def __init__(self, grace: float = 10.0, held_limit: int = 50_000, queue_limit: int = CLIENT_QUEUE_LIMIT) -> None:
+    def __init__(
+        self, grace: float = 10.0, held_bytes_limit: int = HELD_BYTES_LIMIT, queue_limit: int = CLIENT_QUEUE_LIMIT
+    ) -> None:
         super().__init__()
         self._started = time.monotonic()
         self._grace = grace
         self._held: list[tuple[cloudevent_pb2.CloudEvent, set[str]]] = []
-        self._held_limit = held_limit
+        self._held_bytes = 0
+        self._held_bytes_limit = held_bytes_limit
         self._queue_limit = queue_limit
         self._peers: dict[str, str] = {}
         self._cut_off: set[str] = set()
@@ -269,8 +273,11 @@ class RoutingServicer(GrpcWorkerAgentRuntimeHostServicer):
 
     async def _process_event(self, event: cloudevent_pb2.CloudEvent) -> None:
         reached = await self._deliver(event, set())
-        if self._in_grace() and len(self._held) < self._held_limit:
-            self._held.append((event, reached))
+        if self._in_grace():
+            size = event.ByteSize()
+            if self._held_bytes + size <= self._held_bytes_limit:  # bounded: a flood can't fill memory
+                self._held.append((event, reached))
+                self._held_bytes += size
 
     async def RegisterAgent(
         self, request: agent_worker_pb2.RegisterAgentTypeRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -291,6 +298,7 @@ class RoutingServicer(GrpcWorkerAgentRuntimeHostServicer):
         response = await super().AddSubscription(request, context)
         if self._held and not self._in_grace():
             self._held.clear()
+            self._held_bytes = 0
         for event, reached in self._held:
             # An agent type that comes back gets what it missed; one that was served, nothing twice.
             reached |= await self._deliver(event, reached)

@@ -213,16 +213,14 @@ class GroupChatManager(RoutedAgent):
         """Number the message, store it, then forward it: the manager writes first."""
         numbered = message.model_copy(update={"seq": len(conv.transcript) + 1})
         if not await self._store.append(numbered):
-            # Someone else stored this place first: another manager is running this
-            # conversation (two managers on one database). It is theirs; let go of it.
-            log.warning("conversation %s is being written by another manager; leaving it", conv.id)
-            self._let_go(conv)
+            self._taken_over(conv)
             return False
         conv.transcript.append(numbered)
         await self._publish(numbered)
         return True
 
     def _let_go(self, conv: Conversation) -> None:
+        """Stop working on the conversation: no pending turn, no timers, out of the registry."""
         conv.ended = True
         conv.pending = None
         self._registry.pop(conv.id, None)
@@ -230,6 +228,12 @@ class GroupChatManager(RoutedAgent):
             if timer is not asyncio.current_task():
                 timer.cancel()
         self._timers.clear()
+
+    def _taken_over(self, conv: Conversation) -> None:
+        # Someone else stored this place first: another manager is running this
+        # conversation (two managers on one database). It is theirs; let go of it.
+        log.warning("conversation %s is being written by another manager; leaving it", conv.id)
+        self._let_go(conv)
 
     def _adopt(self, conv: Conversation) -> None:
         self._conv = conv
@@ -388,8 +392,7 @@ class GroupChatManager(RoutedAgent):
                 )
             if not stored:
                 conv.transcript.pop()
-                log.warning("conversation %s is being written by another manager; leaving it", conv.id)
-                self._let_go(conv)
+                self._taken_over(conv)
                 return
             await self._publish(reply)
             if choice is not None and request is not None:
@@ -466,20 +469,13 @@ class GroupChatManager(RoutedAgent):
 
     async def _announce_end(self, conv: Conversation, reason: str, ok: bool) -> None:
         """Tell everyone the (stored) end, and let go of the conversation."""
-        conv.ended = True
-        conv.pending = None
-        self._registry.pop(conv.id, None)
+        self._let_go(conv)
         log.info("conversation %s ended: %s", conv.id, reason)
         ended = ConversationEnded(conversation_id=conv.id, reason=reason, ok=ok)
         await self._publish(ended)
         for agent in self._agents:  # participants hear it on their own topic
             await self.publish_message(ended, topic(turn_topic_type(agent.name), conv.id))
         forget(self)  # the store has it all; a late message for it finds the conversation ended there
-        current = asyncio.current_task()
-        for timer in self._timers:
-            if timer is not current:
-                timer.cancel()
-        self._timers.clear()
 
 
 class Presence:

@@ -137,3 +137,30 @@ def test_a_config_without_agents_is_refused_by_up_and_the_manager(tmp_path: Path
         result = run(command, "--config", str(cfg), timeout=30)
         assert result.returncode == 2, result.stderr
         assert f"{cfg}: agents: there are none" in one_error_line(result)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["host", "--address", "not-an-address"], "--address 'not-an-address': expected HOST:PORT"),
+        (["host", "--address", "127.0.0.1:99999"], "the port '99999' is not a number from 1 to 65535"),
+        (["host", "--address", "::1:5000"], "an IPv6 address needs brackets"),
+        (["status", "--host", "localhost:"], "--host 'localhost:': the port '' is not a number"),
+        (["chat", "hi", "--host", "bad host:1"], "'bad host' is not a host name or IP address"),
+    ],
+)
+def test_a_bad_address_gets_our_one_line_and_no_grpc_noise(argv: list[str], expected: str) -> None:
+    result = run(*argv, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert expected in one_error_line(result)
+    assert result.stderr.strip().count("\n") == 0, f"more than our one line: {result.stderr!r}"
+
+
+def test_a_second_host_on_a_taken_port_is_refused_not_shared(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    with processes(tmp_path) as procs:
+        procs.roundtable("host", "host", "--address", address).wait_for(READY)
+        result = run("host", "--address", address, timeout=30)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"cannot listen on {address}: the port is in use" in one_error_line(result)
+    assert result.stderr.strip().count("\n") == 0, f"more than our one line: {result.stderr!r}"

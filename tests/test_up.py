@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -85,7 +86,7 @@ def test_a_killed_agent_is_restarted_and_sigterm_leaves_no_orphans(tmp_path: Pat
         assert chat(cfg).returncode == 0
         pids = child_pids(up.output)
         os.kill(pids["writer"], signal.SIGKILL)
-        up.wait_for("writer exited with code -9; restarting", timeout=30)
+        up.wait_for("writer was killed by SIGKILL; restarting", timeout=30)
         up.wait_for("writer is back", timeout=30)
         second = chat(cfg)
         assert second.returncode == 0, second.stdout + second.stderr
@@ -106,3 +107,30 @@ def test_up_killed_outright_takes_its_children_with_it(tmp_path: Path) -> None:
         os.kill(up.popen.pid, signal.SIGKILL)
         up.wait_exit(10)
     wait_until(lambda: not any(alive(pid) for pid in pids), 15, "the children of a killed `up` to exit")
+
+
+async def test_a_child_that_keeps_crashing_is_named_and_not_restarted_for_ever() -> None:
+    import io
+
+    from roundtable.launcher import Launcher, Role
+    from roundtable.runtime import READY_MARKER
+
+    crash = (
+        "import os, resource, signal, time;"
+        f"print('{READY_MARKER} crasher', flush=True); time.sleep(0.2);"
+        "resource.setrlimit(resource.RLIMIT_CORE, (0, 0)); os.kill(os.getpid(), signal.SIGILL)"
+    )
+    out = io.StringIO()
+    launcher = Launcher(out=out, color=False)
+    try:
+        child = await launcher.start(Role("crasher", [sys.executable, "-c", crash], ready_timeout=30))
+        deadline = time.monotonic() + 30
+        while "not restarted again" not in out.getvalue() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        text = out.getvalue()
+        assert "crasher was killed by SIGILL (illegal instruction); restarting in 0.5 s (restart 1)" in text, text
+        assert "crasher was killed by SIGILL (illegal instruction); it failed 3 times within 60 s," in text, text
+        assert text.count("started crasher") == 3, text
+        assert child.process is not None and child.process.returncode is not None
+    finally:
+        await launcher.stop()

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import SecretStr, ValidationError
 
-from .config import AgentConfig, Config, ConfigError, ModelConfig, StoreUnavailable, load_config
+from .config import AgentConfig, Config, ConfigError, ModelConfig, StoreUnavailable, check_address, load_config
 from .runtime import HostUnreachable, WorkerRuntime, setup_logging
 from .security import Security, load_security
 from .telemetry import setup_tracing, shutdown_tracing
@@ -156,7 +156,8 @@ def _model_from_flags(args: argparse.Namespace, base: ModelConfig) -> ModelConfi
 
 
 def _host_address(args: argparse.Namespace, config: Config) -> str:
-    return str(getattr(args, "host", None) or config.host.address)
+    flag = getattr(args, "host", None)
+    return check_address(flag, "--host") if flag else config.host.address
 
 
 # ---------------------------------------------------------------- commands
@@ -166,7 +167,7 @@ async def _host(args: argparse.Namespace) -> int:
     from .runtime import announce_ready, serve_until_signal, start_host
 
     config = load_config(args.config)
-    address = args.address or config.host.address
+    address = check_address(args.address, "--address") if args.address else config.host.address
     host = await start_host(address, security=security_from(args, config), queue_limit=config.host.client_queue_limit)
     print(f"Host started at {address}", flush=True)
     announce_ready(f"host on {address}")
@@ -299,7 +300,7 @@ async def _chat(args: argparse.Namespace) -> int:
 
 
 def _model_command(args: argparse.Namespace) -> int:
-    from .localmodel import ModelError, resolve_model, serve
+    from .localmodel import EngineCrashed, ModelError, resolve_model, serve, smoke_test
 
     config = load_config(args.config)
     local = config.local_model
@@ -307,7 +308,8 @@ def _model_command(args: argparse.Namespace) -> int:
     try:
         if args.prepare:
             path = resolve_model(args.model or local.model, cache)
-            print(f"model ready: {path}")
+            text = smoke_test(path, args.threads or local.n_threads)
+            print(f"model ready: {path} (the engine generated {text!r})")
             return 0
         return serve(
             args.model or local.model,
@@ -317,6 +319,8 @@ def _model_command(args: argparse.Namespace) -> int:
             args.threads or local.n_threads,
             cache,
         )
+    except EngineCrashed as error:
+        return _fail(str(error), EXIT_FAILED)
     except ModelError as error:
         return _fail(str(error), EXIT_BAD_INPUT)
 
@@ -401,8 +405,17 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model", help="default (Qwen2.5-Coder-1.5B), small (SmolLM2-135M) or a GGUF path")
     model.add_argument("--port", type=int, help="default: from the config (8765)")
     model.add_argument("--threads", type=int, help="llama.cpp threads (default: 1 on 2 cores, else cores-1)")
-    model.add_argument("--prepare", action="store_true", help="only install the model file (join, verify), then exit")
+    model.add_argument(
+        "--prepare",
+        action="store_true",
+        help="only install the model file (join, verify, generate a few tokens), then exit",
+    )
     _add_config(model)
+
+    engine = sub.add_parser("engine", help="build, install and check the portable llama.cpp engine (scripts/setup)")
+    what = engine.add_mutually_exclusive_group()
+    what.add_argument("--rebuild", action="store_true", help="build it again even if a checked build is installed")
+    what.add_argument("--check", action="store_true", help="only check the installed engine's instructions")
 
     up = sub.add_parser("up", help="start the whole chat: host, model, manager, agents and the web page")
     up.add_argument("--task", help="run this one conversation in the terminal, then stop everything")
@@ -434,6 +447,22 @@ def _bench(args: argparse.Namespace) -> int:
     return subprocess.call([str(script), *args.bench_args])
 
 
+def _engine(args: argparse.Namespace) -> int:
+    from .engine import EngineError, baseline, check_installed, ensure_engine
+
+    try:
+        if args.check:
+            findings = check_installed()
+            for finding in findings:
+                print(finding)
+            print(f"engine: {'NOT ' if findings else ''}within {baseline()}")
+            return EXIT_FAILED if findings else 0
+        print(ensure_engine(rebuild=args.rebuild), flush=True)
+        return 0
+    except EngineError as error:
+        return _fail(str(error), EXIT_FAILED)
+
+
 def _certs(args: argparse.Namespace) -> int:
     from .security import write_dev_certificates
 
@@ -450,6 +479,7 @@ BLOCKING: dict[str, Callable[[argparse.Namespace], int]] = {
     "ui": _ui_command,
     "certs": _certs,
     "bench": _bench,
+    "engine": _engine,
 }
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {

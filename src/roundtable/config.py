@@ -6,7 +6,9 @@ file, the field and what is wrong, in one line.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +25,42 @@ DEFAULT_HOST_ADDRESS = "127.0.0.1:50051"
 
 class ConfigError(Exception):
     """Bad input from a config file or flags; the message is one line a person can act on."""
+
+
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?$")
+
+
+def address_problem(address: str) -> str | None:
+    """Why `address` is not a usable HOST:PORT for gRPC, or None if it is."""
+    host, colon, port = address.rpartition(":")
+    if not colon or not host:
+        return "expected HOST:PORT, e.g. 127.0.0.1:50051"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        return f"the port {port!r} is not a number from 1 to 65535"
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"{host} is not an IPv6 address"
+        return None
+    try:
+        ipaddress.IPv4Address(host)
+        return None
+    except ValueError:
+        pass
+    if ":" in host:
+        return "an IPv6 address needs brackets, e.g. [::1]:50051"
+    if not _HOSTNAME.match(host):
+        return f"{host!r} is not a host name or IP address"
+    return None
+
+
+def check_address(address: str, what: str) -> str:
+    """`address`, or a ConfigError naming `what` (a flag or field) and the problem."""
+    problem = address_problem(address)
+    if problem is not None:
+        raise ConfigError(f"{what} {address!r}: {problem}")
+    return address
 
 
 class StoreUnavailable(Exception):
@@ -151,6 +189,14 @@ class HostConfig(_Model):
     client_queue_limit: int = Field(default=10_000, gt=0)  # messages the host keeps for one slow client
     heartbeat: float = Field(default=2.0, gt=0)  # seconds between participants' "I am here"; 3 missed = unreachable
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+
+    @field_validator("address")
+    @classmethod
+    def _usable_address(cls, value: str) -> str:
+        problem = address_problem(value)
+        if problem is not None:
+            raise ValueError(f"{value!r}: {problem}")
+        return value
 
 
 class UIConfig(_Model):

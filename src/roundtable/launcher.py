@@ -11,14 +11,20 @@ import asyncio
 import ctypes
 import logging
 import os
+import re
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 from .config import Config
+from .engine import describe_exit
+from .models import MODEL_STATE_ENV
 from .runtime import READY_MARKER, shutdown_on_signal
 from .security import load_security
 
@@ -28,6 +34,12 @@ COLORS = ["36", "33", "35", "32", "34", "91", "92", "93", "94", "95", "96"]
 READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 10.0
 MAX_BACKOFF = 30.0
+#: A child that fails this many times within CRASH_WINDOW seconds is not restarted again.
+MAX_CRASHES = 3
+CRASH_WINDOW = 60.0
+MODEL_ROLE = "model"
+#: A child's one-line error ("roundtable: error: ..."), or an ERROR log line ("... ERROR   model: ...").
+_ERROR_TEXT = re.compile(r"(?:\berror:|\bERROR\s+[^:]+:)\s*(.+)")
 
 
 def _die_with_parent() -> None:
@@ -54,13 +66,25 @@ class Child:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     restarts: int = 0
     reader: asyncio.Task[None] | None = None
+    crashes: list[float] = field(default_factory=list)
+    last_error: str = ""
 
 
 class Launcher:
-    def __init__(self, out: TextIO | None = None, color: bool | None = None, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        out: TextIO | None = None,
+        color: bool | None = None,
+        quiet: bool = False,
+        model_state: Path | None = None,
+    ) -> None:
         self._out = out or sys.stdout
         # With one conversation in the terminal, the children's INFO lines would bury it.
         self._child_env = {"ROUNDTABLE_LOG_LEVEL": "WARNING"} if quiet else {}
+        # Where agents read why the model server is down, to say so instead of "is it running?".
+        self._model_state = model_state
+        if model_state is not None:
+            self._child_env[MODEL_STATE_ENV] = os.fspath(model_state)
         self._color = self._out.isatty() if color is None else color
         self._children: list[Child] = []
         self._stopping = False
@@ -95,7 +119,21 @@ class Launcher:
             line = raw.decode(errors="replace").rstrip()
             if READY_MARKER in line:
                 child.ready.set()
+                if child.role.name == MODEL_ROLE:
+                    self._set_model_state("")
+            elif error := _ERROR_TEXT.search(line):
+                child.last_error = error[1].strip()
             self.say(child.role.name, line, child.color)
+
+    def _set_model_state(self, state: str) -> None:
+        if self._model_state is None:
+            return
+        try:
+            tmp = self._model_state.with_name(self._model_state.name + ".tmp")
+            tmp.write_text(state)
+            os.replace(tmp, self._model_state)
+        except OSError as error:
+            log.debug("cannot write %s: %s", self._model_state, error)
 
     async def start(self, role: Role) -> Child:
         """Start one process and wait, bounded, until it is ready."""
@@ -118,7 +156,10 @@ class Launcher:
         if child.reader is not None:
             await asyncio.wait({child.reader}, timeout=2)
         if child.process.returncode is not None:
-            raise LaunchError(f"{child.role.name} exited with code {child.process.returncode} before it was ready")
+            reason = f": {child.last_error}" if child.last_error else ""
+            raise LaunchError(
+                f"{child.role.name} {describe_exit(child.process.returncode)} before it was ready{reason}"
+            )
         raise LaunchError(f"{child.role.name} was not ready within {child.role.ready_timeout:g} s")
 
     async def _watch(self, child: Child) -> None:
@@ -126,13 +167,28 @@ class Launcher:
         while not self._stopping:
             assert child.process is not None
             code = await child.process.wait()
+            if child.reader is not None:
+                await asyncio.wait({child.reader}, timeout=2)  # its last words, before ours
             if self._stopping:
+                return
+            now = time.monotonic()
+            child.crashes = [t for t in child.crashes if now - t < CRASH_WINDOW] + [now]
+            why = f"{child.role.name} {describe_exit(code)}" + (f": {child.last_error}" if child.last_error else "")
+            if child.role.name == MODEL_ROLE:
+                self._set_model_state(
+                    f"the model server {describe_exit(code)}" + (f": {child.last_error}" if child.last_error else "")
+                )
+            if len(child.crashes) >= MAX_CRASHES:
+                self.say(
+                    "up",
+                    f"{why}; it failed {len(child.crashes)} times within {CRASH_WINDOW:g} s,"
+                    " so it is not restarted again: fix the cause, then start roundtable up again",
+                )
                 return
             child.restarts += 1
             delay = min(MAX_BACKOFF, 0.5 * 2 ** (child.restarts - 1))
-            self.say(
-                "up", f"{child.role.name} exited with code {code}; restarting in {delay:g} s (restart {child.restarts})"
-            )
+            self.say("up", f"{why}; restarting in {delay:g} s (restart {child.restarts})")
+            child.last_error = ""
             await asyncio.sleep(delay)
             if self._stopping:
                 return
@@ -193,7 +249,7 @@ def plan(config: Config, config_path: str | None, with_ui: bool) -> list[list[Ro
         # Agents need the model only to answer, so it loads beside them; the page and a
         # task given with --task wait for the whole stage. Joining and checking the
         # weights the first time takes a while: allow for it.
-        workers.insert(0, Role("model", [*me, "model", *cfg], ready_timeout=900))
+        workers.insert(0, Role(MODEL_ROLE, [*me, "model", *cfg], ready_timeout=900))
     stages.append(workers)
     if with_ui and config.ui.enabled:
         stages.append([Role("ui", [*me, "ui", *cfg], ready_timeout=120)])
@@ -211,7 +267,10 @@ async def run_up(
     """Start everything; with a task, run one conversation and return its outcome, else run until a signal."""
     from .chat import run_chat
 
-    launcher = Launcher(quiet=task is not None and "ROUNDTABLE_LOG_LEVEL" not in os.environ)
+    state_dir = Path(tempfile.mkdtemp(prefix="roundtable-up-"))
+    launcher = Launcher(
+        quiet=task is not None and "ROUNDTABLE_LOG_LEVEL" not in os.environ, model_state=state_dir / "model.state"
+    )
     stop = asyncio.Event()
     started = time.monotonic()
     code = 0
@@ -252,5 +311,6 @@ async def run_up(
         finally:
             launcher.say("up", "stopping everything")
             await launcher.stop()
+            shutil.rmtree(state_dir, ignore_errors=True)
             launcher.say("up", "stopped")
     return code

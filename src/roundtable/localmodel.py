@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import hashlib
 import importlib.metadata
+import json
 import logging
 import os
 import shutil
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +27,16 @@ from typing import Any
 
 from tqdm import tqdm
 
+from .engine import REBUILD_HINT, describe_engine_crash, installed_is_ours
+
 log = logging.getLogger("roundtable.localmodel")
 
 GGUF_MAGIC = b"GGUF"
 CACHE_ENV = "ROUNDTABLE_MODEL_CACHE"
 READY_LINE = "roundtable ready: model server on {url}"
-INSTALL_HINT = "pip install -e '.[local]'"
+INSTALL_HINT = "scripts/setup"
+SMOKE_PROMPT = "The capital of France is"
+SMOKE_TOKENS = 4
 
 _BLOCK = 8 * 1024 * 1024
 _LOCK_TIMEOUT = 900.0  # another process joining 1 GB on a slow disk can take minutes
@@ -38,6 +44,10 @@ _LOCK_TIMEOUT = 900.0  # another process joining 1 GB on a slow disk can take mi
 
 class ModelError(Exception):
     """The local model cannot be found, joined, verified or served; the message says what to do."""
+
+
+class EngineCrashed(ModelError):
+    """The llama.cpp engine died (by a signal, say) on a model that was found and verified."""
 
 
 @dataclass(frozen=True)
@@ -367,6 +377,76 @@ def resolve_model(spec: str, cache_dir: Path | None = None, progress: bool = Tru
     return _check_gguf(Path(spec).expanduser())
 
 
+# --- checking the engine before trusting it ----------------------------------------------------
+
+# Run in a child: a build for another CPU dies with SIGILL, which must not take us with it.
+_SMOKE_SCRIPT = """
+import json, sys
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_ctx=256, n_threads=int(sys.argv[2]), verbose=False)
+out = llm.create_completion(sys.argv[3], max_tokens=int(sys.argv[4]), temperature=0.0)
+print(json.dumps({"text": out["choices"][0]["text"], "tokens": out["usage"]["completion_tokens"]}))
+"""
+
+
+def smoke_test(model_path: Path, n_threads: int | None = None, timeout: float = 300.0) -> str:
+    """Load the model with the installed engine in a child process and generate a few tokens.
+    Returns them; a crash or a silent engine is a ModelError naming the signal and the remedy."""
+    threads = n_threads if n_threads is not None else default_threads()
+    argv = [sys.executable, "-c", _SMOKE_SCRIPT, os.fspath(model_path), str(threads), SMOKE_PROMPT, str(SMOKE_TOKENS)]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=server_env(), check=False)
+    except subprocess.TimeoutExpired:
+        raise ModelError(
+            f"the llama.cpp engine did not generate {SMOKE_TOKENS} tokens within {timeout:g} s: the machine may be"
+            " too slow or too loaded for this model; try --model small"
+        ) from None
+    if proc.returncode != 0:
+        detail = (proc.stderr.strip().splitlines() or [""])[-1]
+        if proc.returncode < 0 or not detail:
+            raise EngineCrashed(describe_engine_crash(proc.returncode))
+        raise ModelError(f"the llama.cpp engine failed on {model_path.name}: {detail}")
+    try:
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        text, tokens = str(result["text"]), int(result["tokens"])
+    except (ValueError, IndexError, KeyError, TypeError):
+        raise ModelError(f"the llama.cpp engine gave no answer on {model_path.name}: {REBUILD_HINT}") from None
+    if tokens < 1:
+        raise ModelError(f"the llama.cpp engine generated no tokens on {model_path.name}: {REBUILD_HINT}")
+    return text
+
+
+def _complete_once(url: str, timeout: float) -> None:
+    body = json.dumps({"prompt": SMOKE_PROMPT, "max_tokens": SMOKE_TOKENS, "temperature": 0}).encode()
+    request = urllib.request.Request(f"{url}/completions", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        answer = json.loads(response.read())
+    if not answer.get("choices"):
+        raise ModelError("the model server answered a test completion with no choices")
+
+
+async def smoke_test_server(url: str, process: subprocess.Popen[Any], timeout: float) -> None:
+    """Ask the freshly started server for a few tokens before calling it ready: an engine
+    that crashes on its first token is caught here, named, and not announced."""
+    request = asyncio.ensure_future(asyncio.to_thread(_complete_once, url, timeout))
+    try:
+        while not request.done():
+            if process.poll() is not None:
+                raise EngineCrashed(describe_engine_crash(process.returncode))
+            await asyncio.wait({request}, timeout=0.2)
+        error = request.exception()
+        if error is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(1.0)  # a connection reset usually means it is dying: let it finish
+            if process.poll() is not None:
+                raise EngineCrashed(describe_engine_crash(process.returncode))
+            if isinstance(error, ModelError):
+                raise error
+            raise ModelError(f"the model server failed a test completion: {error}")
+    finally:
+        request.cancel()
+
+
 # --- running the server ---------------------------------------------------------------------
 
 
@@ -448,9 +528,7 @@ async def wait_until_ready(
     target = _connect_host(host)
     while True:
         if process is not None and process.poll() is not None:
-            raise ModelError(
-                f"the model server exited with code {process.returncode} before it was ready: see its output above"
-            )
+            raise EngineCrashed(f"{describe_engine_crash(process.returncode)} (before the model server was ready)")
         remaining = deadline - loop.time()
         if remaining <= 0:
             raise ModelError(
@@ -521,11 +599,6 @@ def stop_process(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
                 process.wait(timeout)
 
 
-def _exit_code(returncode: int) -> int:
-    # A child ended by signal N reports -N; shells expect 128+N.
-    return 128 - returncode if returncode < 0 else returncode
-
-
 def serve(
     spec: str,
     host: str,
@@ -541,6 +614,8 @@ def serve(
     return its exit code. Prints the ready line on stdout once the port is open."""
     path = resolve_model(spec, cache_dir, progress=True)
     _check_port_free(host, port)
+    if not installed_is_ours():
+        log.warning("this llama.cpp engine was not built by scripts/setup; if it crashes, %s", REBUILD_HINT)
     threads = n_threads if n_threads is not None else default_threads()
     argv = server_command(path, host, port, n_ctx, threads)
     log.info(
@@ -578,9 +653,10 @@ def serve(
     previous = {sig: signal.getsignal(sig) for sig in signals}
     for sig in signals:
         signal.signal(sig, forward)
+    url = f"http://{_url_host(_connect_host(host))}:{port}/v1"
     try:
         try:
-            asyncio.run(wait_until_ready(host, port, ready_timeout, process=process))
+            asyncio.run(_start_checked(host, port, url, process, ready_timeout))
         except ModelError:
             if not stopping:
                 raise
@@ -606,4 +682,12 @@ def serve(
         return 1
     if stopping and code in (-signal.SIGTERM, -signal.SIGKILL):
         return 128 + stopping[0]  # report the signal we were stopped by, as a shell would
-    return _exit_code(code)
+    if code != 0:  # it died on its own: say how, in words, and exit as a failure (not as the signal)
+        log.error("%s", describe_engine_crash(code))
+        return 1
+    return 0
+
+
+async def _start_checked(host: str, port: int, url: str, process: subprocess.Popen[Any], timeout: float) -> None:
+    await wait_until_ready(host, port, timeout, process=process)
+    await smoke_test_server(url, process, timeout)

@@ -17,6 +17,8 @@ from .config import ConfigError, LocalModelConfig, ModelConfig
 from .scripted import ScriptedChatCompletionClient
 
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
+#: Set by `roundtable up` for its children: a file saying why the model server is down, if it is.
+MODEL_STATE_ENV = "ROUNDTABLE_MODEL_STATE"
 AZURE_SCOPE = "https://cognitiveservices.azure.com/.default"
 
 # What an unknown model behind an OpenAI-compatible server can be assumed to do.
@@ -126,6 +128,7 @@ def scripted_client(cfg: ModelConfig, local: LocalModelConfig) -> ChatCompletion
         name=cfg.model or "scripted",
         token_delay=cfg.token_delay,
         record=cfg.record,
+        max_tokens=cfg.max_tokens,
     )
 
 
@@ -155,7 +158,19 @@ def describe_model_error(error: BaseException) -> str:
     if isinstance(error, openai.APITimeoutError):
         return "the model server did not answer in time"
     if isinstance(error, openai.APIConnectionError):
-        return "cannot reach the model server: is it running, and is the URL right?"
+        return f"cannot reach the model server: {_known_model_state() or 'is it running, and is the URL right?'}"
     if isinstance(error, openai.APIStatusError):
         return f"the model server answered with HTTP {error.status_code}"
     return f"the model failed: {type(error).__name__}: {error}".splitlines()[0]
+
+
+def _known_model_state() -> str:
+    """What `roundtable up` knows of the model server it runs: why it is down, or ''."""
+    path = os.environ.get(MODEL_STATE_ENV)
+    if not path:
+        return ""
+    try:
+        with open(path) as state:
+            return state.read().strip()
+    except OSError:
+        return ""

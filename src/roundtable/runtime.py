@@ -69,6 +69,9 @@ WORKER_KEEPALIVE = [
 HOST_KEEPALIVE = [
     ("grpc.http2.min_ping_interval_without_data_ms", 4_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # gRPC binds with SO_REUSEPORT by default: a second host on the same port would start
+    # "fine" and take a random half of the connections. One port, one host.
+    ("grpc.so_reuseport", 0),
 ]
 OUTBOX_LIMIT = 10_000
 CLIENT_QUEUE_LIMIT = 10_000  # messages waiting for one client on the host before it is cut off
@@ -344,8 +347,10 @@ class Host:
                 self._server.add_secure_port(address, server_credentials(security))
             else:
                 self._server.add_insecure_port(address)
-        except RuntimeError as error:
-            raise HostUnreachable(f"cannot listen on {address}: {error}") from None
+        except RuntimeError:
+            raise HostUnreachable(
+                f"cannot listen on {address}: the port is in use, or the address is not one of this machine's"
+            ) from None
 
     async def start(self) -> None:
         await self._server.start()

@@ -33,7 +33,8 @@ def _text_of(message: LLMMessage) -> str:
 
 class ScriptedChatCompletionClient(ChatCompletionClient):
     """Replies come from `replies` in turn. `{n}` in a reply is the call number (from 1),
-    `{last}` the text of the last input message."""
+    `{last}` the text of the last input message. A word counts as a token: a reply longer
+    than `max_tokens` words stops there, with finish_reason "length", as a real model's does."""
 
     def __init__(
         self,
@@ -42,6 +43,7 @@ class ScriptedChatCompletionClient(ChatCompletionClient):
         name: str = "scripted",
         token_delay: float = 0.0,
         record: str | None = None,
+        max_tokens: int | None = None,
     ) -> None:
         if not replies:
             raise ValueError("a scripted model needs at least one reply")
@@ -49,8 +51,15 @@ class ScriptedChatCompletionClient(ChatCompletionClient):
         self._name = name
         self._token_delay = token_delay
         self._record = Path(record) if record else None
+        self._max_tokens = max_tokens
         self._calls = 0
         self._usage = RequestUsage(prompt_tokens=0, completion_tokens=0)
+
+    def _limited(self, content: str) -> tuple[list[str], Literal["stop", "length"]]:
+        words = content.split(" ")
+        if self._max_tokens is not None and len(words) > self._max_tokens:
+            return words[: self._max_tokens], "length"
+        return words, "stop"
 
     def _next_reply(self, messages: Sequence[LLMMessage]) -> str:
         self._calls += 1
@@ -72,8 +81,8 @@ class ScriptedChatCompletionClient(ChatCompletionClient):
         extra_create_args: Mapping[str, Any] = {},
         cancellation_token: CancellationToken | None = None,
     ) -> CreateResult:
-        content = self._next_reply(messages)
-        return CreateResult(finish_reason="stop", content=content, usage=self._usage, cached=False)
+        words, finish = self._limited(self._next_reply(messages))
+        return CreateResult(finish_reason=finish, content=" ".join(words), usage=self._usage, cached=False)
 
     async def create_stream(
         self,
@@ -85,13 +94,12 @@ class ScriptedChatCompletionClient(ChatCompletionClient):
         extra_create_args: Mapping[str, Any] = {},
         cancellation_token: CancellationToken | None = None,
     ) -> AsyncGenerator[str | CreateResult, None]:
-        content = self._next_reply(messages)
-        words = content.split(" ")
+        words, finish = self._limited(self._next_reply(messages))
         for i, word in enumerate(words):
             if self._token_delay:
                 await asyncio.sleep(self._token_delay)
             yield word if i == len(words) - 1 else word + " "
-        yield CreateResult(finish_reason="stop", content=content, usage=self._usage, cached=False)
+        yield CreateResult(finish_reason=finish, content=" ".join(words), usage=self._usage, cached=False)
 
     async def close(self) -> None:
         return None

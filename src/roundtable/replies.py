@@ -1,0 +1,119 @@
+"""A finished reply never stops mid-sentence: when the model ran out of tokens, it is cut
+back to its last full sentence.
+
+AgentChat's AssistantAgent does not say why generation stopped, so the participant's
+model client is wrapped to remember the `finish_reason` of its last completion.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from typing import Any, Literal
+
+from autogen_core import CancellationToken
+from autogen_core.models import (
+    ChatCompletionClient,
+    CreateResult,
+    LLMMessage,
+    ModelCapabilities,
+    ModelInfo,
+    RequestUsage,
+)
+from autogen_core.tools import Tool, ToolSchema
+from pydantic import BaseModel
+
+#: The end of a sentence: its mark, any closing quotes or brackets, then a space or the end.
+_SENTENCE_END = re.compile(r"[.!?…]+[\"'”’»)\]]*(?=\s|$)")
+ELLIPSIS = "…"
+
+
+def cut_at_last_sentence(text: str) -> str:
+    """`text` up to its last full sentence. With no full sentence at all, the whole text is
+    kept and marked with an ellipsis, so a reader sees it was cut rather than finished."""
+    text = text.rstrip()
+    ends = list(_SENTENCE_END.finditer(text))
+    if not ends:
+        return text + ELLIPSIS if text else text
+    return text[: ends[-1].end()]
+
+
+def finish_reply(text: str, finish_reason: str | None) -> str:
+    """The reply as it is stored and shown: cut back only when the token limit stopped it."""
+    text = text.strip()
+    return cut_at_last_sentence(text) if finish_reason == "length" else text
+
+
+class FinishReasonRecorder(ChatCompletionClient):
+    """Delegates everything to `inner`, remembering why the last completion stopped."""
+
+    def __init__(self, inner: ChatCompletionClient) -> None:
+        self._inner = inner
+        self.last_finish_reason: str | None = None
+
+    async def create(
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        tools: Sequence[Tool | ToolSchema] = [],
+        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
+        json_output: bool | type[BaseModel] | None = None,
+        extra_create_args: Mapping[str, Any] = {},
+        cancellation_token: CancellationToken | None = None,
+    ) -> CreateResult:
+        result = await self._inner.create(
+            messages,
+            tools=tools,
+            tool_choice=tool_choice,
+            json_output=json_output,
+            extra_create_args=extra_create_args,
+            cancellation_token=cancellation_token,
+        )
+        self.last_finish_reason = result.finish_reason
+        return result
+
+    async def create_stream(
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        tools: Sequence[Tool | ToolSchema] = [],
+        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
+        json_output: bool | type[BaseModel] | None = None,
+        extra_create_args: Mapping[str, Any] = {},
+        cancellation_token: CancellationToken | None = None,
+    ) -> AsyncGenerator[str | CreateResult, None]:
+        self.last_finish_reason = None
+        async for item in self._inner.create_stream(
+            messages,
+            tools=tools,
+            tool_choice=tool_choice,
+            json_output=json_output,
+            extra_create_args=extra_create_args,
+            cancellation_token=cancellation_token,
+        ):
+            if isinstance(item, CreateResult):
+                self.last_finish_reason = item.finish_reason
+            yield item
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    def actual_usage(self) -> RequestUsage:
+        return self._inner.actual_usage()
+
+    def total_usage(self) -> RequestUsage:
+        return self._inner.total_usage()
+
+    def count_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = []) -> int:
+        return self._inner.count_tokens(messages, tools=tools)
+
+    def remaining_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = []) -> int:
+        return self._inner.remaining_tokens(messages, tools=tools)
+
+    @property
+    def capabilities(self) -> ModelCapabilities:
+        return self._inner.capabilities
+
+    @property
+    def model_info(self) -> ModelInfo:
+        return self._inner.model_info

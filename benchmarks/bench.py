@@ -26,11 +26,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import conversations, hop, plots, recovery, report, startup, streaming
+from . import conversations, hop, plots, recovery, report, revisions, startup, streaming
 from ._procs import REPO
 from .settings import FULL, QUICK, Settings
 
-MEASUREMENTS = ("hop", "conversations", "streaming", "startup", "recovery")
+MEASUREMENTS = ("hop", "conversations", "streaming", "startup", "recovery", "revisions")
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "latest.json"
 PUBLISHED_PLOTS = REPO / "docs" / "benchmarks"
 
@@ -129,6 +129,10 @@ def run(settings: Settings, only: set[str], log_dir: Path, profile: bool) -> dic
         results["startup"] = attempt("start-up and memory", lambda: startup.run(settings, log_dir))
     if "recovery" in only:
         results["recovery"] = attempt("host restart", lambda: recovery.run(settings, log_dir))
+    if "revisions" in only:
+        results["revisions"] = attempt(
+            "revisions on the default model (quality)", lambda: revisions.run(settings, log_dir)
+        )
     results["meta"]["load_after"] = _load()
     results["meta"]["seconds"] = round(time.monotonic() - began, 1)
     return results

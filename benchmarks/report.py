@@ -392,6 +392,13 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
         add("host restart: all messages through again", measured, "<= 1 s, 0 lost", ok, shown)
     else:
         add("host restart: all messages through again", None, "<= 1 s, 0 lost", None)
+    revised = results.get("revisions") or {}
+    if "revised_share" in revised:
+        share = revised["revised_share"]
+        shown = f"{revised['writer_revised']}/{revised['writer_rounds']} rounds over {revised['tasks']} tasks"
+        add("writer revises its draft (default model)", share, ">= 0.8 of rounds", share >= 0.8, shown)
+        cut = float(revised["mid_sentence"])
+        add("replies ending mid-sentence", cut, "0", cut == 0, f"{revised['mid_sentence']}/{revised['replies']}")
     memory = agent_memory_mb(results)
     add(
         "agent process RSS, largest seen",
@@ -449,7 +456,7 @@ def render(results: dict[str, Any]) -> str:
 
 def _sections(results: dict[str, Any]) -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
-    for name in ("hop", "conversations", "startup", "recovery"):
+    for name in ("hop", "conversations", "startup", "recovery", "revisions"):
         out.append((name, results.get(name)))
     for stream in results.get("streaming") or []:
         out.append((f"streaming {stream.get('model')}", stream))

@@ -43,6 +43,8 @@ class Settings:
     # ... and, for context, kills in the middle of a burst of this many messages
     recovery_burst_reps: int
     recovery_burst: int
+    # 7. quality: tasks the built-in writer and editor run on the default model (0: skipped)
+    revision_tasks: int
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,6 +75,7 @@ QUICK = Settings(
     recovery_wait_seconds=10.0,
     recovery_burst_reps=1,
     recovery_burst=2000,
+    revision_tasks=0,
 )
 
 FULL = Settings(
@@ -100,4 +103,5 @@ FULL = Settings(
     recovery_wait_seconds=10.0,
     recovery_burst_reps=3,
     recovery_burst=2000,
+    revision_tasks=5,
 )

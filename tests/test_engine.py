@@ -148,11 +148,8 @@ def test_model_server_that_dies_on_its_first_token_is_never_announced(tmp_path: 
         env=_fake_engine_env(crash_on=1),
     )
     assert result.returncode == 1, result.stderr
-    assert "roundtable ready" not in result.stdout
-    assert (
-        result.stderr.strip().splitlines()[-1]
-        == f"roundtable: error: {SIGILL_LINE} (before the model server was ready)"
-    )
+    assert "roundtable ready" not in result.stdout, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"roundtable: error: {SIGILL_LINE}"
 
 
 def test_up_names_a_crashing_engine_and_stops_restarting_it(tmp_path: Path) -> None:

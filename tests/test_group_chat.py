@@ -160,3 +160,17 @@ def test_timeout_ends_a_conversation_that_would_run_on(tmp_path: Path) -> None:
         out = terminal.output
     assert "conversation ended: timeout after 3 s" in out
     assert 1 <= len(speakers(out)) < 100
+
+
+def test_a_reply_that_runs_out_of_tokens_ends_at_its_last_full_sentence(tmp_path: Path) -> None:
+    """The scripted model counts words as tokens: 12 words with max_tokens 8 stop mid-sentence."""
+    writer = scripted_agent("writer", "A lamp turns. The sea is dark and the keeper counts ships")
+    writer["model"]["max_tokens"] = 8
+    cfg = config(tmp_path, [writer, EDITOR], termination={"max_rounds": 2})
+    with processes(tmp_path) as procs:
+        start_cluster(procs, cfg, ["writer", "editor"])
+        terminal = chat(procs, cfg, "Write about a lighthouse")
+        assert terminal.wait_exit(90) == 0, terminal.output
+        out = terminal.output
+    assert re.findall(r"^writer: (.*)$", out, re.MULTILINE)[-1] == "A lamp turns.", out
+    assert "editor: Feedback 1: more colour please, on A lamp turns." in out, out

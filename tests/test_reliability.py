@@ -129,6 +129,8 @@ def test_chaos_under_up_every_conversation_completes_exactly_once(tmp_path: Path
         up = procs.roundtable("up", "up", "--config", str(cfg), "--no-ui")
         up.wait_for("everything is ready", timeout=60)
         terminals = [chat(procs, cfg, f"chat{i}", f"Task {i}") for i in range(3)]
+        for i, terminal in enumerate(terminals):  # the chaos is for conversations, not for a chat's first connect
+            terminal.wait_for(f"(task): Task {i}", timeout=60)
         kills = []
         for _ in range(4):
             time.sleep(rng.uniform(1.0, 2.5))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from roundtable.config import AgentConfig, ManagerConfig, TerminationConfig
 from roundtable.manager import Conversation, find_named, termination_reason
 from roundtable.messages import ChatMessage
@@ -51,3 +53,21 @@ def test_termination_any_and_all() -> None:
         termination_reason(conv, all_rule)
         == "max_rounds reached (5 rounds); 'APPROVE' mentioned by editor; timeout after 600 s"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "reason", "expected"),
+    [
+        ("A lamp turns. The sea is dark and the", "length", "A lamp turns."),
+        ('She said "go!" and then', "length", 'She said "go!"'),
+        ("Try this. Or you could describe the sound of the", "length", "Try this."),
+        ("No full sentence here at all", "length", "No full sentence here at all…"),
+        ("A lamp turns. The sea is dark and the", "stop", "A lamp turns. The sea is dark and the"),
+        ("  Done.  ", "length", "Done."),
+        ("Version 3.5 is out and", "length", "Version 3.5 is out and…"),
+    ],
+)
+def test_a_reply_cut_by_its_token_limit_ends_at_its_last_full_sentence(text: str, reason: str, expected: str) -> None:
+    from roundtable.replies import finish_reply
+
+    assert finish_reply(text, reason) == expected

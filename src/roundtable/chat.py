@@ -52,6 +52,7 @@ class TerminalSink:
         self._color = color
         self._streaming: str | None = None  # the message whose tokens are being printed
         self._streamed = ""  # ... and what of it has been printed
+        self._streaming_author = ""
         self._line_open = False
 
     def _dim(self, text: str) -> str:
@@ -77,11 +78,13 @@ class TerminalSink:
             if self._streaming is not None:
                 # One speaker at a time: a new stream while another is open means that
                 # one's author died mid-message. Its turn is being answered again.
-                self._write(self._dim(" … (interrupted)") if self._line_open else self._dim("… (interrupted)"))
+                if not self._line_open:  # a notice came in between: say whose message it was
+                    self._write(self._bold(f"{self._streaming_author} (continued): "))
+                self._write(self._dim(" … (interrupted)"))
                 self._line_open = True
             self._close_line()
             self._write(self._bold(f"{author}: "))
-            self._streaming, self._streamed = message_id, ""
+            self._streaming, self._streamed, self._streaming_author = message_id, "", author
         elif not self._line_open:  # a notice came in between
             self._write(self._bold(f"{author} (continued): "))
         self._line_open = True

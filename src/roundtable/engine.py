@@ -146,7 +146,11 @@ def scan_library(path: Path) -> Finding | None:
 
 
 def scan(paths: Iterable[Path]) -> list[Finding]:
-    return [finding for path in paths if (finding := scan_library(path)) is not None]
+    """Scan each distinct library once: wheels hold the same file under several names (.so, .so.0, ...)."""
+    distinct: dict[str, Path] = {}
+    for path in paths:
+        distinct.setdefault(_sha256(path), path)
+    return [finding for path in distinct.values() if (finding := scan_library(path)) is not None]
 
 
 def installed_libraries() -> list[Path]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .config import Config
-from .engine import describe_exit
+from .engine import describe_exit, signal_of
 from .models import MODEL_STATE_ENV
 from .runtime import READY_MARKER, shutdown_on_signal
 from .security import load_security
@@ -35,8 +35,10 @@ READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 10.0
 MAX_BACKOFF = 30.0
 #: A child that fails this many times within CRASH_WINDOW seconds is not restarted again.
+#: Being killed (SIGKILL, SIGTERM, ...: a person, a chaos test, the OOM killer) is not failing.
 MAX_CRASHES = 3
 CRASH_WINDOW = 60.0
+KILLED_FROM_OUTSIDE = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 MODEL_ROLE = "model"
 #: A child's one-line error ("roundtable: error: ..."), or an ERROR log line ("... ERROR   model: ...").
 _ERROR_TEXT = re.compile(r"(?:\berror:|\bERROR\s+[^:]+:)\s*(.+)")
@@ -172,7 +174,9 @@ class Launcher:
             if self._stopping:
                 return
             now = time.monotonic()
-            child.crashes = [t for t in child.crashes if now - t < CRASH_WINDOW] + [now]
+            child.crashes = [t for t in child.crashes if now - t < CRASH_WINDOW]
+            if signal_of(code) not in KILLED_FROM_OUTSIDE:  # a kill says nothing of the child's health
+                child.crashes.append(now)
             why = f"{child.role.name} {describe_exit(code)}" + (f": {child.last_error}" if child.last_error else "")
             if child.role.name == MODEL_ROLE:
                 self._set_model_state(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Literal
 
+from autogen_agentchat.messages import TextMessage
 from autogen_core import TopicId
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,9 +21,13 @@ TURN_PREFIX = "turn."  # manager -> one participant: "your turn"
 PRESENCE = "presence"  # participants -> manager: "I am (back) online"
 PRESENCE_SOURCE = "roundtable"
 
-# Seed mode: the tutorial's shape, writer and editor talk on one topic, no manager.
-SEED_TOPIC = "conversation_topic"
+# Seed mode: the tutorial's shape, no manager. Its topic carries AgentChat's TextMessage and
+# nothing else, so a stock AutoGen worker written from the tutorial can take part.
+SEED_TOPIC = "conversation_topic"  # every seed-mode agent, ours or stock -> the others, ui: TextMessage
 SEED_SOURCE = "default"
+SEED_HELLO = "seed_hello"  # our seed-mode agents -> each other: SeedHello, to find each other
+SEED_OPENER = "user"  # a TextMessage from this source opens a new exchange
+SEED_TURN_KEY = "turn"  # TextMessage.metadata: the turn our agents give their reply
 
 #: A reasonable ceiling for one chat message; bigger ones are refused before sending.
 MAX_CONTENT_CHARS = 200_000
@@ -149,6 +154,56 @@ class SeedHello(_Wire):
     reply: bool = False
 
 
+class SeedExchange:
+    """One seed-mode exchange as one process has seen it, as numbered `ChatMessage`s.
+
+    An opening (a TextMessage from "user") starts a new exchange as turn 0, even when the last one
+    reached its turn limit: a fresh worker opens afresh. Any other message takes the turn its
+    author wrote in the metadata (ours do; a restarted peer keeps count), else the next one. A
+    message seen before (by id; a reconnect may send one again) is dropped.
+    """
+
+    SEEN_LIMIT = 1024  # ids remembered, across exchanges
+
+    def __init__(self) -> None:
+        self.messages: list[ChatMessage] = []
+        self._seen: dict[str, None] = {}  # ordered: the oldest is forgotten first
+
+    @property
+    def turns(self) -> int:
+        """The latest turn taken (0 when only the opening has been said)."""
+        return max((m.seq for m in self.messages), default=0)
+
+    def add(self, message: TextMessage) -> ChatMessage | None:
+        """Record `message`; return it numbered, or None if it was seen before."""
+        if message.id in self._seen:
+            return None
+        self._seen[message.id] = None
+        if len(self._seen) > self.SEEN_LIMIT:
+            del self._seen[next(iter(self._seen))]
+        opening = message.source == SEED_OPENER
+        if opening:
+            self.messages = []
+        chat = ChatMessage(
+            conversation_id=SEED_SOURCE,
+            id=message.id,
+            seq=0 if opening else _stated_turn(message) or self.turns + 1,
+            author=message.source,
+            content=message.content,
+            kind="task" if opening else "agent",
+        )
+        self.messages.append(chat)
+        return chat
+
+
+def _stated_turn(message: TextMessage) -> int | None:
+    try:
+        turn = int(message.metadata.get(SEED_TURN_KEY, ""))
+    except ValueError:
+        return None  # none stated (a stock agent), or nonsense
+    return turn if turn > 0 else None
+
+
 WIRE_TYPES: tuple[type[BaseModel], ...] = (
     ChatMessage,
     StartConversation,
@@ -163,4 +218,5 @@ WIRE_TYPES: tuple[type[BaseModel], ...] = (
     AgentStatus,
     ResumeConversation,
     SeedHello,
+    TextMessage,  # AgentChat's own, as the tutorial's code sends it on SEED_TOPIC
 )

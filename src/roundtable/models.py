@@ -6,6 +6,7 @@ OpenAI-compatible client, so streaming, retries and timeouts behave the same.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 from typing import Any
@@ -162,6 +163,18 @@ def describe_model_error(error: BaseException) -> str:
     if isinstance(error, openai.APIStatusError):
         return f"the model server answered with HTTP {error.status_code}"
     return f"the model failed: {type(error).__name__}: {error}".splitlines()[0]
+
+
+async def explain_model_error(error: BaseException, wait: float = 3.0) -> str:
+    """describe_model_error, but when the model server could not be reached and `roundtable up`
+    runs it, first give up a moment (bounded by `wait`) to learn why: a crash is only known to
+    `up` a fraction of a second after the connection broke."""
+    if isinstance(error, openai.APIConnectionError) and not isinstance(error, openai.APITimeoutError):
+        if os.environ.get(MODEL_STATE_ENV):
+            deadline = asyncio.get_running_loop().time() + wait
+            while not _known_model_state() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.1)
+    return describe_model_error(error)
 
 
 def _known_model_state() -> str:

@@ -2,7 +2,8 @@
 
 AutoGen hands each incoming message to its own task, so order is not guaranteed.
 The observer restores it (chunks by index), drops duplicates by message id, and
-calls its sink one event at a time.
+calls its sink one event at a time. In seed mode it numbers the tutorial's TextMessages
+(see messages.SeedExchange), whoever sent them, and shows them as ChatMessages.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+from autogen_agentchat.messages import TextMessage
 from autogen_core import AgentRuntime, MessageContext, RoutedAgent, TypeSubscription, message_handler
 
 from .messages import (
@@ -19,6 +21,7 @@ from .messages import (
     AgentStatus,
     ChatMessage,
     ConversationEnded,
+    SeedExchange,
     SpeakerSelected,
     StreamChunk,
 )
@@ -47,6 +50,7 @@ class ConversationObserver(RoutedAgent):
         self._done: set[str] = set()  # message ids already shown whole
         self._next_index: dict[str, int] = {}
         self._early: dict[str, dict[int, StreamChunk]] = {}
+        self._seed = SeedExchange()
 
     @message_handler
     async def on_chunk(self, message: StreamChunk, ctx: MessageContext) -> None:
@@ -67,12 +71,23 @@ class ConversationObserver(RoutedAgent):
     @message_handler
     async def on_chat_message(self, message: ChatMessage, ctx: MessageContext) -> None:
         async with self._lock:
-            if message.id in self._done:
-                return
-            self._done.add(message.id)
-            streamed = self._next_index.pop(message.id, 0) > 0
-            self._early.pop(message.id, None)
-            await self._sink.on_message(message, streamed)
+            await self._show(message)
+
+    @message_handler
+    async def on_seed_message(self, message: TextMessage, ctx: MessageContext) -> None:
+        """Seed mode: the tutorial's TextMessage, from our agents or a stock AutoGen one."""
+        async with self._lock:
+            numbered = self._seed.add(message)
+            if numbered is not None:
+                await self._show(numbered)
+
+    async def _show(self, message: ChatMessage) -> None:
+        if message.id in self._done:
+            return
+        self._done.add(message.id)
+        streamed = self._next_index.pop(message.id, 0) > 0
+        self._early.pop(message.id, None)
+        await self._sink.on_message(message, streamed)
 
     @message_handler
     async def on_speaker(self, message: SpeakerSelected, ctx: MessageContext) -> None:

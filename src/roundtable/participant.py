@@ -2,7 +2,8 @@
 
 Managed mode: the manager asks it to speak (the history travels with the request),
 it streams tokens on the stream topic, and sends its finished reply to the manager.
-Seed mode: the tutorial's shape, two agents answering each other on one topic.
+Seed mode: the tutorial's shape, agents answering each other's TextMessages on one topic,
+ours or stock AutoGen ones written from the tutorial.
 """
 
 from __future__ import annotations
@@ -30,21 +31,26 @@ from .messages import (
     CONTROL,
     PRESENCE,
     PRESENCE_SOURCE,
+    SEED_HELLO,
+    SEED_OPENER,
     SEED_SOURCE,
     SEED_TOPIC,
+    SEED_TURN_KEY,
     STREAM,
     AgentOnline,
     AgentReply,
     ChatMessage,
     ConversationEnded,
     RequestToSpeak,
+    SeedExchange,
     SeedHello,
     StreamChunk,
     new_id,
     topic,
     turn_topic_type,
 )
-from .models import describe_model_error
+from .models import explain_model_error
+from .replies import FinishReasonRecorder, finish_reply
 from .runtime import WorkerRuntime, forget
 from .telemetry import span
 
@@ -148,9 +154,10 @@ class Participant(RoutedAgent):
         self._settings = settings
         self._seed = seed
         self._context = UnboundedChatCompletionContext()
+        self._client = FinishReasonRecorder(client)  # one per conversation: turns don't overlap
         self._assistant = AssistantAgent(
             name=settings.name,
-            model_client=client,
+            model_client=self._client,
             system_message=settings.system_message,
             description=settings.description or settings.system_message,
             model_context=self._context,
@@ -160,7 +167,8 @@ class Participant(RoutedAgent):
         # crash or a timeout) gets the same reply, or nothing while the answer is on its way.
         self._answered: dict[str, AgentReply] = {}
         self._answering: set[str] = set()
-        self._seed_history: list[ChatMessage] = []
+        self._seed_exchange = SeedExchange()
+        self._seed_answering = asyncio.Lock()
         self._seed_opened = False
         self._seed_greeted: set[str] = set()
 
@@ -198,7 +206,7 @@ class Participant(RoutedAgent):
                     final = event.chat_message.to_text()
         finally:
             await chunks.close()
-        return (final or "").strip()
+        return finish_reply(final or "", self._client.last_finish_reason)
 
     @message_handler
     async def on_request_to_speak(self, message: RequestToSpeak, ctx: MessageContext) -> None:
@@ -216,7 +224,7 @@ class Participant(RoutedAgent):
             with span("roundtable.agent.speak", agent=self.name, conversation=message.conversation_id):
                 content = await self.speak(message.conversation_id, message_id, message.history)
         except Exception as failure:  # any model failure ends the turn with a reason
-            error = describe_model_error(failure)
+            error = await explain_model_error(failure)
             log.error("%s: %s", self.name, error)
         finally:
             self._answering.discard(message.turn_id)
@@ -232,25 +240,34 @@ class Participant(RoutedAgent):
         await self.publish_message(reply, reply_topic)
 
     @message_handler
-    async def on_chat_message(self, message: ChatMessage, ctx: MessageContext) -> None:
-        if self._seed is None or ctx.topic_id is None or ctx.topic_id.type != SEED_TOPIC:
+    async def on_seed_message(self, message: TextMessage, ctx: MessageContext) -> None:
+        """Seed mode: answer what is said on the tutorial's topic, by our peer or by a stock
+        AutoGen agent, in the tutorial's own TextMessage."""
+        if self._seed is None:
             return  # managed mode: the history arrives with each request
-        self._seed_history.append(message)
-        if message.author == self.name or message.seq >= self._seed.max_turns:
-            if message.seq >= self._seed.max_turns:
-                log.info("%s: seed conversation reached %d turns", self.name, self._seed.max_turns)
-            return
-        message_id = new_id()
-        try:
-            content = await self.speak(SEED_SOURCE, message_id, self._seed_history)
-        except Exception as failure:
-            log.error("%s: %s", self.name, describe_model_error(failure))
-            return
-        reply = ChatMessage(
-            conversation_id=SEED_SOURCE, id=message_id, seq=message.seq + 1, author=self.name, content=content
-        )
-        self._seed_history.append(reply)
-        await self.publish_message(reply, topic(SEED_TOPIC, SEED_SOURCE))
+        said = self._seed_exchange.add(message)
+        if said is None or said.author == self.name:
+            return  # heard before, or our own words
+        exchange = self._seed_exchange
+        async with self._seed_answering:  # one answer at a time: the assistant has one context
+            if said not in exchange.messages:
+                return  # a new exchange began meanwhile
+            if exchange.turns >= self._seed.max_turns:
+                log.info("%s: the seed exchange reached %d turns", self.name, self._seed.max_turns)
+                return
+            message_id = new_id()
+            try:
+                content = await self.speak(SEED_SOURCE, message_id, list(exchange.messages))
+            except Exception as failure:
+                log.error("%s: %s", self.name, await explain_model_error(failure))
+                return
+            turn = exchange.turns + 1
+            if said not in exchange.messages or turn > self._seed.max_turns:
+                return  # a new exchange began, or another agent took the last turn, while we spoke
+            # The same id as the streamed chunks, so the page puts this in place of the stream.
+            reply = TextMessage(id=message_id, content=content, source=self.name, metadata={SEED_TURN_KEY: str(turn)})
+            exchange.add(reply)
+            await self.publish_message(reply, topic(SEED_TOPIC, SEED_SOURCE))
 
     @message_handler
     async def on_seed_hello(self, message: SeedHello, ctx: MessageContext) -> None:
@@ -260,14 +277,12 @@ class Participant(RoutedAgent):
             return
         if not message.reply and message.name not in self._seed_greeted:
             self._seed_greeted.add(message.name)
-            await self.publish_message(SeedHello(name=self.name, reply=True), topic(SEED_TOPIC, SEED_SOURCE))
+            await self.publish_message(SeedHello(name=self.name, reply=True), topic(SEED_HELLO, SEED_SOURCE))
         if self.name < message.name and not self._seed_opened:
             self._seed_opened = True
             log.info("%s: %s is here; opening the conversation", self.name, message.name)
-            opening = ChatMessage(
-                conversation_id=SEED_SOURCE, seq=0, author="user", content=self._seed.task, kind="task"
-            )
-            self._seed_history.append(opening)
+            opening = TextMessage(content=self._seed.task, source=SEED_OPENER)
+            self._seed_exchange.add(opening)
             await self.publish_message(opening, topic(SEED_TOPIC, SEED_SOURCE))
 
     @message_handler
@@ -304,8 +319,9 @@ async def register_participant(
         runtime.on_reconnect(announce)
         await announce()
         return asyncio.create_task(beat())
-    await runtime.add_subscription(TypeSubscription(SEED_TOPIC, settings.name))
-    # Give the host a moment to apply the subscription before the peer can answer.
+    for topic_type in (SEED_TOPIC, SEED_HELLO):
+        await runtime.add_subscription(TypeSubscription(topic_type, settings.name))
+    # Give the host a moment to apply the subscriptions before the peer can answer.
     await asyncio.sleep(0.2)
-    await runtime.publish_message(SeedHello(name=settings.name), topic(SEED_TOPIC, SEED_SOURCE))
+    await runtime.publish_message(SeedHello(name=settings.name), topic(SEED_HELLO, SEED_SOURCE))
     return None

@@ -53,9 +53,11 @@ GRPC_OPTIONS = [
 
 # Keepalive pings find a dead peer (a partition, a host that vanished) in seconds, not
 # minutes; the host must accept pings that often.
+KEEPALIVE_TIME_MS = 5_000
+KEEPALIVE_TIMEOUT_MS = 3_000
 WORKER_KEEPALIVE = [
-    ("grpc.keepalive_time_ms", 5_000),
-    ("grpc.keepalive_timeout_ms", 3_000),
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     # Our own loop decides when to try again. gRPC shares subchannels between channels to
@@ -82,6 +84,10 @@ STREAM_WAIT_STEPS = 200  # x 10 ms
 TRACE_KEYS = ("traceparent", "tracestate")
 SENDER_KEY = "agagentsenderkey"
 RECONNECT_MAX_DELAY = 0.5
+#: The last message handed to a stream that broke is sent again on the next one, unless it
+#: is older than this: a keepalive ping was then answered after it, so it was delivered (TCP
+#: keeps order). Without the bound, a reconnect repeated a message sent minutes before.
+RESEND_WINDOW = (KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS) / 1000
 
 
 class HostUnreachable(Exception):
@@ -429,6 +435,7 @@ class ResilientConnection:
         self._waiting_for_space: deque[asyncio.Future[None]] = deque()  # publishers, when the outbox is full
         self._inbox: asyncio.Queue[agent_worker_pb2.Message] = asyncio.Queue()
         self._in_flight: agent_worker_pb2.Message | None = None
+        self._in_flight_at = 0.0
         self._connected = asyncio.Event()
         self._generation = 0
         self._client_id = ""
@@ -514,7 +521,7 @@ class ResilientConnection:
             if not waiter.done():
                 waiter.set_result(None)
                 break
-        self._in_flight = message
+        self._in_flight, self._in_flight_at = message, time.monotonic()
         return message
 
     async def _run(self, call: grpc.aio.StreamStreamCall[Any, Any]) -> None:
@@ -534,6 +541,8 @@ class ResilientConnection:
             if self._closed:
                 return
             lost_at = time.monotonic()
+            if lost_at - self._in_flight_at > RESEND_WINDOW:
+                self._in_flight = None  # delivered: see RESEND_WINDOW
             log.warning("lost the host at %s; reconnecting", self.address)
             while not self._closed:
                 # Exponential backoff with jitter, capped at half a second so that messages

@@ -6,15 +6,19 @@ Put tests/fake_engine first on PYTHONPATH. FAKE_ENGINE_CRASH_ON=N: the Nth compl
 
 from __future__ import annotations
 
-import os
 import resource
 import signal
+import threading
+import time
 from typing import Any
 
 
 def die_like_a_foreign_build() -> None:
+    """Die here, in this thread, before anything else is done: a process-wide kill could reach
+    another thread first while this one went on to answer."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    os.kill(os.getpid(), signal.SIGILL)
+    signal.pthread_kill(threading.get_ident(), signal.SIGILL)
+    time.sleep(3600)  # not reached
 
 
 class Llama:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 import time
@@ -21,6 +22,7 @@ from .messages import (
     ResumeConversation,
     SpeakerSelected,
     StartConversation,
+    ToolCallEvent,
     new_id,
     topic,
 )
@@ -38,6 +40,21 @@ class Outcome:
     reason: str
     ok: bool
     messages: list[ChatMessage] = field(default_factory=list)
+
+
+def tool_line(event: ToolCallEvent, width: int = 160) -> str:
+    """`⚙ writer: count(label="x") -> 3`, `✗ ... failed: ...` or `↷ ... skipped: ...`, on one line."""
+    try:
+        arguments = ", ".join(f"{k}={json.dumps(v)}" for k, v in json.loads(event.arguments).items())
+    except (ValueError, AttributeError):
+        arguments = event.arguments
+    call = f"{event.agent}: {event.tool}({arguments})"
+    result = " ".join(event.result.split())
+    mark, joint = {"done": ("⚙", "->"), "error": ("✗", "failed:"), "skipped": ("↷", "skipped:")}.get(
+        event.status, ("⚙", "...")
+    )
+    line = f"{mark} {call} {joint} {result}"
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 class TerminalSink:
@@ -128,6 +145,14 @@ class TerminalSink:
         self._close_line()
         note = f" ({event.note})" if event.note else ""
         self._write(self._dim(f"· {event.speaker} speaks next{note}") + "\n")
+
+    async def on_tool(self, event: ToolCallEvent) -> None:
+        """One line per call, when its outcome is known."""
+        if event.conversation_id != self.conversation_id or event.status == "started":
+            return
+        self.heard.set()
+        self._close_line()
+        self._write(self._dim(tool_line(event)) + "\n")
 
     async def on_status(self, event: AgentStatus) -> None:
         if event.conversation_id != self.conversation_id:

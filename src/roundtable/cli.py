@@ -189,9 +189,15 @@ def agent_settings(args: argparse.Namespace, config: Config) -> tuple[AgentConfi
             raise ConfigError(
                 f"agent name {args.name!r} is not valid: use letters, digits and underscores, starting with a letter"
             ) from None
-    updates = {k: v for k, v in (("system_message", args.system_message), ("description", args.description)) if v}
+    flags = (("system_message", args.system_message), ("description", args.description), ("factory", args.factory))
+    updates = {k: v for k, v in flags if v}
     if updates:
-        settings = settings.model_copy(update=updates)
+        try:
+            settings = AgentConfig.model_validate({**settings.model_dump(), **updates})
+        except ValidationError:
+            raise ConfigError(
+                f"--factory {args.factory!r}: expected MODULE:FUNCTION, e.g. mypkg.agents:make_agent"
+            ) from None
     model = _model_from_flags(args, config.model_for(settings))
     return settings.model_copy(update={"model": model}), model
 
@@ -200,6 +206,7 @@ async def _agent(args: argparse.Namespace) -> int:
     from .models import build_client
     from .participant import register_participant
     from .runtime import announce_ready, serve_until_signal, stop_worker
+    from .tools import AgentTools, ToolsUnavailable
 
     config = load(args)
     settings, model = agent_settings(args, config)
@@ -209,16 +216,25 @@ async def _agent(args: argparse.Namespace) -> int:
             update={k: v for k, v in (("task", args.seed_task), ("max_turns", args.max_turns)) if v is not None}
         )
     client = build_client(model, config.local_model)
+    tools = AgentTools.from_config(settings)  # a bad import path is a ConfigError, before connecting
+    try:
+        await tools.start()
+    except ToolsUnavailable as error:
+        await tools.stop()
+        return _fail(str(error), EXIT_FAILED)
     runtime = await _connect(args, config)
     try:
-        heartbeat = await register_participant(runtime, settings, client, seed, config.host.heartbeat)
+        heartbeat = await register_participant(runtime, settings, client, seed, config.host.heartbeat, tools)
         mode = "seed mode" if seed else "managed"
-        announce_ready(f"agent {settings.name} ({model.provider}, {mode})")
+        names = [name for listed in tools.names.values() for name in listed]
+        with_tools = f", tools: {', '.join(names)}" if names else ""
+        announce_ready(f"agent {settings.name} ({model.provider}, {mode}{with_tools})")
         await serve_until_signal()
         if heartbeat is not None:
             heartbeat.cancel()
     finally:
         await stop_worker(runtime)
+        await tools.stop()
     return 0
 
 
@@ -379,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--name", required=True, help="the agent's name (from the config, or a new one)")
     agent.add_argument("--system-message", help="what the agent is told it is")
     agent.add_argument("--description", help="what the manager is told about the agent")
+    agent.add_argument("--factory", metavar="MODULE:FUNCTION", help="your own AgentChat agent (see README)")
     agent.add_argument("--seed", action="store_true", help="seed mode: the tutorial's two agents, no manager")
     agent.add_argument("--seed-task", help="seed mode: the opening message")
     agent.add_argument("--max-turns", type=int, help="seed mode: stop after this many replies")

@@ -126,6 +126,43 @@ class LocalModelConfig(_Model):
         return f"http://{self.host}:{self.port}/v1"
 
 
+IMPORT_PATH = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
+
+
+class McpServerConfig(_Model):
+    """An MCP server: started by stdio (`command`, `args`) or reached over streamable HTTP (`url`)."""
+
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: float = Field(default=30.0, gt=0)  # seconds for one call
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerConfig:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give either command (stdio) or url (streamable HTTP)")
+        return self
+
+
+class ToolConfig(_Model):
+    """One entry of `agents[].tools`: a Python function, or the tools of an MCP server."""
+
+    function: str | None = Field(default=None, pattern=IMPORT_PATH)  # "mypkg.tools:search_orders"
+    mcp: McpServerConfig | None = None
+    # A call that started but has no recorded result when its agent died: run it again, or
+    # skip it (the agent is told it was not run again, and so is the conversation).
+    on_interrupted: Literal["retry", "skip"] = "skip"
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ToolConfig:
+        if (self.function is None) == (self.mcp is None):
+            raise ValueError("give exactly one of function, mcp")
+        return self
+
+
 class AgentConfig(_Model):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
@@ -137,6 +174,10 @@ class AgentConfig(_Model):
     # is passed as separate messages, which suits large models.
     prompt: str | None = None
     first_prompt: str | None = None
+    tools: list[ToolConfig] = Field(default_factory=list)
+    max_tool_iterations: int = Field(default=3, gt=0)  # model calls with tools per turn
+    # Your own AgentChat agent: "mypkg.agents:make_agent", called with an AgentContext.
+    factory: str | None = Field(default=None, pattern=IMPORT_PATH)
 
 
 class TerminationConfig(_Model):

@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from autogen_core import MessageContext, RoutedAgent, TypeSubscription, message_handler
 from autogen_core.models import ChatCompletionClient, SystemMessage, UserMessage
@@ -34,6 +35,10 @@ from .messages import (
     SpeakerSelected,
     StartConversation,
     StopConversation,
+    ToolCallDecision,
+    ToolCallEvent,
+    ToolCallFinished,
+    ToolCallStarted,
     new_id,
     topic,
     turn_topic_type,
@@ -206,7 +211,7 @@ class GroupChatManager(RoutedAgent):
         else:
             self._choose = select_round_robin
 
-    async def _publish(self, message: ChatMessage | SpeakerSelected | ConversationEnded) -> None:
+    async def _publish(self, message: ChatMessage | SpeakerSelected | ConversationEnded | ToolCallEvent) -> None:
         await self.publish_message(message, topic(GROUP_CHAT, message.conversation_id))
 
     async def _record(self, conv: Conversation, message: ChatMessage) -> bool:
@@ -399,6 +404,104 @@ class GroupChatManager(RoutedAgent):
                 await self._begin_turn(conv, request, choice.note)
             else:
                 await self._announce_end(conv, str(reason), ok=True)
+
+    # ------------------------------------------------------------ the tool-call journal
+
+    @message_handler
+    async def on_tool_started(self, message: ToolCallStarted, ctx: MessageContext) -> None:
+        """Record a call before it runs, then say run, replay (it ran before) or skip."""
+        async with self._lock:
+            action, result, is_error, key = await self._tool_decision(message, ctx)
+        decision = ToolCallDecision(
+            conversation_id=message.conversation_id,
+            turn_id=message.turn_id,
+            call=message.call,
+            index=message.index,
+            action=action,
+            result=result,
+            is_error=is_error,
+            key=key,
+        )
+        await self.publish_message(decision, topic(turn_topic_type(message.agent), message.conversation_id))
+
+    async def _tool_decision(
+        self, message: ToolCallStarted, ctx: MessageContext
+    ) -> tuple[Literal["run", "replay", "skip"], str, bool, str]:
+        conv = self._conv
+        if conv is None or conv.ended:
+            return "skip", "not run: the conversation has ended", True, ""
+        if ctx.sender is None or ctx.sender.type != message.agent:
+            return "skip", "not run: the call did not come from that agent", True, ""
+        pending = conv.pending
+        if pending is None or pending.turn_id != message.turn_id or pending.speaker != message.agent:
+            return "skip", "not run: it is not this agent's turn", True, ""
+        settings = next((a for a in self._agents if a.name == message.agent), None)
+        if settings is None or message.source >= len(settings.tools):
+            return "skip", "not run: no such tool in the agent's config", True, ""
+        where = (conv.id, message.turn_id, message.call, message.index)
+        stored = await self._store.tool_call(*where)
+        if stored is None:
+            await self._store.start_tool_call(*where, message.attempt, message.agent, message.tool, message.arguments)
+            await self._tool_event(message, "started")
+            return "run", "", False, f"{conv.id}:{message.turn_id}:{message.call}:{message.index}"
+        if stored.status != "started":
+            return "replay", stored.result or "", stored.status != "done", stored.key
+        if stored.attempt == message.attempt:
+            return "run", "", False, stored.key  # the same run asking again: its answer was lost
+        # Started by an earlier run of this turn that died before reporting a result.
+        if settings.tools[message.source].on_interrupted == "retry":
+            await self._store.retry_tool_call(*where, message.attempt)
+            await self._tool_event(message, "started", "interrupted before; running it again (on_interrupted: retry)")
+            return "run", "", False, stored.key
+        note = "not run again: the agent stopped while running it, and its result is unknown (on_interrupted: skip)"
+        await self._store.finish_tool_call(*where, "skipped", note)
+        await self._tool_event(message, "skipped", note)
+        return "skip", note, True, stored.key
+
+    @message_handler
+    async def on_tool_finished(self, message: ToolCallFinished, ctx: MessageContext) -> None:
+        """Record a call's result (even in an ended conversation: the effect happened), then confirm."""
+        if ctx.sender is None or ctx.sender.type != message.agent:
+            return
+        async with self._lock:
+            where = (message.conversation_id, message.turn_id, message.call, message.index)
+            status: Literal["done", "error"] = "error" if message.is_error else "done"
+            if await self._store.finish_tool_call(*where, status, message.result):
+                stored = await self._store.tool_call(*where)
+                if stored is not None:
+                    await self._publish(
+                        ToolCallEvent(
+                            conversation_id=stored.conversation_id,
+                            turn_id=stored.turn_id,
+                            index=stored.index,
+                            agent=stored.agent,
+                            tool=stored.tool,
+                            arguments=stored.arguments,
+                            status=status,
+                            result=message.result,
+                        )
+                    )
+        confirm = ToolCallDecision(
+            conversation_id=message.conversation_id,
+            turn_id=message.turn_id,
+            call=message.call,
+            index=message.index,
+            action="recorded",
+        )
+        await self.publish_message(confirm, topic(turn_topic_type(message.agent), message.conversation_id))
+
+    async def _tool_event(self, call: ToolCallStarted, status: Literal["started", "skipped"], note: str = "") -> None:
+        event = ToolCallEvent(
+            conversation_id=call.conversation_id,
+            turn_id=call.turn_id,
+            index=call.index,
+            agent=call.agent,
+            tool=call.tool,
+            arguments=call.arguments,
+            status=status,
+            result=note,
+        )
+        await self._publish(event)
 
     async def _select(self, conv: Conversation, skip: str | None = None) -> Choice:
         candidates = [a for a in self._agents if a.name != skip] or self._agents

@@ -6,6 +6,7 @@ topic carries. Nothing else in the package spells a topic name.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Literal
 
@@ -204,6 +205,76 @@ def _stated_turn(message: TextMessage) -> int | None:
     return turn if turn > 0 else None
 
 
+#: What a tool returned, as recorded: bigger results are cut (and say so) before they travel.
+MAX_TOOL_RESULT_CHARS = 50_000
+
+
+def call_signature(tool: str, arguments: str) -> str:
+    """What identifies a call within a turn, with `index` (the how-manieth such call it is):
+    a turn asked again after a crash may make its calls in another order, or other calls."""
+    return hashlib.sha256(f"{tool}\x00{arguments}".encode()).hexdigest()[:32]
+
+
+class ToolCallStarted(_Wire):
+    """A participant, before a tool call runs: the manager records it, then says what to do.
+    `index` counts the turn's calls with the same tool and arguments; `source` is the tool's
+    entry in the agent's config; `attempt` is new for each run of the turn, the same on resends."""
+
+    conversation_id: str
+    turn_id: str
+    index: int = Field(ge=0)
+    agent: str
+    tool: str
+    arguments: str = Field(max_length=MAX_CONTENT_CHARS)  # JSON, sorted keys
+    source: int = Field(ge=0)
+    attempt: str
+
+    @property
+    def call(self) -> str:
+        return call_signature(self.tool, self.arguments)
+
+
+class ToolCallFinished(_Wire):
+    """A participant, after a call ran: the manager records the result (the participant sends
+    it again until the manager says it is recorded)."""
+
+    conversation_id: str
+    turn_id: str
+    call: str
+    index: int = Field(ge=0)
+    agent: str
+    result: str = Field(max_length=MAX_TOOL_RESULT_CHARS + 100)
+    is_error: bool = False
+
+
+class ToolCallDecision(_Wire):
+    """The manager's answer, on the agent's turn topic. `run`: call it now; `replay`: it ran
+    before, here is its recorded result; `skip`: do not call it (`result` says why);
+    `recorded`: the result sent has been stored."""
+
+    conversation_id: str
+    turn_id: str
+    call: str
+    index: int
+    action: Literal["run", "replay", "skip", "recorded"]
+    result: str = ""
+    is_error: bool = False
+    key: str = ""  # the idempotency key the tool may pass on to the outside system
+
+
+class ToolCallEvent(_Wire):
+    """The manager to everyone: a tool call began or ended (recorded first, then shown)."""
+
+    conversation_id: str
+    turn_id: str
+    index: int
+    agent: str
+    tool: str
+    arguments: str
+    status: Literal["started", "done", "error", "skipped"]
+    result: str = ""
+
+
 WIRE_TYPES: tuple[type[BaseModel], ...] = (
     ChatMessage,
     StartConversation,
@@ -219,4 +290,8 @@ WIRE_TYPES: tuple[type[BaseModel], ...] = (
     ResumeConversation,
     SeedHello,
     TextMessage,  # AgentChat's own, as the tutorial's code sends it on SEED_TOPIC
+    ToolCallStarted,
+    ToolCallFinished,
+    ToolCallDecision,
+    ToolCallEvent,
 )

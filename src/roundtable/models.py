@@ -22,10 +22,12 @@ DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
 MODEL_STATE_ENV = "ROUNDTABLE_MODEL_STATE"
 AZURE_SCOPE = "https://cognitiveservices.azure.com/.default"
 
-# What an unknown model behind an OpenAI-compatible server can be assumed to do.
+# What an unknown model behind an OpenAI-compatible server can be assumed to do. Tool calls
+# are allowed through: AutoGen refuses tools up front otherwise, and a server that cannot do
+# them answers with an error the conversation shows.
 PLAIN_MODEL_INFO = ModelInfo(
     vision=False,
-    function_calling=False,
+    function_calling=True,
     json_output=False,
     family=ModelFamily.UNKNOWN,
     structured_output=False,

@@ -24,6 +24,7 @@ from .messages import (
     SeedExchange,
     SpeakerSelected,
     StreamChunk,
+    ToolCallEvent,
 )
 from .runtime import forget
 
@@ -41,6 +42,8 @@ class Sink(Protocol):
 
     async def on_status(self, event: AgentStatus) -> None: ...
 
+    async def on_tool(self, event: ToolCallEvent) -> None: ...
+
 
 class ConversationObserver(RoutedAgent):
     def __init__(self, sink: Sink) -> None:
@@ -51,6 +54,7 @@ class ConversationObserver(RoutedAgent):
         self._next_index: dict[str, int] = {}
         self._early: dict[str, dict[int, StreamChunk]] = {}
         self._seed = SeedExchange()
+        self._tool_events: set[tuple[str, str, str, int, str]] = set()
 
     @message_handler
     async def on_chunk(self, message: StreamChunk, ctx: MessageContext) -> None:
@@ -104,6 +108,15 @@ class ConversationObserver(RoutedAgent):
     async def on_status(self, message: AgentStatus, ctx: MessageContext) -> None:
         async with self._lock:
             await self._sink.on_status(message)
+
+    @message_handler
+    async def on_tool(self, message: ToolCallEvent, ctx: MessageContext) -> None:
+        seen = (message.turn_id, message.tool, message.arguments, message.index, message.status)
+        async with self._lock:
+            if seen in self._tool_events:
+                return  # republished after a reconnect
+            self._tool_events.add(seen)
+            await self._sink.on_tool(message)
 
 
 async def register_observer(runtime: AgentRuntime, agent_type: str, sink: Sink, seed: bool = False) -> None:

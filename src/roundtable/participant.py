@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-from autogen_agentchat.agents import AssistantAgent
+from autogen_agentchat.agents import AssistantAgent, BaseChatAgent
 from autogen_agentchat.base import Response
 from autogen_agentchat.messages import ModelClientStreamingChunkEvent, TextMessage
 from autogen_core import (
@@ -25,8 +25,9 @@ from autogen_core import (
 )
 from autogen_core.model_context import UnboundedChatCompletionContext
 from autogen_core.models import AssistantMessage, ChatCompletionClient, LLMMessage, UserMessage
+from autogen_core.tools import Workbench
 
-from .config import AgentConfig, SeedConfig
+from .config import AgentConfig, ConfigError, SeedConfig
 from .messages import (
     CONTROL,
     PRESENCE,
@@ -45,6 +46,7 @@ from .messages import (
     SeedExchange,
     SeedHello,
     StreamChunk,
+    ToolCallDecision,
     new_id,
     topic,
     turn_topic_type,
@@ -53,6 +55,7 @@ from .models import explain_model_error
 from .replies import FinishReasonRecorder, finish_reply
 from .runtime import WorkerRuntime, forget
 from .telemetry import span
+from .tools import AgentContext, AgentTools, Journal, journaled, load_object
 
 log = logging.getLogger("roundtable.participant")
 
@@ -149,20 +152,21 @@ class _ChunkSender:
 class Participant(RoutedAgent):
     """One instance per conversation (the conversation id is its key)."""
 
-    def __init__(self, settings: AgentConfig, client: ChatCompletionClient, seed: SeedConfig | None = None) -> None:
+    def __init__(
+        self,
+        settings: AgentConfig,
+        client: ChatCompletionClient,
+        seed: SeedConfig | None = None,
+        tools: AgentTools | None = None,
+    ) -> None:
         super().__init__(settings.description or settings.system_message)
         self._settings = settings
         self._seed = seed
         self._context = UnboundedChatCompletionContext()
         self._client = FinishReasonRecorder(client)  # one per conversation: turns don't overlap
-        self._assistant = AssistantAgent(
-            name=settings.name,
-            model_client=self._client,
-            system_message=settings.system_message,
-            description=settings.description or settings.system_message,
-            model_context=self._context,
-            model_client_stream=True,
-        )
+        self._journal = Journal(settings.name, self.id.key, self.publish_message)
+        workbench = journaled(tools, self._journal) if tools is not None else []
+        self._assistant = make_agent(settings, self._client, self._context, workbench, self.id.key)
         # Each turn is answered once: a repeated request (the manager asks again after a
         # crash or a timeout) gets the same reply, or nothing while the answer is on its way.
         self._answered: dict[str, AgentReply] = {}
@@ -217,6 +221,7 @@ class Participant(RoutedAgent):
             await self.publish_message(self._answered[message.turn_id], reply_topic)
             return
         self._answering.add(message.turn_id)
+        self._journal.begin_turn(message.turn_id)
         message_id = new_id()
         log.info("%s: speaking in %s (turn %s)", self.name, message.conversation_id, message.turn_id[:8])
         content, error = "", None
@@ -286,9 +291,54 @@ class Participant(RoutedAgent):
             await self.publish_message(opening, topic(SEED_TOPIC, SEED_SOURCE))
 
     @message_handler
+    async def on_tool_decision(self, message: ToolCallDecision, ctx: MessageContext) -> None:
+        """The manager's word on a tool call this agent is about to make (or has made)."""
+        self._journal.on_decision(message)
+
+    @message_handler
     async def on_ended(self, message: ConversationEnded, ctx: MessageContext) -> None:
         log.info("%s: conversation %s ended: %s", self.name, message.conversation_id, message.reason)
         forget(self)
+
+
+def make_agent(
+    settings: AgentConfig,
+    client: ChatCompletionClient,
+    context: UnboundedChatCompletionContext,
+    workbench: list[Workbench],
+    conversation_id: str,
+) -> BaseChatAgent:
+    """The AgentChat agent behind a participant: the config's factory's, or an AssistantAgent
+    with the agent's tools (every call through the journaled workbench)."""
+    if settings.factory is not None:
+        factory = load_object(settings.factory, f"agents.{settings.name}.factory")
+        made = factory(
+            AgentContext(
+                name=settings.name,
+                description=settings.description or settings.system_message,
+                system_message=settings.system_message,
+                model_client=client,
+                workbench=workbench,
+                conversation_id=conversation_id,
+            )
+        )
+        if not isinstance(made, BaseChatAgent):
+            raise ConfigError(
+                f"agents.{settings.name}.factory: {settings.factory} returned {type(made).__name__},"
+                " not an AgentChat agent (a BaseChatAgent such as AssistantAgent)"
+            )
+        return made
+    return AssistantAgent(
+        name=settings.name,
+        model_client=client,
+        system_message=settings.system_message,
+        description=settings.description or settings.system_message,
+        model_context=context,
+        model_client_stream=True,
+        workbench=workbench or None,
+        reflect_on_tool_use=True if workbench else None,
+        max_tool_iterations=settings.max_tool_iterations,
+    )
 
 
 async def register_participant(
@@ -297,10 +347,11 @@ async def register_participant(
     client: ChatCompletionClient,
     seed: SeedConfig | None = None,
     heartbeat: float = 2.0,
+    tools: AgentTools | None = None,
 ) -> asyncio.Task[None] | None:
     """Register the agent type and its subscriptions, then say so: in managed mode to the
     manager (which asks again for any turn this agent owes), in seed mode to the peer."""
-    await Participant.register(runtime, settings.name, lambda: Participant(settings, client, seed))
+    await Participant.register(runtime, settings.name, lambda: Participant(settings, client, seed, tools))
     if seed is None:
         # Only its own topic: the manager sends it both "your turn" and the end there, so the
         # group chat's traffic is not delivered (and decoded) here for nothing.

@@ -13,10 +13,11 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from autogen_core import CancellationToken
+from autogen_core import CancellationToken, FunctionCall
 from autogen_core.models import (
     ChatCompletionClient,
     CreateResult,
+    FunctionExecutionResult,
     LLMMessage,
     ModelCapabilities,  # pyright: ignore[reportDeprecated]
     ModelFamily,
@@ -28,13 +29,27 @@ from autogen_core.tools import Tool, ToolSchema
 
 def _text_of(message: LLMMessage) -> str:
     content = getattr(message, "content", "")
+    if isinstance(content, list) and content and all(isinstance(c, FunctionExecutionResult) for c in content):
+        return "\n".join(c.content for c in content)  # what the tools returned
     return content if isinstance(content, str) else json.dumps(content, default=str)
+
+
+#: A scripted reply "CALL name {json arguments}" is a tool call rather than text.
+CALL_PREFIX = "CALL "
+
+
+def _tool_call(reply: str, number: int) -> list[FunctionCall] | None:
+    if not reply.startswith(CALL_PREFIX):
+        return None
+    name, _, arguments = reply[len(CALL_PREFIX) :].partition(" ")
+    return [FunctionCall(id=f"call_{number}", name=name, arguments=arguments.strip() or "{}")]
 
 
 class ScriptedChatCompletionClient(ChatCompletionClient):
     """Replies come from `replies` in turn. `{n}` in a reply is the call number (from 1),
     `{last}` the text of the last input message. A word counts as a token: a reply longer
-    than `max_tokens` words stops there, with finish_reason "length", as a real model's does."""
+    than `max_tokens` words stops there, with finish_reason "length", as a real model's does.
+    A reply "CALL name {"arg": 1}" is a call of the tool `name` (when the agent has tools)."""
 
     def __init__(
         self,
@@ -81,7 +96,11 @@ class ScriptedChatCompletionClient(ChatCompletionClient):
         extra_create_args: Mapping[str, Any] = {},
         cancellation_token: CancellationToken | None = None,
     ) -> CreateResult:
-        words, finish = self._limited(self._next_reply(messages))
+        reply = self._next_reply(messages)
+        calls = _tool_call(reply, self._calls) if tools else None
+        if calls is not None:
+            return CreateResult(finish_reason="function_calls", content=calls, usage=self._usage, cached=False)
+        words, finish = self._limited(reply)
         return CreateResult(finish_reason=finish, content=" ".join(words), usage=self._usage, cached=False)
 
     async def create_stream(
@@ -94,7 +113,12 @@ class ScriptedChatCompletionClient(ChatCompletionClient):
         extra_create_args: Mapping[str, Any] = {},
         cancellation_token: CancellationToken | None = None,
     ) -> AsyncGenerator[str | CreateResult, None]:
-        words, finish = self._limited(self._next_reply(messages))
+        reply = self._next_reply(messages)
+        calls = _tool_call(reply, self._calls) if tools else None
+        if calls is not None:
+            yield CreateResult(finish_reason="function_calls", content=calls, usage=self._usage, cached=False)
+            return
+        words, finish = self._limited(reply)
         for i, word in enumerate(words):
             if self._token_delay:
                 await asyncio.sleep(self._token_delay)
@@ -118,13 +142,13 @@ class ScriptedChatCompletionClient(ChatCompletionClient):
 
     @property
     def capabilities(self) -> ModelCapabilities:  # pyright: ignore[reportDeprecated]
-        return ModelCapabilities(vision=False, function_calling=False, json_output=False)
+        return ModelCapabilities(vision=False, function_calling=True, json_output=False)
 
     @property
     def model_info(self) -> ModelInfo:
         return ModelInfo(
             vision=False,
-            function_calling=False,
+            function_calling=True,
             json_output=False,
             family=ModelFamily.UNKNOWN,
             structured_output=False,

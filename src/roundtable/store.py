@@ -76,6 +76,27 @@ messages = Table(
     UniqueConstraint("conversation_id", "id", name="rt_messages_unique_id"),
 )
 
+# The journal of tool calls: a row is written before a call runs ("started") and completed
+# after it ("done", "error"), or closed without running ("skipped"). A re-asked turn replays
+# what is here instead of calling again; the primary key keeps one row per call.
+tool_calls = Table(
+    "rt_tool_calls",
+    metadata,
+    Column("conversation_id", String, primary_key=True),
+    Column("turn_id", String, primary_key=True),
+    Column("call", String, primary_key=True),  # messages.call_signature(tool, arguments)
+    Column("idx", Integer, primary_key=True),  # the how-manieth such call in the turn
+    Column("attempt", String, nullable=False),  # the participant's run of the turn that started it
+    Column("agent", String, nullable=False),
+    Column("tool", String, nullable=False),
+    Column("arguments", Text, nullable=False),
+    Column("status", String(16), nullable=False),  # started | done | error | skipped
+    Column("result", Text),
+    Column("attempts", Integer, nullable=False, default=1),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float),
+)
+
 # The driver each backend gets when the URL names none (`postgresql://...`), since only async
 # drivers work here.
 ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
@@ -242,6 +263,97 @@ class TranscriptStore:
             found.message_count = len(found.transcript)
             return found
 
+    # ------------------------------------------------------------ the tool-call journal
+
+    def _one_call(self, conversation_id: str, turn_id: str, call: str, index: int) -> Any:
+        return (
+            (tool_calls.c.conversation_id == conversation_id)
+            & (tool_calls.c.turn_id == turn_id)
+            & (tool_calls.c.call == call)
+            & (tool_calls.c.idx == index)
+        )
+
+    async def tool_call(self, conversation_id: str, turn_id: str, call: str, index: int) -> StoredToolCall | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(select(tool_calls).where(self._one_call(conversation_id, turn_id, call, index)))
+            ).first()
+        return None if row is None else _tool_call(row._mapping)
+
+    async def start_tool_call(
+        self,
+        conversation_id: str,
+        turn_id: str,
+        call: str,
+        index: int,
+        attempt: str,
+        agent: str,
+        tool: str,
+        arguments: str,
+    ) -> bool:
+        """Record a call before it runs; False if this call was recorded already."""
+        async with self._engine.begin() as conn:
+            inserted = await conn.execute(
+                self._insert_or_skip(tool_calls)
+                .values(
+                    conversation_id=conversation_id,
+                    turn_id=turn_id,
+                    call=call,
+                    idx=index,
+                    attempt=attempt,
+                    agent=_text(agent),
+                    tool=_text(tool),
+                    arguments=_text(arguments),
+                    status="started",
+                    attempts=1,
+                    started_at=time.time(),
+                )
+                .on_conflict_do_nothing()
+            )
+        return bool(inserted.rowcount)
+
+    async def retry_tool_call(self, conversation_id: str, turn_id: str, call: str, index: int, attempt: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(tool_calls)
+                .where(self._one_call(conversation_id, turn_id, call, index))
+                .values(attempts=tool_calls.c.attempts + 1, attempt=attempt, started_at=time.time())
+            )
+
+    async def finish_tool_call(
+        self, conversation_id: str, turn_id: str, call: str, index: int, status: str, result: str
+    ) -> bool:
+        """Record how a started call ended; False if it had ended already (a repeated report)."""
+        async with self._engine.begin() as conn:
+            changed = await conn.execute(
+                update(tool_calls)
+                .where(self._one_call(conversation_id, turn_id, call, index) & (tool_calls.c.status == "started"))
+                .values(status=status, result=_text(result), finished_at=time.time())
+            )
+        return bool(changed.rowcount)
+
+    async def tool_calls(self, conversation_id: str) -> list[StoredToolCall]:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(tool_calls)
+                .where(tool_calls.c.conversation_id == conversation_id)
+                .order_by(tool_calls.c.started_at, tool_calls.c.idx)
+            )
+            return [_tool_call(r._mapping) for r in rows]
+
+    async def tool_call_counts(self) -> dict[str, dict[str, int]]:
+        """Calls per agent and status, over every conversation: what `roundtable status` shows."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(tool_calls.c.agent, tool_calls.c.status, func.count()).group_by(
+                    tool_calls.c.agent, tool_calls.c.status
+                )
+            )
+            counts: dict[str, dict[str, int]] = {}
+            for agent, status, count in rows:
+                counts.setdefault(agent, {})[status] = count
+            return counts
+
     async def open_ids(self) -> list[str]:
         async with self._engine.connect() as conn:
             rows = await conn.execute(
@@ -263,6 +375,46 @@ class TranscriptStore:
             query = query.where(conversations.c.status == status)
         async with self._engine.connect() as conn:
             return [_conversation(r._mapping) for r in await conn.execute(query)]
+
+
+@dataclass
+class StoredToolCall:
+    conversation_id: str
+    turn_id: str
+    call: str
+    index: int
+    attempt: str
+    agent: str
+    tool: str
+    arguments: str
+    status: str
+    result: str | None
+    attempts: int
+    started_at: float
+    finished_at: float | None
+
+    @property
+    def key(self) -> str:
+        """The idempotency key a tool may pass on: the same for every attempt of this call."""
+        return f"{self.conversation_id}:{self.turn_id}:{self.call}:{self.index}"
+
+
+def _tool_call(row: Any) -> StoredToolCall:
+    return StoredToolCall(
+        conversation_id=row["conversation_id"],
+        turn_id=row["turn_id"],
+        call=row["call"],
+        index=row["idx"],
+        attempt=row["attempt"],
+        agent=row["agent"],
+        tool=row["tool"],
+        arguments=row["arguments"],
+        status=row["status"],
+        result=row["result"],
+        attempts=row["attempts"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
 
 
 def _conversation(row: Any) -> StoredConversation:

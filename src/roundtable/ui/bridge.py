@@ -35,6 +35,8 @@ from ..messages import (
     SpeakerSelected,
     StartConversation,
     StopConversation,
+    ToolCallEvent,
+    call_signature,
     new_id,
     topic,
 )
@@ -76,6 +78,7 @@ class Tab:
         self.on_page: set[str] = set()  # message ids Chainlit shows already: the person's own words
         self.streams: dict[str, cl.Message] = {}
         self.stop_button: cl.Action | None = None
+        self.tool_steps: dict[str, cl.Step] = {}
         self.seed_run: str | None = None
 
     @property
@@ -104,6 +107,28 @@ class Tab:
         self.running = True
         self.heard = asyncio.Event()
         self.streams.clear()
+
+    async def tool(self, event: ToolCallEvent) -> None:
+        """A collapsible step per tool call, shown as it starts and completed when it ends."""
+        key = f"tool:{event.turn_id}:{call_signature(event.tool, event.arguments)}:{event.index}"
+        step = self.tool_steps.get(key)
+        self.enter()
+        if step is None:
+            step = cl.Step(name=f"{event.agent}: {event.tool}", type="tool", show_input="json")
+            step.id = step_id(self.session.thread_id, key)
+            step.parent_id = None
+            step.input = event.arguments
+            self.tool_steps[key] = step
+            await step.send()  # type: ignore[no-untyped-call]
+        if event.status == "started":
+            if event.result:  # a call interrupted before and run again says so
+                step.output = event.result
+                await step.update()  # type: ignore[no-untyped-call]
+            return
+        step.output = event.result if event.status != "skipped" else f"skipped: {event.result}"
+        step.is_error = event.status != "done"
+        step.end = utc_now()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
+        await step.update()  # type: ignore[no-untyped-call]
 
     async def token(self, message_id: str, author: str, text: str) -> None:
         message = self.streams.get(message_id)
@@ -294,6 +319,11 @@ class Bridge:
             if tab.running and tab.conversation_id:
                 resume = ResumeConversation(conversation_id=tab.conversation_id)
                 await self.runtime.publish_message(resume, topic(CONTROL, tab.conversation_id))
+
+    async def on_tool(self, event: ToolCallEvent) -> None:
+        for tab in self._tabs_for(event.conversation_id):
+            if tab.conversation_id == event.conversation_id:
+                await tab.tool(event)
 
     async def on_status(self, event: AgentStatus) -> None:
         state = "is reachable again" if event.reachable else "is unreachable (no heartbeat); waiting for it"

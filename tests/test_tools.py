@@ -1,0 +1,70 @@
+"""Agents that act: tools from the config, every call recorded by the manager, shown, and run
+once per turn whatever process dies (the exactly-once chaos test is in test_tools_chaos.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+from harness import REPO, Procs, free_port, processes, start_cluster, write_config
+
+TOOLKIT = str(REPO / "tests")
+
+
+def tool_config(tmp_path: Path, writer: dict[str, Any], rounds: int = 2, **extra: Any) -> Path:
+    data = {
+        "host": {"address": f"127.0.0.1:{free_port()}", "connect_timeout": 5},
+        "agents": [writer, {"name": "editor", "model": {"provider": "scripted", "script": ["Noted: {last}"]}}],
+        "manager": {"termination": {"max_rounds": rounds}, "turn_timeout": 20},
+        "data_dir": str(tmp_path / "data"),
+        **extra,
+    }
+    return write_config(tmp_path / "roundtable.yaml", data)
+
+
+def counting_writer(*script: str, on_interrupted: str = "skip") -> dict[str, Any]:
+    return {
+        "name": "writer",
+        "model": {"provider": "scripted", "script": list(script)},
+        "tools": [{"function": "toolkit.counting:count", "on_interrupted": on_interrupted}],
+    }
+
+
+def env(tmp_path: Path, **more: str) -> dict[str, str]:
+    return {"PYTHONPATH": TOOLKIT, "COUNTER_FILE": str(tmp_path / "counter.jsonl"), **more}
+
+
+def counted(tmp_path: Path) -> list[dict[str, Any]]:
+    path = tmp_path / "counter.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def start(procs: Procs, cfg: Path, tmp_path: Path, **more: str) -> None:
+    os.environ.update(env(tmp_path, **more))  # the harness's processes inherit it
+    start_cluster(procs, cfg, ["writer", "editor"])
+
+
+def chat(procs: Procs, cfg: Path, task: str = "Count the ships") -> str:
+    terminal = procs.roundtable("chat", "chat", task, "--config", str(cfg), "--timeout", "90")
+    assert terminal.wait_exit(120) == 0, terminal.output
+    return terminal.output
+
+
+def test_a_python_tool_runs_once_per_call_and_the_terminal_shows_it(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("PYTHONPATH", TOOLKIT)
+    cfg = tool_config(tmp_path, counting_writer('CALL count {"label": "ships"}', "I counted: {last}"), rounds=3)
+    with processes(tmp_path) as procs:
+        start(procs, cfg, tmp_path)
+        out = chat(procs, cfg)
+    assert re.findall(r'^⚙ writer: count\(label="ships"\) -> (.*)$', out, re.MULTILINE) == [
+        "ships is now 1",
+        "ships is now 2",
+    ], out
+    assert "writer: I counted: ships is now 1" in out
+    effects = counted(tmp_path)
+    assert len(effects) == 2
+    assert len({e["key"] for e in effects}) == 2 and all(e["key"] for e in effects), effects

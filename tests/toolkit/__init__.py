@@ -1,0 +1,1 @@
+"""Tools and agents the tests configure by import path (tests/ is on PYTHONPATH for them)."""

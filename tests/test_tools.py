@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +67,79 @@ def test_a_python_tool_runs_once_per_call_and_the_terminal_shows_it(tmp_path: Pa
     effects = counted(tmp_path)
     assert len(effects) == 2
     assert len({e["key"] for e in effects}) == 2 and all(e["key"] for e in effects), effects
+
+
+def test_status_counts_tool_calls_per_agent(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("PYTHONPATH", TOOLKIT)
+    cfg = tool_config(tmp_path, counting_writer('CALL count {"label": "a"}', "done: {last}"), rounds=3)
+    with processes(tmp_path) as procs:
+        start(procs, cfg, tmp_path)
+        chat(procs, cfg)
+        status = procs.roundtable("status", "status", "--config", str(cfg))
+        assert status.wait_exit(60) == 0, status.output
+    assert "tool calls (all conversations):" in status.output
+    assert "writer: 2 (2 done)" in status.output, status.output
+
+
+def test_a_failing_tool_is_shown_and_the_conversation_carries_on(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("PYTHONPATH", TOOLKIT)
+    writer = {
+        "name": "writer",
+        "model": {"provider": "scripted", "script": ['CALL fail {"reason": "the sea is closed"}', "Could not: {last}"]},
+        "tools": [{"function": "toolkit.counting:fail"}],
+    }
+    cfg = tool_config(tmp_path, writer)
+    with processes(tmp_path) as procs:
+        start(procs, cfg, tmp_path)
+        out = chat(procs, cfg)
+    assert '✗ writer: fail(reason="the sea is closed") failed: the sea is closed' in out, out
+    assert "writer: Could not: the sea is closed" in out, out
+    assert "editor: Noted:" in out
+
+
+def test_your_own_assistant_agent_from_a_factory_uses_the_journaled_tools(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("PYTHONPATH", TOOLKIT)
+    writer = counting_writer('CALL count {"label": "gulls"}', "My own agent counted: {last}")
+    writer["factory"] = "toolkit.agents:counting_assistant"
+    cfg = tool_config(tmp_path, writer)
+    with processes(tmp_path) as procs:
+        start(procs, cfg, tmp_path)
+        out = chat(procs, cfg)
+    assert '⚙ writer: count(label="gulls") -> gulls is now 1' in out, out
+    assert "writer: My own agent counted: gulls is now 1" in out, out
+    assert [e["label"] for e in counted(tmp_path)] == ["gulls"]
+
+
+def test_a_custom_agent_given_on_the_command_line_takes_its_turns(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("PYTHONPATH", TOOLKIT)
+    cfg = tool_config(tmp_path, {"name": "writer", "model": {"provider": "scripted", "script": ["calm seas"]}})
+    with processes(tmp_path) as procs:
+        start_cluster(procs, cfg, ["editor"])
+        procs.roundtable(
+            "writer", "agent", "--name", "writer", "--factory", "toolkit.agents:shouter", "--config", str(cfg)
+        ).wait_for("roundtable ready")
+        out = chat(procs, cfg, "quiet harbour")
+    assert "writer: QUIET HARBOUR!" in out, out
+
+
+def test_a_factory_that_returns_no_agent_is_refused_at_start(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("PYTHONPATH", TOOLKIT)
+    cfg = tool_config(tmp_path, {"name": "writer", "factory": "toolkit.agents:not_an_agent"})
+    with processes(tmp_path) as procs:
+        agent = procs.roundtable("writer", "agent", "--name", "writer", "--config", str(cfg))
+        assert agent.wait_exit(60) == 2, agent.output
+    assert (
+        "roundtable: error: agents.writer.factory: toolkit.agents:not_an_agent returned str, not an AgentChat agent"
+        in agent.output
+    )
+    assert "Traceback" not in agent.output
+
+
+def test_a_tool_path_that_does_not_import_is_one_line_at_start(tmp_path: Path) -> None:
+    writer = {"name": "writer", "tools": [{"function": "no_such_module:tool"}]}
+    cfg = tool_config(tmp_path, writer)
+    with processes(tmp_path) as procs:
+        agent = procs.roundtable("writer", "agent", "--name", "writer", "--config", str(cfg))
+        assert agent.wait_exit(60) == 2, agent.output
+    assert "roundtable: error: agents.writer.tools[0].function: cannot import 'no_such_module'" in agent.output
+    assert "Traceback" not in agent.output

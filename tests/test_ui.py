@@ -467,3 +467,98 @@ def test_with_auth_on_only_a_listed_user_signs_in(tmp_path: Path, browser: Brows
     secret = data_dir / "ui_auth_secret"
     assert secret.stat().st_mode & 0o777 == 0o600
     assert "wonderland" not in page_log and secret.read_text(encoding="utf-8") not in page_log
+
+
+# The writer calls a tool on each of its turns: first one that counts, then one that fails.
+TOOL_SCRIPT = [
+    'CALL count {"label": "ships"}',
+    "I counted: {last}",
+    'CALL fail {"reason": "boom"}',
+    "Carrying on: {last}",
+]
+
+# Messages and tool steps on the page, in order. A tool step shows only its header until opened.
+PAGE_ORDER_JS = """() => [...document.querySelectorAll('.step')].map((step) => {
+  const avatar = step.querySelector('img[alt^="Avatar for "]');
+  const text = step.dataset.stepType === 'tool'
+    ? step.querySelector('h3 button').textContent.replace(/\\s+/g, ' ')  // laid out as a row
+    : step.querySelector('.message-content').innerText;
+  return {
+    type: step.dataset.stepType,
+    author: avatar ? avatar.alt.slice('Avatar for '.length) : null,
+    text: text.trim(),
+    nested: step.parentElement.closest('.step') !== null,
+  };
+})"""
+
+
+def test_a_tool_call_shows_as_a_step_before_the_reply_and_opens_to_its_arguments_and_result(
+    tmp_path: Path, browser: Browser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "tests"))  # toolkit.counting, for the writer's process
+    monkeypatch.setenv("COUNTER_FILE", str(tmp_path / "counter.jsonl"))
+    cfg = make_config(tmp_path)
+    data = yaml.safe_load(cfg.read_text(encoding="utf-8"))
+    writer = data["agents"][0]
+    writer["model"]["script"] = TOOL_SCRIPT
+    writer["tools"] = [{"function": "toolkit.counting:count"}, {"function": "toolkit.counting:fail"}]
+    write_config(cfg, data)
+    with processes(tmp_path) as procs:
+        start_cluster(procs, cfg, ["writer", "editor"])
+        tab = Tab(browser, start_page(procs, cfg))
+        page = tab.page
+        tab.send("Count the ships")
+        tab.wait_for_end()
+        tab.transcript()  # every avatar drawn
+
+        # Each call is a step of its own, named for agent and tool, before the reply that used its result;
+        # the failed call did not stop the conversation.
+        order = page.evaluate(PAGE_ORDER_JS)
+        assert not any(entry["nested"] for entry in order), order
+        assert [(entry["type"], entry["author"], entry["text"]) for entry in order] == [
+            ("user_message", None, "Count the ships"),
+            ("assistant_message", "roundtable", "writer speaks next"),
+            ("tool", "writer", "Used writer: count"),
+            ("assistant_message", "writer", "I counted: ships is now 1"),
+            ("assistant_message", "roundtable", "editor speaks next"),
+            ("assistant_message", "editor", EDITOR_LINE.format(n=1)),
+            ("assistant_message", "roundtable", "writer speaks next"),
+            ("tool", None, "Used writer: fail"),  # an error: an alert icon where the avatar would be
+            ("assistant_message", "writer", "Carrying on: boom"),
+            ("assistant_message", "roundtable", "editor speaks next"),
+            ("assistant_message", "editor", EDITOR_LINE.format(n=2)),
+            ("assistant_message", "roundtable", order[-1]["text"]),
+        ], order
+        assert order[-1]["text"].startswith("Conversation ended: max_rounds reached (4 rounds)")
+
+        # Closed, a step shows only its name; opened, the arguments and what the tool returned.
+        counted = page.locator(".step[data-step-type='tool']", has_text="writer: count")
+        header = counted.get_by_role("button", name="Used writer: count")
+        expect(header).to_have_attribute("aria-expanded", "false")
+        expect(counted.locator(".message-content")).to_have_count(0)
+        expect(counted.locator(".fill-destructive")).to_have_count(0)
+        header.click()
+        expect(header).to_have_attribute("aria-expanded", "true")
+        expect(counted.locator("code.language-json")).to_have_text('{"label": "ships"}')
+        expect(counted.locator(".message-content").last).to_have_text("ships is now 1")
+
+        failed = page.locator(".step[data-step-type='tool']", has_text="writer: fail")
+        expect(failed.locator(".fill-destructive")).to_be_visible()
+        failed.get_by_role("button", name="Used writer: fail").click()
+        expect(failed.locator("code.language-json")).to_have_text('{"reason": "boom"}')
+        expect(failed.locator(".message-content").last).to_have_text("boom")
+        screenshot(page, "tool-call.png")
+
+        header.click()
+        expect(counted.locator(".message-content")).to_have_count(0, timeout=WAIT)
+        assert tab.hosts() == {"127.0.0.1"}, tab.requests
+
+        # The history keeps the steps where they were.
+        expect(page).to_have_url(re.compile(r"/thread/[0-9a-f-]+$"), timeout=WAIT)
+        page.reload()
+        tab.wait_for_end()
+        tab.transcript()
+        assert page.evaluate(PAGE_ORDER_JS) == order
+        tab.close()
+    # The tool ran once for its one call.
+    assert len((tmp_path / "counter.jsonl").read_text(encoding="utf-8").splitlines()) == 1

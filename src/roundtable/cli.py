@@ -204,7 +204,7 @@ def agent_settings(args: argparse.Namespace, config: Config) -> tuple[AgentConfi
 
 async def _agent(args: argparse.Namespace) -> int:
     from .models import build_client
-    from .participant import register_participant
+    from .participant import check_factory, register_participant
     from .runtime import announce_ready, serve_until_signal, stop_worker
     from .tools import AgentTools, ToolsUnavailable
 
@@ -217,6 +217,8 @@ async def _agent(args: argparse.Namespace) -> int:
         )
     client = build_client(model, config.local_model)
     tools = AgentTools.from_config(settings)  # a bad import path is a ConfigError, before connecting
+    if settings.factory is not None:
+        check_factory(settings, client)
     try:
         await tools.start()
     except ToolsUnavailable as error:

@@ -45,7 +45,7 @@ from .messages import (
 )
 from .models import describe_model_error
 from .runtime import WorkerRuntime, forget
-from .store import TranscriptStore
+from .store import StoredToolCall, TranscriptStore
 from .telemetry import span
 
 log = logging.getLogger("roundtable.manager")
@@ -177,6 +177,26 @@ def termination_reason(conv: Conversation, settings: ManagerConfig) -> str | Non
 
 
 # ---------------------------------------------------------------- the agent
+
+_SHOWN_STATES: dict[str, Literal["started", "done", "error", "skipped"]] = {
+    "done": "done",
+    "error": "error",
+    "skipped": "skipped",
+}
+
+
+def tool_event(call: StoredToolCall) -> ToolCallEvent:
+    """What everyone is told of a recorded call."""
+    return ToolCallEvent(
+        conversation_id=call.conversation_id,
+        turn_id=call.turn_id,
+        index=call.index,
+        agent=call.agent,
+        tool=call.tool,
+        arguments=call.arguments,
+        status=_SHOWN_STATES.get(call.status, "started"),
+        result=call.result or "",
+    )
 
 
 class GroupChatManager(RoutedAgent):
@@ -317,9 +337,11 @@ class GroupChatManager(RoutedAgent):
 
     async def _republish(self, conv: Conversation) -> None:
         # Whatever a crash kept from the page and the terminal reaches them now; they drop
-        # what they already have by message id.
+        # what they already have by message id (and tool calls by call and state).
         for stored_message in conv.transcript:
             await self._publish(stored_message)
+        for call in await self._store.tool_calls(conv.id):
+            await self._publish(tool_event(call))
 
     async def nudge(self, speaker: str | None = None, republish: bool = False) -> None:
         """Ask again for a turn that may have been lost: the speaker came back, or we did."""
@@ -469,18 +491,7 @@ class GroupChatManager(RoutedAgent):
             if await self._store.finish_tool_call(*where, status, message.result):
                 stored = await self._store.tool_call(*where)
                 if stored is not None:
-                    await self._publish(
-                        ToolCallEvent(
-                            conversation_id=stored.conversation_id,
-                            turn_id=stored.turn_id,
-                            index=stored.index,
-                            agent=stored.agent,
-                            tool=stored.tool,
-                            arguments=stored.arguments,
-                            status=status,
-                            result=message.result,
-                        )
-                    )
+                    await self._publish(tool_event(stored))
         confirm = ToolCallDecision(
             conversation_id=message.conversation_id,
             turn_id=message.turn_id,

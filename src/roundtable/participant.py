@@ -182,6 +182,11 @@ class Participant(RoutedAgent):
 
     async def _prepare(self, history: Sequence[ChatMessage]) -> list[TextMessage]:
         """Load the context from the history that came with the request; return the new input."""
+        if self._settings.factory is not None:
+            # Your own agent keeps what it likes between calls, but each turn starts it afresh
+            # with the whole history: the same after a restart as before it.
+            await self._assistant.on_reset(CancellationToken())
+            return [TextMessage(content=m.content, source=m.author) for m in history]
         await self._context.clear()
         prompt = render_prompt(self._settings, history)
         if prompt is not None:
@@ -339,6 +344,11 @@ def make_agent(
         reflect_on_tool_use=True if workbench else None,
         max_tool_iterations=settings.max_tool_iterations,
     )
+
+
+def check_factory(settings: AgentConfig, client: ChatCompletionClient) -> None:
+    """Call the factory once at start, so a bad one is a one-line error now, not a silent turn later."""
+    make_agent(settings, client, UnboundedChatCompletionContext(), [], "roundtable-factory-check")
 
 
 async def register_participant(

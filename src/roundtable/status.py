@@ -29,6 +29,7 @@ class Status:
     participants: list[str]  # those that take turns (or talk in seed mode)
     store: str  # the store's URL, password hidden
     conversations: list[StoredConversation] = field(default_factory=list)  # open ones, latest activity first
+    tool_calls: dict[str, dict[str, int]] = field(default_factory=dict)  # agent -> status -> calls, all time
     at: float = field(default_factory=time.time)  # when this was gathered; idle times count from here
 
 
@@ -40,11 +41,12 @@ async def gather_status(
     store = TranscriptStore(store_url, connect_timeout=timeout)
     try:
         conversations = await asyncio.wait_for(_open_conversations(store, limit), timeout)
+        tool_calls = await asyncio.wait_for(store.tool_call_counts(), timeout)
     except asyncio.TimeoutError:
         raise StoreUnavailable(f"the transcript store at {store.url} did not answer within {timeout:g} s") from None
     finally:
         await store.close()
-    return Status(host_address, agent_types, participants, str(store.url), conversations)
+    return Status(host_address, agent_types, participants, str(store.url), conversations, tool_calls)
 
 
 async def _connected(address: str, timeout: float, security: Security | None) -> tuple[list[str], list[str]]:
@@ -105,6 +107,11 @@ def format_status(status: Status) -> str:
             f"  {conversation.id}  {conversation.message_count} messages  {waiting}  "
             f"idle {_duration(status.at - conversation.updated_at)}  {_shorten(conversation.task)}"
         )
+    if status.tool_calls:
+        lines.append("tool calls (all conversations):")
+        for agent, counts in sorted(status.tool_calls.items()):
+            detail = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+            lines.append(f"  {agent}: {sum(counts.values())} ({detail})")
     return "\n".join(lines)
 
 

@@ -44,7 +44,7 @@ log = logging.getLogger("roundtable.tools")
 #: in all before giving up on the call (it is then not run, and the model is told why).
 DECISION_RESEND = 3.0
 DECISION_TIMEOUT = 60.0
-#: How long one MCP call may take before it counts as failed (unless the config says otherwise).
+#: How long an MCP server may take at agent start to start and list its tools.
 MCP_LIST_TIMEOUT = 30.0
 
 
@@ -133,6 +133,7 @@ def mcp_workbench(server: McpServerConfig) -> Workbench:
     else:
         assert server.url is not None  # the config checks one of the two is set
         params = StreamableHttpServerParams(url=server.url, headers=server.headers or None, timeout=server.timeout)
+    logging.getLogger("autogen_ext.tools.mcp._actor").addFilter(_MCP_SESSION_LOG)  # a logger keeps one of each
     return McpWorkbench(server_params=params)
 
 
@@ -140,6 +141,49 @@ def describe_server(server: McpServerConfig) -> str:
     return (
         f"MCP server {server.url}" if server.url else f"MCP server `{' '.join([server.command or '', *server.args])}`"
     )
+
+
+@dataclass
+class _McpSession:
+    what: str  # describe_server(...)
+    listed: bool = False  # its tools were listed: from then on a failure is news for the log
+
+
+#: The MCP server whose session runs in the current task: McpWorkbench runs each session in a
+#: task of its own, which `_start_and_list` starts and so gives this.
+_mcp_session: contextvars.ContextVar[_McpSession | None] = contextvars.ContextVar("roundtable_mcp", default=None)
+
+
+class _McpSessionLog(logging.Filter):
+    """autogen-ext logs a traceback when an MCP session ends on an error. At start that error is
+    ToolsUnavailable's to report, so the record is dropped; later it becomes one warning line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is None:
+            return True
+        session = _mcp_session.get()
+        if session is not None and not session.listed:
+            return False
+        what = session.what if session else "an MCP server"
+        record.msg, record.args = "%s stopped answering: %s", (what, _one_line(error))
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        return True
+
+
+_MCP_SESSION_LOG = _McpSessionLog()
+
+
+async def _start_and_list(workbench: Workbench, session: _McpSession) -> list[ToolSchema]:
+    # No wait between the two: McpWorkbench.start only starts the session's task, and a request
+    # queued after that task failed gets "MCP Actor not running" instead of the real error.
+    token = _mcp_session.set(session)
+    try:
+        await workbench.start()
+        return await workbench.list_tools()
+    finally:
+        _mcp_session.reset(token)
 
 
 @dataclass
@@ -169,13 +213,13 @@ class AgentTools:
         """Start the MCP servers and list every tool; ToolsUnavailable names a server that fails."""
         for source, workbench in self.workbenches:
             entry = self.settings.tools[source]
+            session = _McpSession(describe_server(entry.mcp) if entry.mcp else f"tool {entry.function}")
             try:
-                await asyncio.wait_for(workbench.start(), MCP_LIST_TIMEOUT)
-                listed = await asyncio.wait_for(workbench.list_tools(), MCP_LIST_TIMEOUT)
+                listed = await asyncio.wait_for(_start_and_list(workbench, session), MCP_LIST_TIMEOUT)
             except Exception as error:
-                what = describe_server(entry.mcp) if entry.mcp else f"tool {entry.function}"
                 detail = "timed out" if isinstance(error, asyncio.TimeoutError) else _one_line(error)
-                raise ToolsUnavailable(f"{self.settings.name}: {what} is not available: {detail}") from None
+                raise ToolsUnavailable(f"{self.settings.name}: {session.what} is not available: {detail}") from None
+            session.listed = True
             self.names[source] = [t["name"] for t in listed]
             log.info("%s: tools %s", self.settings.name, ", ".join(self.names[source]) or "(none)")
 
@@ -318,9 +362,14 @@ class JournaledWorkbench(Workbench):
         async def run() -> ToolResult:
             call = self._inner.call_tool(name, arguments, cancellation_token, call_id)
             try:
-                return await (asyncio.wait_for(call, self._timeout) if self._timeout else call)
+                result = await (asyncio.wait_for(call, self._timeout) if self._timeout else call)
             except asyncio.TimeoutError:
                 return _result(name, f"the tool did not answer within {self._timeout:g} s", True)
+            if result.is_error and not result_text(result).strip():
+                # A workbench words an error as str(exception), which can be empty: an MCP
+                # server that died gives a bare ClosedResourceError.
+                return _result(name, "the tool failed and gave no reason (an MCP server may have stopped)", True)
+            return result
 
         return await self._journal.call(self._source, name, arguments or {}, run)
 

@@ -114,10 +114,19 @@ class Tab:
         step = self.tool_steps.get(key)
         self.enter()
         if step is None:
-            step = cl.Step(name=f"{event.agent}: {event.tool}", type="tool", show_input="json")
+            # The step stands alone on the page, so Chainlit draws it an avatar: the agent's, since
+            # "<agent>: <tool>" is no name Chainlit serves one for (and the page waits for avatars).
+            ensure_avatar(self.bridge.avatars_dir, event.agent)
+            step = cl.Step(
+                name=f"{event.agent}: {event.tool}",
+                type="tool",
+                show_input="json",
+                metadata={"avatarName": event.agent},
+            )
             step.id = step_id(self.session.thread_id, key)
             step.parent_id = None
             step.input = event.arguments
+            step.start = utc_now()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
             self.tool_steps[key] = step
             await step.send()  # type: ignore[no-untyped-call]
         if event.status == "started":

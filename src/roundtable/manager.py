@@ -298,42 +298,44 @@ class GroupChatManager(RoutedAgent):
                 if not self._conv.ended:
                     await self._republish(self._conv)
                 return
-            stored = await self._store.get(message.conversation_id)
-            if stored is None:
-                return
-            if stored.status != "open":
-                for stored_message in stored.transcript:
-                    await self._publish(stored_message)
-                ended = ConversationEnded(
-                    conversation_id=stored.id, reason=stored.reason or "ended", ok=bool(stored.ok)
-                )
-                await self._publish(ended)
-                forget(self)
-                return
-            conv = Conversation(
-                id=stored.id,
-                task=stored.task,
-                started=stored.created_at,
-                transcript=stored.transcript,
-                rounds=sum(1 for m in stored.transcript if m.kind == "agent"),
+            await self._resume(message.conversation_id)
+
+    async def _resume(self, conversation_id: str) -> None:
+        """Load a conversation this instance does not hold yet from the store, and carry on."""
+        stored = await self._store.get(conversation_id)
+        if stored is None:
+            return
+        if stored.status != "open":
+            for stored_message in stored.transcript:
+                await self._publish(stored_message)
+            ended = ConversationEnded(conversation_id=stored.id, reason=stored.reason or "ended", ok=bool(stored.ok))
+            await self._publish(ended)
+            forget(self)
+            return
+        conv = Conversation(
+            id=stored.id,
+            task=stored.task,
+            started=stored.created_at,
+            transcript=stored.transcript,
+            rounds=sum(1 for m in stored.transcript if m.kind == "agent"),
+        )
+        self._adopt(conv)
+        log.info("conversation %s resumed at message %d", conv.id, len(conv.transcript))
+        await self._republish(conv)
+        if stored.pending_speaker and stored.pending_turn_id:
+            conv.pending = RequestToSpeak(
+                conversation_id=conv.id,
+                turn_id=stored.pending_turn_id,
+                speaker=stored.pending_speaker,
+                history=conv.transcript,
             )
-            self._adopt(conv)
-            log.info("conversation %s resumed at message %d", conv.id, len(conv.transcript))
-            await self._republish(conv)
-            if stored.pending_speaker and stored.pending_turn_id:
-                conv.pending = RequestToSpeak(
-                    conversation_id=conv.id,
-                    turn_id=stored.pending_turn_id,
-                    speaker=stored.pending_speaker,
-                    history=conv.transcript,
-                )
-                await self._ask(conv)
-                return
-            reason = termination_reason(conv, self._settings)
-            if reason is not None:
-                await self._end(conv, reason)
-            else:
-                await self._next_turn(conv)
+            await self._ask(conv)
+            return
+        reason = termination_reason(conv, self._settings)
+        if reason is not None:
+            await self._end(conv, reason)
+        else:
+            await self._next_turn(conv)
 
     async def _republish(self, conv: Conversation) -> None:
         # Whatever a crash kept from the page and the terminal reaches them now; they drop
@@ -449,6 +451,8 @@ class GroupChatManager(RoutedAgent):
     async def _tool_decision(
         self, message: ToolCallStarted, ctx: MessageContext
     ) -> tuple[Literal["run", "replay", "skip"], str, bool, str]:
+        if self._conv is None:  # a restarted manager heard of the call before it resumed
+            await self._resume(message.conversation_id)
         conv = self._conv
         if conv is None or conv.ended:
             return "skip", "not run: the conversation has ended", True, ""

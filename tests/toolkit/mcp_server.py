@@ -2,11 +2,15 @@
 
 `python -m toolkit.mcp_server --transport stdio`, or `--transport http --port N` for streamable
 HTTP at http://127.0.0.1:N/mcp (it prints uvicorn's "Uvicorn running on ..." when it listens).
+MCP_SERVER_PID_FILE, if set, names a file it writes its process id to: a stdio server is the
+agent's child, and a test that kills it needs to know which process it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from mcp.server.fastmcp import FastMCP
 
@@ -36,6 +40,8 @@ def main() -> None:
     parser.add_argument("--transport", choices=["stdio", "http"], default="stdio")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
+    if pid_file := os.environ.get("MCP_SERVER_PID_FILE"):
+        Path(pid_file).write_text(str(os.getpid()), encoding="utf-8")
     if args.transport == "stdio":
         server.run("stdio")
     else:

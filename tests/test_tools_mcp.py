@@ -19,7 +19,7 @@ from test_tools import TOOLKIT, chat, tool_config
 #: The MCP server's tools, in the order it lists them.
 TOOLS = "add, shout, fail"
 #: Seconds an MCP call may take here: a dead server's call fails well within the turn timeout.
-CALL_TIMEOUT = 5
+CALL_TIMEOUT = 10
 
 
 def mcp_server(procs: Procs, transport: str, tmp_path: Path) -> dict[str, Any]:
@@ -80,7 +80,9 @@ def test_an_agent_calls_an_mcp_servers_tools_and_the_terminal_shows_the_results(
     assert "editor: Noted: THE SUM IS 3!\n" in out, out
 
 
-def test_a_failing_mcp_tool_is_shown_and_the_model_hears_the_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_mcp_tool_is_shown_and_the_model_hears_the_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PYTHONPATH", TOOLKIT)
     with processes(tmp_path) as procs:
         writer = mcp_writer(
@@ -89,22 +91,23 @@ def test_a_failing_mcp_tool_is_shown_and_the_model_hears_the_error(tmp_path: Pat
         cfg = tool_config(tmp_path, writer)
         start_cluster(procs, cfg, ["writer", "editor"])
         out = chat(procs, cfg, "Sail")
-    assert re.search(r'^✗ writer: fail\(reason="the sea is closed"\) failed: .*the sea is closed$', out, re.MULTILINE), out
-    assert re.search(r"^writer: The tool said: .*the sea is closed$", out, re.MULTILINE), out
-    assert re.search(r"^editor: Noted: The tool said: .*the sea is closed$", out, re.MULTILINE), out
-    assert "conversation ended: max_rounds" in out or "conversation ended" in out, out
+    error = "Error executing tool fail: the sea is closed"  # FastMCP's words for the exception
+    assert f'✗ writer: fail(reason="the sea is closed") failed: {error}\n' in out, out
+    assert f"writer: The tool said: {error}\n" in out, out
+    assert f"editor: Noted: The tool said: {error}\n" in out, out
+    assert "· conversation ended: max_rounds reached" in out, out
 
 
 def _unavailable(tmp_path: Path, case: str) -> tuple[dict[str, Any], str]:
     """An MCP server entry that cannot be used, and what the error names as the reason."""
-    if case == "missing command":
+    if case == "missing-command":
         return {"command": str(tmp_path / "no-such-server")}, "FileNotFoundError"
-    if case == "exits at once":
+    if case == "exits-at-once":
         return {"command": sys.executable, "args": ["-c", "raise SystemExit(3)"]}, "Connection closed"
     return {"url": f"http://127.0.0.1:{free_port()}/mcp"}, "ConnectError"  # nobody listens there
 
 
-@pytest.mark.parametrize("case", ["missing command", "exits at once", "nobody listens"])
+@pytest.mark.parametrize("case", ["missing-command", "exits-at-once", "nobody-listens"])
 def test_an_agent_whose_mcp_server_is_not_available_exits_with_one_line(tmp_path: Path, case: str) -> None:
     server, reason = _unavailable(tmp_path, case)
     cfg = tool_config(tmp_path, mcp_writer(server, "hello"))
@@ -112,12 +115,10 @@ def test_an_agent_whose_mcp_server_is_not_available_exits_with_one_line(tmp_path
         # No host: the tools are started before the agent connects.
         agent = procs.roundtable("agent-writer", "agent", "--config", str(cfg), "--name", "writer")
         assert agent.wait_exit(60) == 1, agent.output
-    out = agent.output
-    errors = [line for line in out.splitlines() if "error" in line.lower() or line.startswith(" ")]
-    assert len(errors) == 1, out
-    assert re.fullmatch(r"roundtable: error: writer: MCP server .+ is not available: .+", errors[0]), out
-    assert reason in errors[0] and "timed out" not in errors[0], out
-    assert "Traceback" not in out, out
+    lines = agent.output.splitlines()
+    assert len(lines) == 1, agent.output  # no traceback, no log lines around it
+    assert re.fullmatch(r"roundtable: error: writer: MCP server .+ is not available: .+", lines[0]), lines[0]
+    assert reason in lines[0], lines[0]  # the real reason, not a time-out
 
 
 @pytest.mark.parametrize("transport", ["stdio", "http"])
@@ -138,6 +139,7 @@ def test_an_mcp_server_that_dies_gives_the_next_call_an_error_and_the_chat_goes_
     out = after.output
     failed = re.search(r"^✗ writer: add\(a=1, b=2\) failed: (.+)$", out, re.MULTILINE)
     assert failed, out
-    assert re.search(r"^writer: The sum is \S", out, re.MULTILINE), out  # the model heard the error
-    assert re.search(r"^editor: Noted: The sum is \S", out, re.MULTILINE), out
+    assert f"writer: The sum is {failed[1]}\n" in out, out  # the model heard the error
+    assert f"editor: Noted: The sum is {failed[1]}\n" in out, out
+    assert "· conversation ended: max_rounds reached" in out, out
     assert "Traceback" not in started["writer"].output, started["writer"].output

@@ -215,7 +215,14 @@ def build_wheel(dest: Path, *, progress: bool = True) -> Path:
     try:
         with (
             open(log_path, "w") as log_file,
-            tqdm(total=None, desc="building llama.cpp", unit="step", file=sys.stderr, disable=not progress) as bar,
+            tqdm(
+                total=None,
+                desc="building llama.cpp",
+                unit="step",
+                file=sys.stderr,
+                disable=not progress,
+                mininterval=0.5 if sys.stderr.isatty() else 30,  # a CI log gets a line every 30 s, not hundreds
+            ) as bar,
         ):
             proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             assert proc.stdout is not None
@@ -224,8 +231,7 @@ def build_wheel(dest: Path, *, progress: bool = True) -> Path:
                 if match := _STEP.search(line):
                     done, total = int(match[1]), int(match[2])
                     bar.total = total
-                    bar.n = done
-                    bar.refresh()
+                    bar.update(done - bar.n)  # unlike refresh(), keeps to mininterval
             code = proc.wait()
         if code != 0:
             raise EngineError(f"building llama-cpp-python failed (exit {code}): see {log_path}")

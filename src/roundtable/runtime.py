@@ -104,7 +104,7 @@ def setup_logging(role: str, level: str = "INFO") -> None:
         stream=sys.stderr,
         force=True,
     )
-    for noisy in ("autogen_core", "autogen_core.events", "autogen_agentchat", "httpx", "openai", "grpc"):
+    for noisy in ("autogen_core", "autogen_core.events", "autogen_agentchat", "httpx", "openai", "grpc", "mcp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

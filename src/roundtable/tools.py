@@ -128,7 +128,10 @@ def mcp_workbench(server: McpServerConfig) -> Workbench:
             args=server.args,
             env=server.env or None,
             cwd=server.cwd,
-            read_timeout_seconds=server.timeout,
+            # This bounds every request of the session, the first of which waits for the server to
+            # start: let start() and JournaledWorkbench time out first, as they say what timed out
+            # (at this one the session ends with a bare BrokenResourceError).
+            read_timeout_seconds=MCP_LIST_TIMEOUT + server.timeout,
         )
     else:
         assert server.url is not None  # the config checks one of the two is set
@@ -193,7 +196,11 @@ class AgentTools:
 
     settings: AgentConfig
     workbenches: list[tuple[int, Workbench]] = field(default_factory=list)
-    names: dict[int, list[str]] = field(default_factory=dict)
+    listed: dict[int, list[ToolSchema]] = field(default_factory=dict)  # by source, at start
+
+    @property
+    def names(self) -> dict[int, list[str]]:
+        return {source: [t["name"] for t in tools] for source, tools in self.listed.items()}
 
     @classmethod
     def from_config(cls, settings: AgentConfig) -> AgentTools:
@@ -220,8 +227,8 @@ class AgentTools:
                 detail = "timed out" if isinstance(error, asyncio.TimeoutError) else _one_line(error)
                 raise ToolsUnavailable(f"{self.settings.name}: {session.what} is not available: {detail}") from None
             session.listed = True
-            self.names[source] = [t["name"] for t in listed]
-            log.info("%s: tools %s", self.settings.name, ", ".join(self.names[source]) or "(none)")
+            self.listed[source] = listed
+            log.info("%s: tools %s", self.settings.name, ", ".join(t["name"] for t in listed) or "(none)")
 
     async def stop(self) -> None:
         for _, workbench in self.workbenches:
@@ -343,14 +350,24 @@ class JournaledWorkbench(Workbench):
     """A shared workbench seen through one conversation's journal. Starting and stopping
     belong to the agent process (`AgentTools`), not to a conversation."""
 
-    def __init__(self, inner: Workbench, source: int, journal: Journal, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        inner: Workbench,
+        source: int,
+        journal: Journal,
+        timeout: float | None = None,
+        listed: list[ToolSchema] | None = None,
+    ) -> None:
         self._inner = inner
         self._source = source
         self._journal = journal
         self._timeout = timeout
+        self._listed = listed
 
     async def list_tools(self) -> list[ToolSchema]:
-        return await self._inner.list_tools()
+        # The agent asks at every turn. The tools listed at start keep an MCP server that has
+        # died from failing the whole turn: its calls fail instead, and the model hears why.
+        return self._listed if self._listed is not None else await self._inner.list_tools()
 
     async def call_tool(
         self,
@@ -394,7 +411,7 @@ def journaled(tools: AgentTools, journal: Journal) -> list[Workbench]:
     for source, workbench in tools.workbenches:
         entry = tools.policy(source)
         timeout = entry.mcp.timeout if entry.mcp is not None else None
-        out.append(JournaledWorkbench(workbench, source, journal, timeout))
+        out.append(JournaledWorkbench(workbench, source, journal, timeout, tools.listed.get(source)))
     return out
 
 

@@ -509,6 +509,7 @@ def test_a_tool_call_shows_as_a_step_before_the_reply_and_opens_to_its_arguments
         page = tab.page
         tab.send("Count the ships")
         tab.wait_for_end()
+        tab.wait_for_text(EDITOR_LINE.format(n=2))  # streamed by the editor, so it may trail the end
         tab.transcript()  # every avatar drawn
 
         # Each call is a step of its own, named for agent and tool, before the reply that used its result;
@@ -534,31 +535,34 @@ def test_a_tool_call_shows_as_a_step_before_the_reply_and_opens_to_its_arguments
         # Closed, a step shows only its name; opened, the arguments and what the tool returned.
         counted = page.locator(".step[data-step-type='tool']", has_text="writer: count")
         header = counted.get_by_role("button", name="Used writer: count")
-        expect(header).to_have_attribute("aria-expanded", "false")
-        expect(counted.locator(".message-content")).to_have_count(0)
-        expect(counted.locator(".fill-destructive")).to_have_count(0)
+        expect(header).to_have_attribute("aria-expanded", "false", timeout=WAIT)
+        expect(counted.locator(".message-content")).to_have_count(0, timeout=WAIT)
+        expect(counted.locator(".fill-destructive")).to_have_count(0, timeout=WAIT)
         header.click()
-        expect(header).to_have_attribute("aria-expanded", "true")
-        expect(counted.locator("code.language-json")).to_have_text('{"label": "ships"}')
-        expect(counted.locator(".message-content").last).to_have_text("ships is now 1")
+        expect(header).to_have_attribute("aria-expanded", "true", timeout=WAIT)
+        expect(counted.locator("code.language-json")).to_have_text('{"label": "ships"}', timeout=WAIT)
+        expect(counted.locator(".message-content").last).to_have_text("ships is now 1", timeout=WAIT)
 
         failed = page.locator(".step[data-step-type='tool']", has_text="writer: fail")
-        expect(failed.locator(".fill-destructive")).to_be_visible()
+        expect(failed.locator(".fill-destructive")).to_be_visible(timeout=WAIT)
         failed.get_by_role("button", name="Used writer: fail").click()
-        expect(failed.locator("code.language-json")).to_have_text('{"reason": "boom"}')
-        expect(failed.locator(".message-content").last).to_have_text("boom")
+        expect(failed.locator("code.language-json")).to_have_text('{"reason": "boom"}', timeout=WAIT)
+        expect(failed.locator(".message-content").last).to_have_text("boom", timeout=WAIT)
         screenshot(page, "tool-call.png")
 
         header.click()
         expect(counted.locator(".message-content")).to_have_count(0, timeout=WAIT)
         assert tab.hosts() == {"127.0.0.1"}, tab.requests
 
-        # The history keeps the steps where they were.
+        # The history keeps the steps where they were, as they ended (a call's start, stored first,
+        # does not overwrite its end).
         expect(page).to_have_url(re.compile(r"/thread/[0-9a-f-]+$"), timeout=WAIT)
         page.reload()
         tab.wait_for_end()
         tab.transcript()
         assert page.evaluate(PAGE_ORDER_JS) == order
+        failed.get_by_role("button", name="Used writer: fail").click()
+        expect(failed.locator(".message-content").last).to_have_text("boom", timeout=WAIT)
         tab.close()
     # The tool ran once for its one call.
     assert len((tmp_path / "counter.jsonl").read_text(encoding="utf-8").splitlines()) == 1

@@ -128,16 +128,27 @@ class Tab:
             step.input = event.arguments
             step.start = utc_now()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
             self.tool_steps[key] = step
-            await step.send()  # type: ignore[no-untyped-call]
+            await self._put_tool_step(step, new=True)
         if event.status == "started":
             if event.result:  # a call interrupted before and run again says so
                 step.output = event.result
-                await step.update()  # type: ignore[no-untyped-call]
+                await self._put_tool_step(step)
             return
         step.output = event.result if event.status != "skipped" else f"skipped: {event.result}"
         step.is_error = event.status != "done"
         step.end = utc_now()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
-        await step.update()  # type: ignore[no-untyped-call]
+        await self._put_tool_step(step)
+
+    async def _put_tool_step(self, step: cl.Step, new: bool = False) -> None:
+        """Store, then show, a tool step as it is now. Chainlit's own send and update store in the
+        background, each write on its own task, so a call's start could land after its end and undo
+        it in the history; awaited here (events come one at a time), each write lands in order."""
+        state = step.to_dict()
+        data_layer = get_data_layer()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
+        if data_layer is not None:
+            await data_layer.update_step(state.copy())  # an upsert: it makes the step the first time
+        emitter = cl.context.emitter
+        await (emitter.send_step(state) if new else emitter.update_step(state))
 
     async def token(self, message_id: str, author: str, text: str) -> None:
         message = self.streams.get(message_id)

@@ -45,14 +45,23 @@ def write_config(path: Path) -> Path:
 
 
 def messages(output: str) -> list[tuple[str, str]]:
+    """The agents' messages as `roundtable chat` printed them; a message's later lines belong to it."""
     found: list[tuple[str, str]] = []
+    current = False  # whether the last line printed was part of an agent's message
     for line in output.splitlines():
         author, _, text = line.partition(": ")
         if author in AUTHORS:
             found.append((author, text.strip()))
+            current = True
         elif author.endswith(" (continued)") and found and found[-1][0] == author.removesuffix(" (continued)"):
             found[-1] = (found[-1][0], found[-1][1] + text.strip())
-    return found
+            current = True
+        elif line.startswith(("· ", "user (task): ")) or not line.strip():
+            current = False
+        elif current and found:
+            found[-1] = (found[-1][0], found[-1][1] + "\n" + line.strip())
+    # A stream the terminal printed again whole (cut back at a sentence, say) is counted once, whole.
+    return [m for m in found if not m[1].endswith(("(shown whole below)", "(interrupted)"))]
 
 
 def score(conversations: list[list[tuple[str, str]]]) -> dict[str, Any]:

@@ -506,16 +506,8 @@ class GroupChatManager(RoutedAgent):
         await self.publish_message(confirm, topic(turn_topic_type(message.agent), message.conversation_id))
 
     async def _tool_event(self, call: ToolCallStarted, status: Literal["started", "skipped"], note: str = "") -> None:
-        event = ToolCallEvent(
-            conversation_id=call.conversation_id,
-            turn_id=call.turn_id,
-            index=call.index,
-            agent=call.agent,
-            tool=call.tool,
-            arguments=call.arguments,
-            status=status,
-            result=note,
-        )
+        shared = call.model_dump(include={"conversation_id", "turn_id", "index", "agent", "tool", "arguments"})
+        event = ToolCallEvent(**shared, status=status, result=note)
         await self._publish(event)
 
     async def _select(self, conv: Conversation, skip: str | None = None) -> Choice:

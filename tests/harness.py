@@ -29,7 +29,13 @@ class Proc:
     """One child process whose combined output goes to a file we can search."""
 
     def __init__(
-        self, name: str, argv: Sequence[str], log_dir: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        stdin: bool = False,
     ):
         self.name = name
         self.log_path = log_dir / f"{name}.log"
@@ -40,7 +46,7 @@ class Proc:
             list(argv),
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             env=full_env,
             cwd=str(cwd) if cwd else None,
             start_new_session=True,
@@ -63,6 +69,12 @@ class Proc:
             time.sleep(0.05)
         raise AssertionError(f"{self.name} did not print {text!r} within {timeout} s:\n{self.output[-3000:]}")
 
+    def type(self, line: str) -> None:
+        """A line on the process's standard input, as if typed (start it with stdin=True)."""
+        assert self.popen.stdin is not None, f"{self.name} was started without stdin"
+        self.popen.stdin.write(line.encode() + b"\n")
+        self.popen.stdin.flush()
+
     def wait_exit(self, timeout: float = 60.0) -> int:
         try:
             return self.popen.wait(timeout)
@@ -81,6 +93,8 @@ class Proc:
                 os.killpg(self.popen.pid, signal.SIGKILL)
                 self.popen.wait(timeout)
         self._log.close()
+        if self.popen.stdin is not None:
+            self.popen.stdin.close()
 
 
 class Procs:
@@ -90,13 +104,15 @@ class Procs:
         self.log_dir = log_dir
         self.all: list[Proc] = []
 
-    def start(self, name: str, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Proc:
-        proc = Proc(name, args, self.log_dir, env, cwd)
+    def start(
+        self, name: str, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, stdin: bool = False
+    ) -> Proc:
+        proc = Proc(name, args, self.log_dir, env, cwd, stdin)
         self.all.append(proc)
         return proc
 
-    def roundtable(self, name: str, *args: str, env: dict[str, str] | None = None) -> Proc:
-        return self.start(name, sys.executable, "-m", "roundtable", *args, env=env)
+    def roundtable(self, name: str, *args: str, env: dict[str, str] | None = None, stdin: bool = False) -> Proc:
+        return self.start(name, sys.executable, "-m", "roundtable", *args, env=env, stdin=stdin)
 
     def stop_all(self) -> None:
         for proc in reversed(self.all):

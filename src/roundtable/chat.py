@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import logging
+import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -42,19 +45,73 @@ class Outcome:
     messages: list[ChatMessage] = field(default_factory=list)
 
 
+_TOOL_MARKS = {
+    "done": ("⚙", "->"),
+    "error": ("✗", "failed:"),
+    "skipped": ("↷", "skipped:"),
+    "denied": ("⊘", "not run:"),
+    "awaiting": ("?", "needs approval."),
+}
+
+
 def tool_line(event: ToolCallEvent, width: int = 160) -> str:
-    """`⚙ writer: count(label="x") -> 3`, `✗ ... failed: ...` or `↷ ... skipped: ...`, on one line."""
+    """`⚙ writer: count(label="x") -> 3`, `✗ ... failed: ...`, `↷ ... skipped: ...`,
+    `⊘ ... not run: denied by ann` or `? ... needs approval.`, on one line."""
     try:
         arguments = ", ".join(f"{k}={json.dumps(v)}" for k, v in json.loads(event.arguments).items())
     except (ValueError, AttributeError):
         arguments = event.arguments
     call = f"{event.agent}: {event.tool}({arguments})"
     result = " ".join(event.result.split())
-    mark, joint = {"done": ("⚙", "->"), "error": ("✗", "failed:"), "skipped": ("↷", "skipped:")}.get(
-        event.status, ("⚙", "...")
-    )
-    line = f"{mark} {call} {joint} {result}"
+    mark, joint = _TOOL_MARKS.get(event.status, ("⚙", "..."))
+    line = f"{mark} {call} {joint} {result}".rstrip()
     return line if len(line) <= width else line[: width - 1] + "…"
+
+
+class StdinLines:
+    """Lines typed on standard input, read without blocking the event loop (and without a
+    thread that would hold up the exit). `None` once input has ended or cannot be read."""
+
+    def __init__(self) -> None:
+        self._lines: asyncio.Queue[str | None] = asyncio.Queue()
+        self._buffer = b""
+        self._fd: int | None = None
+        try:
+            fd = sys.stdin.fileno()
+            asyncio.get_running_loop().add_reader(fd, self._readable)
+            self._fd = fd
+        except (AttributeError, OSError, ValueError, PermissionError):
+            self._lines.put_nowait(None)  # no stdin, or one the loop cannot watch (a plain file)
+
+    def _readable(self) -> None:
+        assert self._fd is not None
+        try:
+            data = os.read(self._fd, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            self._lines.put_nowait(None)
+            return
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            self._lines.put_nowait(line.decode(errors="replace").strip())
+
+    async def next(self) -> str | None:
+        line = await self._lines.get()
+        if line is None:
+            self._lines.put_nowait(None)  # ended for every later reader too
+        return line
+
+    def close(self) -> None:
+        if self._fd is not None:
+            asyncio.get_running_loop().remove_reader(self._fd)
+            self._fd = None
+
+
+#: Publishes a person's answer to a call awaiting approval.
+Answer = Callable[[ToolCallEvent, bool], Awaitable[None]]
 
 
 class TerminalSink:
@@ -71,6 +128,13 @@ class TerminalSink:
         self._streamed = ""  # ... and what of it has been printed
         self._streaming_author = ""
         self._line_open = False
+        self._asking: dict[tuple[str, str, int], asyncio.Task[None]] = {}
+        self._answer: Answer | None = None
+        self._stdin: StdinLines | None = None
+
+    def take_answers(self, stdin: StdinLines, answer: Answer) -> None:
+        """Ask a person at this terminal about calls awaiting approval."""
+        self._stdin, self._answer = stdin, answer
 
     def _dim(self, text: str) -> str:
         return f"\x1b[2m{text}\x1b[0m" if self._color else text
@@ -147,12 +211,40 @@ class TerminalSink:
         self._write(self._dim(f"· {event.speaker} speaks next{note}") + "\n")
 
     async def on_tool(self, event: ToolCallEvent) -> None:
-        """One line per call, when its outcome is known."""
-        if event.conversation_id != self.conversation_id or event.status == "started":
+        """One line per call, when its outcome is known; a call awaiting approval asks y/n."""
+        if event.conversation_id != self.conversation_id or (event.status == "started" and not event.result):
             return
         self.heard.set()
         self._close_line()
+        where = (event.turn_id, event.call, event.index)
+        if event.status == "awaiting":
+            if where in self._asking:
+                return  # asked already (the event came again after a reconnect)
+            self._write(tool_line(event) + "\n")
+            self._asking[where] = asyncio.create_task(self._ask(event))
+            return
+        asking = self._asking.pop(where, None)
+        if asking is not None:
+            asking.cancel()  # answered elsewhere (the page), or denied by its timeout
         self._write(self._dim(tool_line(event)) + "\n")
+
+    async def _ask(self, event: ToolCallEvent) -> None:
+        if self._answer is None or self._stdin is None:
+            self.notice("waiting for a person to approve or deny it on the page")
+            return
+        deadline = time.strftime("%H:%M:%S", time.localtime(event.waits_until)) if event.waits_until else ""
+        prompt = f"  approve? [y/n]{f' (denied at {deadline} if no answer)' if deadline else ''} "
+        while True:
+            self._write(self._bold(prompt))
+            line = await self._stdin.next()
+            if line is None:
+                self._write("\n")
+                self.notice("no terminal input: approve or deny it on the page")
+                return
+            word = line.lower()
+            if word in ("y", "yes", "n", "no"):
+                await self._answer(event, word.startswith("y"))
+                return
 
     async def on_status(self, event: AgentStatus) -> None:
         if event.conversation_id != self.conversation_id:
@@ -218,14 +310,28 @@ async def run_chat(
         resume = ResumeConversation(conversation_id=sink.conversation_id)
         await runtime.publish_message(resume, topic(CONTROL, sink.conversation_id))
 
+    async def answer(event: ToolCallEvent, approved: bool) -> None:
+        approval = event.answer(approved, by=f"{_who()} (terminal)")
+        await runtime.publish_message(approval, topic(CONTROL, event.conversation_id))
+
     runtime.on_reconnect(catch_up)
+    stdin = StdinLines()
+    sink.take_answers(stdin, answer)
     try:
         await register_observer(runtime, f"terminal_{new_id()[:12]}", sink)
         return await start_and_follow(runtime, task, sink, timeout, start_timeout)
     finally:
+        stdin.close()
         roundtable_log.removeHandler(handler)
         roundtable_log.propagate = True
         await stop_worker(runtime)
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container, say)
+        return "someone"
 
 
 class _NoticeHandler(logging.Handler):

@@ -147,20 +147,52 @@ class McpServerConfig(_Model):
         return self
 
 
+class CodeConfig(_Model):
+    """Python run by AutoGen's local command-line executor, in a working directory of the
+    conversation's own under `work_dir` (default: ~/.cache/roundtable/work)."""
+
+    timeout: float = Field(default=60.0, gt=0)  # seconds for one run
+    work_dir: str | None = None
+
+
+class BudgetConfig(_Model):
+    """Limits on what an agent, or a whole conversation, may use. Tokens are the model's
+    reported usage (prompt and completion); tool calls count every call recorded."""
+
+    tokens: int | None = Field(default=None, gt=0)
+    tool_calls: int | None = Field(default=None, ge=0)
+    # When an agent reaches its limit: leave it out of the rest of the conversation (`skip`),
+    # or end the conversation (`end`). A conversation's own limit always ends it.
+    on_exceeded: Literal["skip", "end"] = "skip"
+
+
 class ToolConfig(_Model):
-    """One entry of `agents[].tools`: a Python function, or the tools of an MCP server."""
+    """One entry of `agents[].tools`: a Python function, the tools of an MCP server, or code execution."""
 
     function: str | None = Field(default=None, pattern=IMPORT_PATH)  # "mypkg.tools:search_orders"
     mcp: McpServerConfig | None = None
-    # A call that started but has no recorded result when its agent died: run it again, or
-    # skip it (the agent is told it was not run again, and so is the conversation).
-    on_interrupted: Literal["retry", "skip"] = "skip"
+    code: CodeConfig | None = None
+    # Whether a person approves each call first: every call (`always`), none (`never`), or the
+    # calls of every tool not listed in `read_only` (`writes`).
+    # Code execution asks by default; everything else does not.
+    approval: Literal["always", "never", "writes"] | None = None
+    read_only: list[str] = Field(default_factory=list)  # tool names that only read, for `writes`
+    approval_timeout: float = Field(default=300.0, gt=0)  # seconds to wait for a person; then denied
+    # A call that started but has no recorded result when its agent died: run it again, skip
+    # it (the agent and the conversation are told it was not run again), or ask a person.
+    on_interrupted: Literal["retry", "skip", "ask"] = "skip"
 
     @model_validator(mode="after")
     def _one_kind(self) -> ToolConfig:
-        if (self.function is None) == (self.mcp is None):
-            raise ValueError("give exactly one of function, mcp")
+        if sum(kind is not None for kind in (self.function, self.mcp, self.code)) != 1:
+            raise ValueError("give exactly one of function, mcp, code")
+        if self.approval is None:
+            self.approval = "always" if self.code is not None else "never"
         return self
+
+    def needs_approval(self, tool: str) -> bool:
+        """Whether a call of `tool` waits for a person's approval."""
+        return self.approval == "always" or (self.approval == "writes" and tool not in self.read_only)
 
 
 class AgentConfig(_Model):
@@ -178,6 +210,7 @@ class AgentConfig(_Model):
     max_tool_iterations: int = Field(default=3, gt=0)  # model calls with tools per turn
     # Your own AgentChat agent: "mypkg.agents:make_agent", called with an AgentContext.
     factory: str | None = Field(default=None, pattern=IMPORT_PATH)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
 
 
 class TerminationConfig(_Model):
@@ -201,6 +234,7 @@ class ManagerConfig(_Model):
     turn_timeout: float = Field(default=180.0, gt=0)
     turn_retries: int = Field(default=1, ge=0)
     selector_retries: int = Field(default=2, ge=0)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)  # for each conversation, all agents together
 
     @field_validator("strategy")
     @classmethod

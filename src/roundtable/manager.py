@@ -14,12 +14,12 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 from autogen_core import MessageContext, RoutedAgent, TypeSubscription, message_handler
 from autogen_core.models import ChatCompletionClient, SystemMessage, UserMessage
 
-from .config import AgentConfig, ManagerConfig
+from .config import AgentConfig, ManagerConfig, ToolConfig
 from .messages import (
     CONTROL,
     GROUP_CHAT,
@@ -35,17 +35,20 @@ from .messages import (
     SpeakerSelected,
     StartConversation,
     StopConversation,
+    ToolAction,
+    ToolApproval,
     ToolCallDecision,
     ToolCallEvent,
     ToolCallFinished,
     ToolCallStarted,
+    ToolCallStatus,
     new_id,
     topic,
     turn_topic_type,
 )
 from .models import describe_model_error
-from .runtime import WorkerRuntime, forget
-from .store import StoredToolCall, TranscriptStore
+from .runtime import UNKNOWN_SENDER, WorkerRuntime, forget
+from .store import ENDED_TOOL_STATES, StoredToolCall, TranscriptStore
 from .telemetry import span
 
 log = logging.getLogger("roundtable.manager")
@@ -71,6 +74,9 @@ class Conversation:
     attempts: int = 0  # asks for the pending turn since its deadline last passed
     asks: int = 0  # every ask ever made; identifies the deadline that belongs to it
     ended: bool = False
+    # The speaker's last tool call or result (monotonic): a turn is timed from its last sign
+    # of life, so a call that waits for a person's approval does not run the turn out.
+    last_sign_of_life: float = 0.0
 
     @property
     def last_speaker(self) -> str | None:
@@ -178,14 +184,8 @@ def termination_reason(conv: Conversation, settings: ManagerConfig) -> str | Non
 
 # ---------------------------------------------------------------- the agent
 
-_SHOWN_STATES: dict[str, Literal["started", "done", "error", "skipped"]] = {
-    "done": "done",
-    "error": "error",
-    "skipped": "skipped",
-}
 
-
-def tool_event(call: StoredToolCall) -> ToolCallEvent:
+def tool_event(call: StoredToolCall, approval_timeout: float = 0.0) -> ToolCallEvent:
     """What everyone is told of a recorded call."""
     return ToolCallEvent(
         conversation_id=call.conversation_id,
@@ -194,8 +194,9 @@ def tool_event(call: StoredToolCall) -> ToolCallEvent:
         agent=call.agent,
         tool=call.tool,
         arguments=call.arguments,
-        status=_SHOWN_STATES.get(call.status, "started"),
+        status=cast(ToolCallStatus, call.status),
         result=call.result or "",
+        waits_until=call.started_at + approval_timeout if call.status == "awaiting" else 0.0,
     )
 
 
@@ -343,7 +344,7 @@ class GroupChatManager(RoutedAgent):
         for stored_message in conv.transcript:
             await self._publish(stored_message)
         for call in await self._store.tool_calls(conv.id):
-            await self._publish(tool_event(call))
+            await self._publish(tool_event(call, self._approval_timeout(call)))
 
     async def nudge(self, speaker: str | None = None, republish: bool = False) -> None:
         """Ask again for a turn that may have been lost: the speaker came back, or we did."""
@@ -433,56 +434,143 @@ class GroupChatManager(RoutedAgent):
 
     @message_handler
     async def on_tool_started(self, message: ToolCallStarted, ctx: MessageContext) -> None:
-        """Record a call before it runs, then say run, replay (it ran before) or skip."""
+        """Record a call before it runs, then say run, replay (it ran before), skip, or wait
+        (for a person's approval)."""
         async with self._lock:
-            action, result, is_error, key = await self._tool_decision(message, ctx)
-        decision = ToolCallDecision(
-            conversation_id=message.conversation_id,
-            turn_id=message.turn_id,
-            call=message.call,
-            index=message.index,
-            action=action,
-            result=result,
-            is_error=is_error,
-            key=key,
-        )
-        await self.publish_message(decision, topic(turn_topic_type(message.agent), message.conversation_id))
+            decision = await self._tool_decision(message, ctx)
+        await self._tell_agent(message.agent, decision)
 
-    async def _tool_decision(
-        self, message: ToolCallStarted, ctx: MessageContext
-    ) -> tuple[Literal["run", "replay", "skip"], str, bool, str]:
+    async def _tell_agent(self, agent: str, decision: ToolCallDecision) -> None:
+        await self.publish_message(decision, topic(turn_topic_type(agent), decision.conversation_id))
+
+    async def _tool_decision(self, message: ToolCallStarted, ctx: MessageContext) -> ToolCallDecision:
+        def answer(action: ToolAction, result: str = "", is_error: bool = False, key: str = "") -> ToolCallDecision:
+            return ToolCallDecision(
+                **message.model_dump(include={"conversation_id", "turn_id", "index"}),
+                call=message.call,
+                action=action,
+                result=result,
+                is_error=is_error,
+                key=key,
+            )
+
         if self._conv is None:  # a restarted manager heard of the call before it resumed
             await self._resume(message.conversation_id)
         conv = self._conv
         if conv is None or conv.ended:
-            return "skip", "not run: the conversation has ended", True, ""
+            return answer("skip", "not run: the conversation has ended", True)
         if ctx.sender is None or ctx.sender.type != message.agent:
-            return "skip", "not run: the call did not come from that agent", True, ""
+            return answer("skip", "not run: the call did not come from that agent", True)
         pending = conv.pending
         if pending is None or pending.turn_id != message.turn_id or pending.speaker != message.agent:
-            return "skip", "not run: it is not this agent's turn", True, ""
-        settings = next((a for a in self._agents if a.name == message.agent), None)
-        if settings is None or message.source >= len(settings.tools):
-            return "skip", "not run: no such tool in the agent's config", True, ""
+            return answer("skip", "not run: it is not this agent's turn", True)
+        policy = self._policy(message.agent, message.source)
+        if policy is None:
+            return answer("skip", "not run: no such tool in the agent's config", True)
+        conv.last_sign_of_life = time.monotonic()
         where = (conv.id, message.turn_id, message.call, message.index)
+        key = ":".join(str(part) for part in where)
         stored = await self._store.tool_call(*where)
         if stored is None:
-            await self._store.start_tool_call(*where, message.attempt, message.agent, message.tool, message.arguments)
-            await self._tool_event(message, "started")
-            return "run", "", False, f"{conv.id}:{message.turn_id}:{message.call}:{message.index}"
-        if stored.status != "started":
-            return "replay", stored.result or "", stored.status != "done", stored.key
+            waits = policy.needs_approval(message.tool)
+            record = message.model_dump(include={"attempt", "agent", "tool", "source", "arguments"})
+            await self._store.start_tool_call(*where, **record, status="awaiting" if waits else "started")
+            await self._publish_call(where)
+            return answer("wait" if waits else "run", key=key)
+        if stored.status in ENDED_TOOL_STATES:
+            return answer("replay", stored.result or "", stored.status != "done", key)
+        if stored.status == "awaiting":
+            if time.time() < stored.started_at + policy.approval_timeout:
+                if stored.attempt != message.attempt:  # the turn was asked again: the answer goes to this run
+                    await self._store.move_tool_call(*where, was="awaiting", now="awaiting", attempt=message.attempt)
+                return answer("wait", key=key)
+            note = f"denied: no one answered within {policy.approval_timeout:g} s"
+            await self._store.move_tool_call(*where, was="awaiting", now="denied", result=note)
+            await self._publish_call(where)
+            return answer("skip", note, True, key)
         if stored.attempt == message.attempt:
-            return "run", "", False, stored.key  # the same run asking again: its answer was lost
+            return answer("run", key=key)  # the same run asking again: its answer was lost
         # Started by an earlier run of this turn that died before reporting a result.
-        if settings.tools[message.source].on_interrupted == "retry":
-            await self._store.retry_tool_call(*where, message.attempt)
-            await self._tool_event(message, "started", "interrupted before; running it again (on_interrupted: retry)")
-            return "run", "", False, stored.key
-        note = "not run again: the agent stopped while running it, and its result is unknown (on_interrupted: skip)"
-        await self._store.finish_tool_call(*where, "skipped", note)
-        await self._tool_event(message, "skipped", note)
-        return "skip", note, True, stored.key
+        moves: dict[str, tuple[str, str]] = {
+            "retry": ("started", "interrupted before; running it again (on_interrupted: retry)"),
+            "ask": ("awaiting", "interrupted before, result unknown: run it again? (on_interrupted: ask)"),
+            "skip": (
+                "skipped",
+                "not run again: the agent stopped while running it, and its result is unknown (on_interrupted: skip)",
+            ),
+        }
+        now, note = moves[policy.on_interrupted]
+        await self._store.move_tool_call(
+            *where, was="started", now=now, result=note, attempt=message.attempt, restart=now != "skipped"
+        )
+        await self._publish_call(where)
+        if now == "skipped":
+            return answer("skip", note, True, key)
+        return answer("run" if now == "started" else "wait", key=key)
+
+    async def _publish_call(self, where: tuple[str, str, str, int]) -> None:
+        """Tell everyone how a call stands, as stored."""
+        stored = await self._store.tool_call(*where)
+        if stored is not None:
+            await self._publish(tool_event(stored, self._approval_timeout(stored)))
+
+    def _policy(self, agent: str, source: int | None) -> ToolConfig | None:
+        """The config entry of an agent's tool, if there is one."""
+        settings = next((a for a in self._agents if a.name == agent), None)
+        if settings is None or source is None or not 0 <= source < len(settings.tools):
+            return None
+        return settings.tools[source]
+
+    def _approval_timeout(self, call: StoredToolCall) -> float:
+        policy = self._policy(call.agent, call.source)
+        return policy.approval_timeout if policy is not None else 0.0
+
+    @message_handler
+    async def on_tool_approval(self, message: ToolApproval, ctx: MessageContext) -> None:
+        """A person's answer to a call awaiting approval: the first answer counts."""
+        if ctx.sender is not None and ctx.sender.type != UNKNOWN_SENDER:
+            # Pages and terminals publish as clients, with no agent as sender; an agent does not
+            # get to approve calls, least of all its own. (This guards against a model, not
+            # against a hostile process: that can run what it likes on its own machine.)
+            log.warning("refused an approval sent by the agent %s", ctx.sender.type)
+            return
+        async with self._lock:
+            if self._conv is None:
+                await self._resume(message.conversation_id)
+            conv = self._conv
+            if conv is None or conv.ended:
+                return
+            where = (conv.id, message.turn_id, message.call, message.index)
+            stored = await self._store.tool_call(*where)
+            if stored is None or stored.status != "awaiting":
+                return  # answered already, denied by its timeout, or no such call
+            who = " ".join(message.by.split())
+            if message.approved:
+                moved = await self._store.move_tool_call(
+                    *where, was="awaiting", now="started", result=f"approved by {who}", restart=True
+                )
+                decision_action: ToolAction = "run"
+            else:
+                moved = await self._store.move_tool_call(
+                    *where, was="awaiting", now="denied", result=f"denied by {who}"
+                )
+                decision_action = "skip"
+            if not moved:
+                return
+            log.info("%s: %s %s", conv.id[:8], stored.tool, "approved" if message.approved else "denied")
+            await self._publish_call(where)
+        # The waiting agent hears now rather than at its next ask.
+        decision = ToolCallDecision(
+            conversation_id=conv.id,
+            turn_id=message.turn_id,
+            call=message.call,
+            index=message.index,
+            action=decision_action,
+            result="" if message.approved else f"denied by {who}",
+            is_error=not message.approved,
+            key=stored.key,
+        )
+        await self._tell_agent(stored.agent, decision)
 
     @message_handler
     async def on_tool_finished(self, message: ToolCallFinished, ctx: MessageContext) -> None:
@@ -492,10 +580,10 @@ class GroupChatManager(RoutedAgent):
         async with self._lock:
             where = (message.conversation_id, message.turn_id, message.call, message.index)
             status: Literal["done", "error"] = "error" if message.is_error else "done"
-            if await self._store.finish_tool_call(*where, status, message.result):
-                stored = await self._store.tool_call(*where)
-                if stored is not None:
-                    await self._publish(tool_event(stored))
+            if await self._store.move_tool_call(*where, was="started", now=status, result=message.result):
+                await self._publish_call(where)
+            if self._conv is not None and self._conv.pending is not None:
+                self._conv.last_sign_of_life = time.monotonic()
         confirm = ToolCallDecision(
             conversation_id=message.conversation_id,
             turn_id=message.turn_id,
@@ -503,12 +591,7 @@ class GroupChatManager(RoutedAgent):
             index=message.index,
             action="recorded",
         )
-        await self.publish_message(confirm, topic(turn_topic_type(message.agent), message.conversation_id))
-
-    async def _tool_event(self, call: ToolCallStarted, status: Literal["started", "skipped"], note: str = "") -> None:
-        shared = call.model_dump(include={"conversation_id", "turn_id", "index", "agent", "tool", "arguments"})
-        event = ToolCallEvent(**shared, status=status, result=note)
-        await self._publish(event)
+        await self._tell_agent(message.agent, confirm)
 
     async def _select(self, conv: Conversation, skip: str | None = None) -> Choice:
         candidates = [a for a in self._agents if a.name != skip] or self._agents
@@ -529,6 +612,7 @@ class GroupChatManager(RoutedAgent):
     async def _begin_turn(self, conv: Conversation, request: RequestToSpeak, note: str) -> None:
         """Announce the (stored) next speaker and ask it."""
         conv.pending = request
+        conv.last_sign_of_life = 0.0
         await self._publish(SpeakerSelected(conversation_id=conv.id, speaker=request.speaker, note=note))
         conv.attempts = 0
         await self._ask(conv)
@@ -543,7 +627,16 @@ class GroupChatManager(RoutedAgent):
         self._timers.append(asyncio.create_task(self._turn_deadline(request.turn_id, conv.asks)))
 
     async def _turn_deadline(self, turn_id: str, ask: int) -> None:
-        await asyncio.sleep(self._settings.turn_timeout)
+        wait = self._settings.turn_timeout
+        while True:
+            await asyncio.sleep(wait)
+            conv = self._conv
+            if conv is None or conv.last_sign_of_life == 0.0:
+                break
+            # Counted from the speaker's last tool call or result, not from the ask.
+            wait = conv.last_sign_of_life + self._settings.turn_timeout - time.monotonic()
+            if wait <= 0:
+                break
         async with self._lock:
             conv = self._conv
             if conv is None or conv.ended or conv.pending is None or conv.pending.turn_id != turn_id:

@@ -247,19 +247,27 @@ class ToolCallFinished(_Wire):
     is_error: bool = False
 
 
+ToolAction = Literal["run", "replay", "skip", "wait", "recorded"]
+
+
 class ToolCallDecision(_Wire):
     """The manager's answer, on the agent's turn topic. `run`: call it now; `replay`: it ran
-    before, here is its recorded result; `skip`: do not call it (`result` says why);
-    `recorded`: the result sent has been stored."""
+    before, here is its recorded result; `skip`: do not call it (`result` says why); `wait`:
+    a person has yet to approve it, ask again; `recorded`: the result sent has been stored."""
 
     conversation_id: str
     turn_id: str
     call: str
     index: int
-    action: Literal["run", "replay", "skip", "recorded"]
+    action: ToolAction
     result: str = ""
     is_error: bool = False
     key: str = ""  # the idempotency key the tool may pass on to the outside system
+
+
+#: How a recorded call stands: running, ended (done, error), not run (skipped, denied), or
+#: waiting for a person's approval (awaiting).
+ToolCallStatus = Literal["started", "done", "error", "skipped", "awaiting", "denied"]
 
 
 class ToolCallEvent(_Wire):
@@ -271,8 +279,35 @@ class ToolCallEvent(_Wire):
     agent: str
     tool: str
     arguments: str
-    status: Literal["started", "done", "error", "skipped"]
-    result: str = ""
+    status: ToolCallStatus
+    result: str = ""  # the result, or why it was skipped or denied, or what a person is asked
+    waits_until: float = 0.0  # `awaiting`: when an unanswered request is denied (epoch seconds)
+
+    @property
+    def call(self) -> str:
+        return call_signature(self.tool, self.arguments)
+
+    def answer(self, approved: bool, by: str) -> ToolApproval:
+        """A person's answer to this call, which awaits approval, for the manager."""
+        return ToolApproval(
+            conversation_id=self.conversation_id,
+            turn_id=self.turn_id,
+            call=self.call,
+            index=self.index,
+            approved=approved,
+            by=by,
+        )
+
+
+class ToolApproval(_Wire):
+    """A person's answer to a call awaiting approval, from the page or a terminal to the manager."""
+
+    conversation_id: str
+    turn_id: str
+    call: str
+    index: int = Field(ge=0)
+    approved: bool
+    by: str = Field(min_length=1, max_length=100)  # who answered, as the page or terminal knows them
 
 
 WIRE_TYPES: tuple[type[BaseModel], ...] = (
@@ -294,4 +329,5 @@ WIRE_TYPES: tuple[type[BaseModel], ...] = (
     ToolCallFinished,
     ToolCallDecision,
     ToolCallEvent,
+    ToolApproval,
 )

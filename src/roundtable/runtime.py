@@ -79,6 +79,8 @@ OUTBOX_LIMIT = 10_000
 CLIENT_QUEUE_LIMIT = 10_000  # messages waiting for one client on the host before it is cut off
 HELD_BYTES_LIMIT = 8 * 1024 * 1024  # events a freshly started host keeps for late subscribers
 SENDER_TYPE = "agagentsendertype"
+#: The sender of a message published by no agent (a page, a terminal), or by one a client does not own.
+UNKNOWN_SENDER = "unknown"
 SCHEMA = "dataschema"
 STREAM_WAIT_STEPS = 200  # x 10 ms
 TRACE_KEYS = ("traceparent", "tracestate")
@@ -239,9 +241,9 @@ class RoutingServicer(GrpcWorkerAgentRuntimeHostServicer):
             attributes = message.cloudEvent.attributes
             claimed = attributes[SENDER_TYPE].ce_string if SENDER_TYPE in attributes else ""
             if claimed and self._agent_type_to_client_id.get(claimed) != client_id:
-                attributes[SENDER_TYPE].ce_string = "unknown"
+                attributes[SENDER_TYPE].ce_string = UNKNOWN_SENDER
                 if SENDER_KEY in attributes:
-                    attributes[SENDER_KEY].ce_string = "unknown"
+                    attributes[SENDER_KEY].ce_string = UNKNOWN_SENDER
             work = self._process_event(message.cloudEvent)
         elif kind == "request":
             work = self._process_request(message.request, client_id)

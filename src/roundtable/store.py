@@ -25,11 +25,13 @@ from sqlalchemy import (
     UniqueConstraint,
     event,
     func,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DBAPIError,
@@ -76,9 +78,11 @@ messages = Table(
     UniqueConstraint("conversation_id", "id", name="rt_messages_unique_id"),
 )
 
-# The journal of tool calls: a row is written before a call runs ("started") and completed
-# after it ("done", "error"), or closed without running ("skipped"). A re-asked turn replays
+# The journal of tool calls: a row is written before a call runs ("started", or "awaiting" a
+# person's approval) and completed after it ("done", "error"), or closed without running
+# ("skipped", "denied"). A re-asked turn replays
 # what is here instead of calling again; the primary key keeps one row per call.
+ENDED_TOOL_STATES = frozenset({"done", "error", "skipped", "denied"})
 tool_calls = Table(
     "rt_tool_calls",
     metadata,
@@ -89,10 +93,11 @@ tool_calls = Table(
     Column("attempt", String, nullable=False),  # the participant's run of the turn that started it
     Column("agent", String, nullable=False),
     Column("tool", String, nullable=False),
+    Column("source", Integer),  # the tool's entry in the agent's config (its policy); added in 0.3
     Column("arguments", Text, nullable=False),
-    Column("status", String(16), nullable=False),  # started | done | error | skipped
+    Column("status", String(16), nullable=False),  # messages.ToolCallStatus
     Column("result", Text),
-    Column("attempts", Integer, nullable=False, default=1),
+    Column("attempts", Integer, nullable=False, default=1),  # runs begun
     Column("started_at", Float, nullable=False),
     Column("finished_at", Float),
 )
@@ -108,6 +113,18 @@ _INSERT_OR_SKIP: dict[str, Callable[[Table], postgresql.Insert | sqlite.Insert]]
     "sqlite": sqlite.insert,
     "postgresql": postgresql.insert,
 }
+
+
+#: Columns added to tables that a database made by an earlier version already has.
+NEW_COLUMNS = {"rt_tool_calls": ["source INTEGER"]}
+
+
+def _add_new_columns(conn: Connection) -> None:
+    for table, columns in NEW_COLUMNS.items():
+        have = {c["name"] for c in inspect(conn).get_columns(table)}
+        for column in columns:
+            if column.split()[0] not in have:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column}"))
 
 
 @dataclass
@@ -168,6 +185,7 @@ class TranscriptStore:
                 try:
                     async with self._engine.begin() as conn:
                         await conn.run_sync(metadata.create_all)
+                        await conn.run_sync(_add_new_columns)
                     return
                 except (IntegrityError, OperationalError, ProgrammingError):
                     # Two managers starting together on an empty database both see no table and
@@ -289,9 +307,12 @@ class TranscriptStore:
         attempt: str,
         agent: str,
         tool: str,
+        source: int,
         arguments: str,
+        status: str = "started",
     ) -> bool:
-        """Record a call before it runs; False if this call was recorded already."""
+        """Record a call before it runs (or before a person approves it: `awaiting`); False if
+        this call was recorded already."""
         async with self._engine.begin() as conn:
             inserted = await conn.execute(
                 self._insert_or_skip(tool_calls)
@@ -303,32 +324,49 @@ class TranscriptStore:
                     attempt=attempt,
                     agent=_text(agent),
                     tool=_text(tool),
+                    source=source,
                     arguments=_text(arguments),
-                    status="started",
-                    attempts=1,
+                    status=status,
+                    attempts=1 if status == "started" else 0,
                     started_at=time.time(),
                 )
                 .on_conflict_do_nothing()
             )
         return bool(inserted.rowcount)
 
-    async def retry_tool_call(self, conversation_id: str, turn_id: str, call: str, index: int, attempt: str) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                update(tool_calls)
-                .where(self._one_call(conversation_id, turn_id, call, index))
-                .values(attempts=tool_calls.c.attempts + 1, attempt=attempt, started_at=time.time())
-            )
-
-    async def finish_tool_call(
-        self, conversation_id: str, turn_id: str, call: str, index: int, status: str, result: str
+    async def move_tool_call(
+        self,
+        conversation_id: str,
+        turn_id: str,
+        call: str,
+        index: int,
+        *,
+        was: str,
+        now: str,
+        result: str | None = None,
+        attempt: str | None = None,
+        restart: bool = False,
     ) -> bool:
-        """Record how a started call ended; False if it had ended already (a repeated report)."""
+        """Move a call from status `was` to `now`, with its result or a note. `attempt`: a new
+        run of the turn takes the call over; `restart`: its clock starts again (it runs, or
+        waits for a person, from now). False if the call was not `was`: another report moved
+        it first (a repeated result, a second answer)."""
+        values: dict[str, Any] = {"status": now}
+        if result is not None:
+            values["result"] = _text(result)
+        if now in ENDED_TOOL_STATES:
+            values["finished_at"] = time.time()
+        if attempt is not None:
+            values["attempt"] = attempt
+        if restart:
+            values["started_at"] = time.time()
+            if now == "started":
+                values["attempts"] = tool_calls.c.attempts + 1  # runs, not waits
         async with self._engine.begin() as conn:
             changed = await conn.execute(
                 update(tool_calls)
-                .where(self._one_call(conversation_id, turn_id, call, index) & (tool_calls.c.status == "started"))
-                .values(status=status, result=_text(result), finished_at=time.time())
+                .where(self._one_call(conversation_id, turn_id, call, index) & (tool_calls.c.status == was))
+                .values(**values)
             )
         return bool(changed.rowcount)
 
@@ -386,6 +424,7 @@ class StoredToolCall:
     attempt: str
     agent: str
     tool: str
+    source: int | None
     arguments: str
     status: str
     result: str | None
@@ -408,6 +447,7 @@ def _tool_call(row: Any) -> StoredToolCall:
         attempt=row["attempt"],
         agent=row["agent"],
         tool=row["tool"],
+        source=row["source"],
         arguments=row["arguments"],
         status=row["status"],
         result=row["result"],

@@ -16,17 +16,20 @@ import importlib
 import inspect
 import json
 import logging
+import math
+import re
 import typing
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 from autogen_core import CancellationToken, TopicId
 from autogen_core.models import ChatCompletionClient
 from autogen_core.tools import FunctionTool, StaticWorkbench, TextResultContent, ToolResult, ToolSchema, Workbench
 from pydantic import BaseModel
 
-from .config import AgentConfig, ConfigError, McpServerConfig, ToolConfig
+from .config import AgentConfig, CodeConfig, ConfigError, McpServerConfig, ToolConfig
 from .messages import (
     CONTROL,
     MAX_TOOL_RESULT_CHARS,
@@ -140,6 +143,45 @@ def mcp_workbench(server: McpServerConfig) -> Workbench:
     return McpWorkbench(server_params=params)
 
 
+#: The code-execution tool's name, as the model sees it.
+CODE_TOOL = "run_python"
+
+
+def default_work_dir() -> Path:
+    return Path.home() / ".cache" / "roundtable" / "work"
+
+
+def code_tool(settings: CodeConfig, agent: str, conversation_id: str) -> FunctionTool:
+    """`run_python` for one conversation: AutoGen's local command-line executor in a working
+    directory of the conversation's own, so files one run writes are there for the next."""
+    from autogen_core.code_executor import CodeBlock
+    from autogen_ext.code_executors.local import LocalCommandLineCodeExecutor
+
+    base = Path(settings.work_dir).expanduser() if settings.work_dir else default_work_dir()
+    work = base / agent / re.sub(r"[^A-Za-z0-9_.-]", "_", conversation_id)
+    work.mkdir(parents=True, exist_ok=True)
+    executor = LocalCommandLineCodeExecutor(work_dir=work, timeout=max(1, math.ceil(settings.timeout)))
+
+    async def run_python(code: Annotated[str, "a complete Python program; print() what you want to see"]) -> str:
+        result = await executor.execute_code_blocks([CodeBlock(code=code, language="python")], CancellationToken())
+        output = result.output.strip()
+        if result.exit_code == _EXECUTOR_TIMEOUT:
+            raise TimeoutError(f"the program ran longer than {executor.timeout} s and was stopped")
+        if result.exit_code != 0:
+            raise RuntimeError(f"the program exited with code {result.exit_code}: {output[-2000:]}")
+        return output or "(the program printed nothing)"
+
+    description = (
+        "Run a Python program and get what it prints. Each run is a fresh process in the same"
+        f" working directory; it may take up to {executor.timeout} s."
+    )
+    return FunctionTool(run_python, description=description, name=CODE_TOOL)
+
+
+#: The exit code LocalCommandLineCodeExecutor gives a program it stopped for running too long.
+_EXECUTOR_TIMEOUT = 124
+
+
 def describe_server(server: McpServerConfig) -> str:
     return (
         f"MCP server {server.url}" if server.url else f"MCP server `{' '.join([server.command or '', *server.args])}`"
@@ -197,6 +239,7 @@ class AgentTools:
     settings: AgentConfig
     workbenches: list[tuple[int, Workbench]] = field(default_factory=list)
     listed: dict[int, list[ToolSchema]] = field(default_factory=dict)  # by source, at start
+    code: list[tuple[int, CodeConfig]] = field(default_factory=list)  # a workbench per conversation
 
     @property
     def names(self) -> dict[int, list[str]]:
@@ -212,6 +255,8 @@ class AgentTools:
                 functions.append((i, function_tool(entry.function, where + ".function")))
             elif entry.mcp is not None:
                 tools.workbenches.append((i, mcp_workbench(entry.mcp)))
+            elif entry.code is not None:
+                tools.code.append((i, entry.code))
         # One StaticWorkbench per function keeps each call's source (and so its policy) known.
         tools.workbenches[:0] = [(i, StaticWorkbench([tool])) for i, tool in functions]
         return tools
@@ -278,6 +323,10 @@ class Journal:
         self._seen: dict[str, int] = {}  # calls made this turn, by signature
         self._waiting: dict[tuple[str, str, int, str], asyncio.Future[ToolCallDecision]] = {}
 
+    @property
+    def conversation_id(self) -> str:
+        return self._conversation_id
+
     def begin_turn(self, turn_id: str) -> None:
         """A new turn, or the same one asked again: either way a new attempt at it."""
         self._turn_id, self._attempt, self._seen = turn_id, new_id(), {}
@@ -289,16 +338,28 @@ class Journal:
             waiter.set_result(decision)
 
     async def _ask(self, message: ToolCallStarted | ToolCallFinished, call: str, kind: str) -> ToolCallDecision | None:
-        """Send `message` until the manager answers it, within DECISION_TIMEOUT."""
-        waiter: asyncio.Future[ToolCallDecision] = asyncio.get_running_loop().create_future()
+        """Send `message` until the manager answers it, within DECISION_TIMEOUT of its last
+        word: while a person is asked to approve the call, the manager answers `wait` (and
+        bounds that wait itself)."""
+        loop = asyncio.get_running_loop()
         key = (message.turn_id, call, message.index, kind)
-        self._waiting[key] = waiter
+        deadline = loop.time() + DECISION_TIMEOUT
+        send = True
         try:
-            deadline = asyncio.get_running_loop().time() + DECISION_TIMEOUT
-            while asyncio.get_running_loop().time() < deadline:
-                await self._publish(message, topic(CONTROL, self._conversation_id))
-                with contextlib.suppress(asyncio.TimeoutError):
-                    return await asyncio.wait_for(asyncio.shield(waiter), DECISION_RESEND)
+            while loop.time() < deadline:
+                waiter: asyncio.Future[ToolCallDecision] = loop.create_future()
+                self._waiting[key] = waiter
+                if send:
+                    await self._publish(message, topic(CONTROL, self._conversation_id))
+                try:
+                    decision = await asyncio.wait_for(waiter, DECISION_RESEND)
+                except asyncio.TimeoutError:
+                    send = True
+                    continue
+                if decision.action != "wait":
+                    return decision
+                # A person's answer comes by itself; ask again only if it does not come soon.
+                deadline, send = loop.time() + DECISION_TIMEOUT, False
             return None
         finally:
             self._waiting.pop(key, None)
@@ -407,11 +468,15 @@ class JournaledWorkbench(Workbench):
 
 
 def journaled(tools: AgentTools, journal: Journal) -> list[Workbench]:
+    """The agent's tools for one conversation, every call through its journal."""
     out: list[Workbench] = []
     for source, workbench in tools.workbenches:
         entry = tools.policy(source)
         timeout = entry.mcp.timeout if entry.mcp is not None else None
         out.append(JournaledWorkbench(workbench, source, journal, timeout, tools.listed.get(source)))
+    for source, code in tools.code:
+        runner = StaticWorkbench([code_tool(code, tools.settings.name, journal.conversation_id)])
+        out.append(JournaledWorkbench(runner, source, journal))
     return out
 
 

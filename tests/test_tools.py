@@ -69,7 +69,7 @@ def test_a_python_tool_runs_once_per_call_and_the_terminal_shows_it(tmp_path: Pa
     assert len({e["key"] for e in effects}) == 2 and all(e["key"] for e in effects), effects
 
 
-def test_status_counts_tool_calls_per_agent(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_status_counts_tokens_and_tool_calls_per_agent(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("PYTHONPATH", TOOLKIT)
     cfg = tool_config(tmp_path, counting_writer('CALL count {"label": "a"}', "done: {last}"), rounds=3)
     with processes(tmp_path) as procs:
@@ -77,8 +77,11 @@ def test_status_counts_tool_calls_per_agent(tmp_path: Path, monkeypatch) -> None
         chat(procs, cfg)
         status = procs.roundtable("status", "status", "--config", str(cfg))
         assert status.wait_exit(60) == 0, status.output
-    assert "tool calls (all conversations):" in status.output
-    assert "writer: 2 (2 done)" in status.output, status.output
+    assert "usage per agent (all conversations):" in status.output
+    # The scripted model counts words as tokens: each writer turn reads the task and the
+    # count's result, and writes its call and its reply.
+    assert re.search(r"writer: [1-9][\d,]* tokens, 2 tool calls \(2 done\)", status.output), status.output
+    assert re.search(r"editor: [1-9][\d,]* tokens, 0 tool calls", status.output), status.output
 
 
 def test_a_failing_tool_is_shown_and_the_conversation_carries_on(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -26,6 +26,7 @@ from .messages import (
     SpeakerSelected,
     StartConversation,
     ToolCallEvent,
+    Usage,
     new_id,
     topic,
 )
@@ -66,6 +67,11 @@ def tool_line(event: ToolCallEvent, width: int = 160) -> str:
     mark, joint = _TOOL_MARKS.get(event.status, ("⚙", "..."))
     line = f"{mark} {call} {joint} {result}".rstrip()
     return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def usage_line(usage: Mapping[str, Usage]) -> str:
+    """`writer 1,234 tokens, 2 tool calls; editor 456 tokens, 0 tool calls`"""
+    return "; ".join(f"{agent} {u.tokens:,} tokens, {u.tool_calls} tool calls" for agent, u in usage.items())
 
 
 class StdinLines:
@@ -258,6 +264,8 @@ class TerminalSink:
             return
         self._close_line()
         self._write(self._dim(f"· conversation ended: {event.reason}") + "\n")
+        if any(u.tokens or u.tool_calls for u in event.usage.values()):
+            self._write(self._dim(f"· used: {usage_line(event.usage)}") + "\n")
         self.ended.set_result(Outcome(event.reason, event.ok, list(self.messages)))
 
 

@@ -12,14 +12,15 @@ import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
 from autogen_core import MessageContext, RoutedAgent, TypeSubscription, message_handler
 from autogen_core.models import ChatCompletionClient, SystemMessage, UserMessage
 
-from .config import AgentConfig, ManagerConfig, ToolConfig
+from .config import AgentConfig, BudgetConfig, ManagerConfig, ToolConfig
 from .messages import (
     CONTROL,
     GROUP_CHAT,
@@ -42,13 +43,15 @@ from .messages import (
     ToolCallFinished,
     ToolCallStarted,
     ToolCallStatus,
+    Usage,
+    UsageUpdate,
     new_id,
     topic,
     turn_topic_type,
 )
 from .models import describe_model_error
 from .runtime import UNKNOWN_SENDER, WorkerRuntime, forget
-from .store import ENDED_TOOL_STATES, StoredToolCall, TranscriptStore
+from .store import ENDED_TOOL_STATES, RAN_TOOL_STATES, StoredToolCall, TranscriptStore
 from .telemetry import span
 
 log = logging.getLogger("roundtable.manager")
@@ -107,7 +110,7 @@ def select_graph(graph: dict[str, list[str]]) -> Callable[[Conversation, Sequenc
         last = conv.last_speaker
         if last is None:
             return Choice(names[0])
-        allowed = graph.get(last, [])
+        allowed = [n for n in graph.get(last, []) if n in names]  # not those left out
         if not allowed:
             return Choice(_round_robin(names, last))
         # Among the allowed targets, keep the participants' order, starting after the last speaker.
@@ -200,6 +203,24 @@ def tool_event(call: StoredToolCall, approval_timeout: float = 0.0) -> ToolCallE
     )
 
 
+@dataclass
+class Budget:
+    """The budgets' verdict before a speaker is asked."""
+
+    left_out: set[str] = field(default_factory=set)  # agents that used their budget (on_exceeded: skip)
+    end: str | None = None  # why the conversation ends, if a budget ends it
+    note: str = ""
+
+
+def used_up(budget: BudgetConfig, used: Usage) -> str | None:
+    """`"1,234 of 1,000 tokens"` when `used` has reached a limit of `budget`, else None."""
+    if budget.tokens is not None and used.tokens >= budget.tokens:
+        return f"{used.tokens:,} of {budget.tokens:,} tokens"
+    if budget.tool_calls is not None and used.tool_calls >= budget.tool_calls:
+        return f"{used.tool_calls} of {budget.tool_calls} tool calls"
+    return None
+
+
 class GroupChatManager(RoutedAgent):
     """One instance per conversation. Every change is stored before it is published, so a
     restarted manager resumes from the store (see `ResumeConversation`)."""
@@ -232,7 +253,9 @@ class GroupChatManager(RoutedAgent):
         else:
             self._choose = select_round_robin
 
-    async def _publish(self, message: ChatMessage | SpeakerSelected | ConversationEnded | ToolCallEvent) -> None:
+    async def _publish(
+        self, message: ChatMessage | SpeakerSelected | ConversationEnded | ToolCallEvent | UsageUpdate
+    ) -> None:
         await self.publish_message(message, topic(GROUP_CHAT, message.conversation_id))
 
     async def _record(self, conv: Conversation, message: ChatMessage) -> bool:
@@ -403,13 +426,17 @@ class GroupChatManager(RoutedAgent):
                 seq=len(conv.transcript) + 1,
                 author=message.author,
                 content=message.content,
+                tokens=message.tokens,
             )
             conv.transcript.append(reply)
             conv.rounds += 1
             reason = termination_reason(conv, self._settings)
+            budget = await self._budget(conv)
+            reason = reason or budget.end
             choice, request = None, None
             if reason is None:
-                choice = await self._select(conv)
+                choice = await self._select(conv, budget.left_out)
+                choice.note = "; ".join(n for n in (choice.note, budget.note) if n)
                 request = RequestToSpeak(
                     conversation_id=conv.id, turn_id=new_id(), speaker=choice.speaker, history=conv.transcript
                 )
@@ -467,6 +494,10 @@ class GroupChatManager(RoutedAgent):
         policy = self._policy(message.agent, message.source)
         if policy is None:
             return answer("skip", "not run: no such tool in the agent's config", True)
+        if await self._store.tool_call(*(conv.id, message.turn_id, message.call, message.index)) is None:
+            over = await self._tool_budget_used(conv, message.agent)
+            if over:
+                return answer("skip", f"not run: {over}", True)
         conv.last_sign_of_life = time.monotonic()
         where = (conv.id, message.turn_id, message.call, message.index)
         key = ":".join(str(part) for part in where)
@@ -507,6 +538,18 @@ class GroupChatManager(RoutedAgent):
         if now == "skipped":
             return answer("skip", note, True, key)
         return answer("run" if now == "started" else "wait", key=key)
+
+    async def _tool_budget_used(self, conv: Conversation, agent: str) -> str | None:
+        """Why a new call of `agent` may not run: its tool-call budget, or the conversation's."""
+        usage = await self._usage(conv)
+        settings = next(a for a in self._agents if a.name == agent)
+        mine = Usage(tool_calls=usage[agent].tool_calls)
+        everyone = Usage(tool_calls=sum(u.tool_calls for u in usage.values()))
+        if over := used_up(settings.budget, mine):
+            return f"{agent} used its budget ({over})"
+        if over := used_up(self._settings.budget, everyone):
+            return f"the conversation used its budget ({over})"
+        return None
 
     async def _publish_call(self, where: tuple[str, str, str, int]) -> None:
         """Tell everyone how a call stands, as stored."""
@@ -593,8 +636,8 @@ class GroupChatManager(RoutedAgent):
         )
         await self._tell_agent(message.agent, confirm)
 
-    async def _select(self, conv: Conversation, skip: str | None = None) -> Choice:
-        candidates = [a for a in self._agents if a.name != skip] or self._agents
+    async def _select(self, conv: Conversation, left_out: Collection[str] = ()) -> Choice:
+        candidates = [a for a in self._agents if a.name not in left_out] or self._agents
         with span("roundtable.manager.select", conversation=conv.id, strategy=self._settings.strategy):
             choice = self._choose(conv, candidates)
             if not isinstance(choice, Choice):
@@ -602,12 +645,64 @@ class GroupChatManager(RoutedAgent):
         return choice
 
     async def _next_turn(self, conv: Conversation, note: str = "", skip: str | None = None) -> None:
-        choice = await self._select(conv, skip)
+        budget = await self._budget(conv)
+        if budget.end is not None:
+            await self._end(conv, budget.end)
+            return
+        left_out = budget.left_out | ({skip} if skip else set())
+        if skip and len(left_out) == len(self._agents):
+            left_out = budget.left_out  # skipping the silent one would leave no one: ask it again
+        choice = await self._select(conv, left_out)
         request = RequestToSpeak(
             conversation_id=conv.id, turn_id=new_id(), speaker=choice.speaker, history=conv.transcript
         )
         await self._store.set_pending(conv.id, choice.speaker, request.turn_id)
-        await self._begin_turn(conv, request, "; ".join(n for n in (note, choice.note) if n))
+        await self._begin_turn(conv, request, "; ".join(n for n in (note, choice.note, budget.note) if n))
+
+    # ------------------------------------------------------------ budgets
+
+    async def _usage(self, conv: Conversation) -> dict[str, Usage]:
+        """What each agent has used so far: the tokens of its messages, the calls it ran."""
+        tokens: Counter[str] = Counter()
+        for m in conv.transcript:
+            tokens[m.author] += m.tokens
+        calls = Counter(c.agent for c in await self._store.tool_calls(conv.id) if c.status in RAN_TOOL_STATES)
+        return {a.name: Usage(tokens=tokens[a.name], tool_calls=calls[a.name]) for a in self._agents}
+
+    async def _budget(self, conv: Conversation) -> Budget:
+        """Checked before each speaker is asked: who is left out for using its budget, or why
+        the conversation ends. Everyone hears the usage so far."""
+        usage = await self._usage(conv)
+        await self._publish(UsageUpdate(conversation_id=conv.id, usage=usage, limits=self._limits))
+        total = Usage(
+            tokens=sum(u.tokens for u in usage.values()), tool_calls=sum(u.tool_calls for u in usage.values())
+        )
+        over = used_up(self._settings.budget, total)
+        if over:
+            return Budget(end=f"the conversation used its budget ({over})")
+        verdict = Budget()
+        notes = []
+        for agent in self._agents:
+            over = used_up(agent.budget, usage[agent.name])
+            if not over:
+                continue
+            if agent.budget.on_exceeded == "end":
+                return Budget(end=f"{agent.name} used its budget ({over})")
+            verdict.left_out.add(agent.name)
+            notes.append(f"{agent.name} is left out: it used its budget ({over})")
+        if len(verdict.left_out) == len(self._agents):
+            return Budget(end="every agent has used its budget")
+        verdict.note = "; ".join(notes)
+        return verdict
+
+    @property
+    def _limits(self) -> dict[str, Usage]:
+        def limit(budget: BudgetConfig) -> Usage:
+            return Usage(tokens=budget.tokens or 0, tool_calls=budget.tool_calls or 0)
+
+        limits = {a.name: limit(a.budget) for a in self._agents}
+        limits[""] = limit(self._settings.budget)
+        return limits
 
     async def _begin_turn(self, conv: Conversation, request: RequestToSpeak, note: str) -> None:
         """Announce the (stored) next speaker and ask it."""
@@ -674,7 +769,7 @@ class GroupChatManager(RoutedAgent):
         """Tell everyone the (stored) end, and let go of the conversation."""
         self._let_go(conv)
         log.info("conversation %s ended: %s", conv.id, reason)
-        ended = ConversationEnded(conversation_id=conv.id, reason=reason, ok=ok)
+        ended = ConversationEnded(conversation_id=conv.id, reason=reason, ok=ok, usage=await self._usage(conv))
         await self._publish(ended)
         for agent in self._agents:  # participants hear it on their own topic
             await self.publish_message(ended, topic(turn_topic_type(agent.name), conv.id))

@@ -59,6 +59,7 @@ class ChatMessage(_Wire):
     author: str
     content: str = Field(max_length=MAX_CONTENT_CHARS)
     kind: Literal["task", "agent", "human"] = "agent"
+    tokens: int = Field(default=0, ge=0)  # the model tokens its author used for it
 
 
 class StartConversation(_Wire):
@@ -101,6 +102,7 @@ class AgentReply(_Wire):
     author: str
     content: str = Field(max_length=MAX_CONTENT_CHARS)
     error: str | None = None
+    tokens: int = Field(default=0, ge=0)  # model tokens used for the turn (see replies.FinishReasonRecorder)
 
 
 class StreamChunk(_Wire):
@@ -120,10 +122,27 @@ class SpeakerSelected(_Wire):
     note: str = ""
 
 
+class Usage(BaseModel):
+    """What one agent has used in a conversation."""
+
+    model_config = ConfigDict(frozen=True)
+    tokens: int = 0
+    tool_calls: int = 0  # calls that ran (or are running): not those skipped or denied
+
+
 class ConversationEnded(_Wire):
     conversation_id: str
     reason: str
     ok: bool = True
+    usage: dict[str, Usage] = Field(default_factory=dict)  # by agent
+
+
+class UsageUpdate(_Wire):
+    """The manager, after each turn: what each agent has used so far, and the limits."""
+
+    conversation_id: str
+    usage: dict[str, Usage]
+    limits: dict[str, Usage] = Field(default_factory=dict)  # by agent, 0 for no limit; "" for the conversation
 
 
 class AgentOnline(_Wire):
@@ -330,4 +349,5 @@ WIRE_TYPES: tuple[type[BaseModel], ...] = (
     ToolCallDecision,
     ToolCallEvent,
     ToolApproval,
+    UsageUpdate,
 )

@@ -230,6 +230,7 @@ class Participant(RoutedAgent):
         message_id = new_id()
         log.info("%s: speaking in %s (turn %s)", self.name, message.conversation_id, message.turn_id[:8])
         content, error = "", None
+        self._client.tokens = 0
         try:
             with span("roundtable.agent.speak", agent=self.name, conversation=message.conversation_id):
                 content = await self.speak(message.conversation_id, message_id, message.history)
@@ -245,6 +246,7 @@ class Participant(RoutedAgent):
             author=self.name,
             content=content,
             error=error,
+            tokens=self._client.tokens,
         )
         self._answered = {message.turn_id: reply}  # only the latest turn can be asked again
         await self.publish_message(reply, reply_topic)

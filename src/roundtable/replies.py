@@ -45,11 +45,21 @@ def finish_reply(text: str, finish_reason: str | None) -> str:
 
 
 class FinishReasonRecorder(ChatCompletionClient):
-    """Delegates everything to `inner`, remembering why the last completion stopped."""
+    """Delegates everything to `inner`, remembering why the last completion stopped and how
+    many tokens the completions used since `tokens` was last set to 0 (a turn's usage).
+
+    Tokens are the model's reported usage. A server that reports none while streaming
+    (llama.cpp's) is counted one token per streamed chunk, which is how it sends them;
+    its prompt tokens are then not counted."""
 
     def __init__(self, inner: ChatCompletionClient) -> None:
         self._inner = inner
         self.last_finish_reason: str | None = None
+        self.tokens = 0
+
+    def _count(self, result: CreateResult, streamed: int = 0) -> None:
+        reported = result.usage.prompt_tokens + result.usage.completion_tokens
+        self.tokens += reported or streamed
 
     async def create(
         self,
@@ -70,6 +80,7 @@ class FinishReasonRecorder(ChatCompletionClient):
             cancellation_token=cancellation_token,
         )
         self.last_finish_reason = result.finish_reason
+        self._count(result)
         return result
 
     async def create_stream(
@@ -83,6 +94,7 @@ class FinishReasonRecorder(ChatCompletionClient):
         cancellation_token: CancellationToken | None = None,
     ) -> AsyncGenerator[str | CreateResult, None]:
         self.last_finish_reason = None
+        streamed = 0
         async for item in self._inner.create_stream(
             messages,
             tools=tools,
@@ -93,6 +105,9 @@ class FinishReasonRecorder(ChatCompletionClient):
         ):
             if isinstance(item, CreateResult):
                 self.last_finish_reason = item.finish_reason
+                self._count(item, streamed)
+            else:
+                streamed += 1
             yield item
 
     async def close(self) -> None:

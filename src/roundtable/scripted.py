@@ -49,7 +49,8 @@ class ScriptedChatCompletionClient(ChatCompletionClient):
     """Replies come from `replies` in turn. `{n}` in a reply is the call number (from 1),
     `{last}` the text of the last input message. A word counts as a token: a reply longer
     than `max_tokens` words stops there, with finish_reason "length", as a real model's does.
-    A reply "CALL name {"arg": 1}" is a call of the tool `name` (when the agent has tools)."""
+    A reply "CALL name {"arg": 1}" is a call of the tool `name` (when the agent has tools).
+    Usage is reported as a real model's is, counting words: the input's and the reply's."""
 
     def __init__(
         self,
@@ -86,6 +87,20 @@ class ScriptedChatCompletionClient(ChatCompletionClient):
                 out.write(json.dumps(entry) + "\n")
         return template.replace("{n}", str(self._calls)).replace("{last}", last[:200])
 
+    def _answer(
+        self, messages: Sequence[LLMMessage], tools: Sequence[Tool | ToolSchema]
+    ) -> tuple[CreateResult, list[str]]:
+        """The next reply, and its words to stream (none for a tool call). Usage counts words."""
+        reply = self._next_reply(messages)
+        prompt = self.count_tokens(messages)
+        calls = _tool_call(reply, self._calls) if tools else None
+        if calls is not None:
+            self._usage = RequestUsage(prompt_tokens=prompt, completion_tokens=len(reply.split()))
+            return CreateResult(finish_reason="function_calls", content=calls, usage=self._usage, cached=False), []
+        words, finish = self._limited(reply)
+        self._usage = RequestUsage(prompt_tokens=prompt, completion_tokens=len(words))
+        return CreateResult(finish_reason=finish, content=" ".join(words), usage=self._usage, cached=False), words
+
     async def create(
         self,
         messages: Sequence[LLMMessage],
@@ -96,12 +111,7 @@ class ScriptedChatCompletionClient(ChatCompletionClient):
         extra_create_args: Mapping[str, Any] = {},
         cancellation_token: CancellationToken | None = None,
     ) -> CreateResult:
-        reply = self._next_reply(messages)
-        calls = _tool_call(reply, self._calls) if tools else None
-        if calls is not None:
-            return CreateResult(finish_reason="function_calls", content=calls, usage=self._usage, cached=False)
-        words, finish = self._limited(reply)
-        return CreateResult(finish_reason=finish, content=" ".join(words), usage=self._usage, cached=False)
+        return self._answer(messages, tools)[0]
 
     async def create_stream(
         self,
@@ -113,17 +123,12 @@ class ScriptedChatCompletionClient(ChatCompletionClient):
         extra_create_args: Mapping[str, Any] = {},
         cancellation_token: CancellationToken | None = None,
     ) -> AsyncGenerator[str | CreateResult, None]:
-        reply = self._next_reply(messages)
-        calls = _tool_call(reply, self._calls) if tools else None
-        if calls is not None:
-            yield CreateResult(finish_reason="function_calls", content=calls, usage=self._usage, cached=False)
-            return
-        words, finish = self._limited(reply)
+        result, words = self._answer(messages, tools)
         for i, word in enumerate(words):
             if self._token_delay:
                 await asyncio.sleep(self._token_delay)
             yield word if i == len(words) - 1 else word + " "
-        yield CreateResult(finish_reason=finish, content=" ".join(words), usage=self._usage, cached=False)
+        yield result
 
     async def close(self) -> None:
         return None

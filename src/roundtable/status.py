@@ -30,6 +30,7 @@ class Status:
     store: str  # the store's URL, password hidden
     conversations: list[StoredConversation] = field(default_factory=list)  # open ones, latest activity first
     tool_calls: dict[str, dict[str, int]] = field(default_factory=dict)  # agent -> status -> calls, all time
+    tokens: dict[str, int] = field(default_factory=dict)  # agent -> model tokens, all time
     at: float = field(default_factory=time.time)  # when this was gathered; idle times count from here
 
 
@@ -42,11 +43,12 @@ async def gather_status(
     try:
         conversations = await asyncio.wait_for(_open_conversations(store, limit), timeout)
         tool_calls = await asyncio.wait_for(store.tool_call_counts(), timeout)
+        tokens = await asyncio.wait_for(store.token_counts(), timeout)
     except asyncio.TimeoutError:
         raise StoreUnavailable(f"the transcript store at {store.url} did not answer within {timeout:g} s") from None
     finally:
         await store.close()
-    return Status(host_address, agent_types, participants, str(store.url), conversations, tool_calls)
+    return Status(host_address, agent_types, participants, str(store.url), conversations, tool_calls, tokens)
 
 
 async def _connected(address: str, timeout: float, security: Security | None) -> tuple[list[str], list[str]]:
@@ -107,11 +109,15 @@ def format_status(status: Status) -> str:
             f"  {conversation.id}  {conversation.message_count} messages  {waiting}  "
             f"idle {_duration(status.at - conversation.updated_at)}  {_shorten(conversation.task)}"
         )
-    if status.tool_calls:
-        lines.append("tool calls (all conversations):")
-        for agent, counts in sorted(status.tool_calls.items()):
-            detail = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-            lines.append(f"  {agent}: {sum(counts.values())} ({detail})")
+    agents = sorted(set(status.tool_calls) | set(status.tokens))
+    if agents:
+        lines.append("usage per agent (all conversations):")
+        for agent in agents:
+            counts = status.tool_calls.get(agent, {})
+            calls = f"{sum(counts.values())} tool calls"
+            if counts:
+                calls += " (" + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) + ")"
+            lines.append(f"  {agent}: {status.tokens.get(agent, 0):,} tokens, {calls}")
     return "\n".join(lines)
 
 

@@ -75,6 +75,7 @@ messages = Table(
     Column("kind", String(16), nullable=False),
     Column("content", Text, nullable=False),
     Column("created_at", Float, nullable=False),
+    Column("tokens", Integer),  # the model tokens its author used for it; added in 0.3
     UniqueConstraint("conversation_id", "id", name="rt_messages_unique_id"),
 )
 
@@ -83,6 +84,7 @@ messages = Table(
 # ("skipped", "denied"). A re-asked turn replays
 # what is here instead of calling again; the primary key keeps one row per call.
 ENDED_TOOL_STATES = frozenset({"done", "error", "skipped", "denied"})
+RAN_TOOL_STATES = frozenset({"started", "done", "error"})  # what a tool-call budget counts
 tool_calls = Table(
     "rt_tool_calls",
     metadata,
@@ -116,7 +118,7 @@ _INSERT_OR_SKIP: dict[str, Callable[[Table], postgresql.Insert | sqlite.Insert]]
 
 
 #: Columns added to tables that a database made by an earlier version already has.
-NEW_COLUMNS = {"rt_tool_calls": ["source INTEGER"]}
+NEW_COLUMNS = {"rt_tool_calls": ["source INTEGER"], "rt_messages": ["tokens INTEGER"]}
 
 
 def _add_new_columns(conn: Connection) -> None:
@@ -223,6 +225,7 @@ class TranscriptStore:
                     kind=message.kind,
                     content=_text(message.content),
                     created_at=now,
+                    tokens=message.tokens,
                 )
                 .on_conflict_do_nothing()
             )
@@ -275,6 +278,7 @@ class TranscriptStore:
                     author=r.author,
                     kind=r.kind,
                     content=r.content,
+                    tokens=r.tokens or 0,
                 )
                 for r in rows
             ]
@@ -391,6 +395,16 @@ class TranscriptStore:
             for agent, status, count in rows:
                 counts.setdefault(agent, {})[status] = count
             return counts
+
+    async def token_counts(self) -> dict[str, int]:
+        """Model tokens per agent, over every conversation."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(messages.c.author, func.sum(messages.c.tokens))
+                .where(messages.c.kind == "agent")
+                .group_by(messages.c.author)
+            )
+            return {author: int(total or 0) for author, total in rows}
 
     async def open_ids(self) -> list[str]:
         async with self._engine.connect() as conn:

@@ -16,6 +16,7 @@ from autogen_core.models import ChatCompletionClient, ModelFamily, ModelInfo
 
 from .config import ConfigError, LocalModelConfig, ModelConfig
 from .scripted import ScriptedChatCompletionClient
+from .texttools import TextToolCalls
 
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
 #: Set by `roundtable up` for its children: a file saying why the model server is down, if it is.
@@ -69,12 +70,15 @@ def local_client(cfg: ModelConfig, local: LocalModelConfig) -> ChatCompletionCli
     extra_body = {"repeat_penalty": cfg.repeat_penalty if cfg.repeat_penalty is not None else 1.0}
     args = _sampling(cfg)
     args.setdefault("temperature", 0.7)
-    return _openai_client(
-        model=cfg.model or "local",
-        base_url=cfg.base_url or local.base_url,
-        api_key="not-needed",
-        extra_body=extra_body,
-        **args,
+    # llama-cpp-python's server cannot stream tool calls, so the model writes them as text.
+    return TextToolCalls(
+        _openai_client(
+            model=cfg.model or "local",
+            base_url=cfg.base_url or local.base_url,
+            api_key="not-needed",
+            extra_body=extra_body,
+            **args,
+        )
     )
 
 

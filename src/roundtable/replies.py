@@ -16,12 +16,11 @@ from autogen_core.models import (
     ChatCompletionClient,
     CreateResult,
     LLMMessage,
-    ModelCapabilities,
-    ModelInfo,
-    RequestUsage,
 )
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel
+
+from .wrapped import WrappedClient
 
 #: The end of a sentence: its mark, any closing quotes or brackets, then a space or the end.
 _SENTENCE_END = re.compile(r"[.!?…]+[\"'”’»)\]]*(?=\s|$)")
@@ -44,7 +43,7 @@ def finish_reply(text: str, finish_reason: str | None) -> str:
     return cut_at_last_sentence(text) if finish_reason == "length" else text
 
 
-class FinishReasonRecorder(ChatCompletionClient):
+class FinishReasonRecorder(WrappedClient):
     """Delegates everything to `inner`, remembering why the last completion stopped and how
     many tokens the completions used since `tokens` was last set to 0 (a turn's usage).
 
@@ -53,7 +52,7 @@ class FinishReasonRecorder(ChatCompletionClient):
     its prompt tokens are then not counted."""
 
     def __init__(self, inner: ChatCompletionClient) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.last_finish_reason: str | None = None
         self.tokens = 0
 
@@ -109,26 +108,3 @@ class FinishReasonRecorder(ChatCompletionClient):
             else:
                 streamed += 1
             yield item
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-    def actual_usage(self) -> RequestUsage:
-        return self._inner.actual_usage()
-
-    def total_usage(self) -> RequestUsage:
-        return self._inner.total_usage()
-
-    def count_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = []) -> int:
-        return self._inner.count_tokens(messages, tools=tools)
-
-    def remaining_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = []) -> int:
-        return self._inner.remaining_tokens(messages, tools=tools)
-
-    @property
-    def capabilities(self) -> ModelCapabilities:
-        return self._inner.capabilities
-
-    @property
-    def model_info(self) -> ModelInfo:
-        return self._inner.model_info

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from harness import READY, REPO, Proc, Procs, free_port, processes, scripted_agent, start_cluster, write_config
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 
 pytest_plugins = ["pg"]
 
@@ -570,3 +570,126 @@ def test_a_tool_call_shows_as_a_step_before_the_reply_and_opens_to_its_arguments
         tab.close()
     # The tool ran once for its one call.
     assert len((tmp_path / "counter.jsonl").read_text(encoding="utf-8").splitlines()) == 1
+
+
+def test_a_call_awaiting_approval_runs_only_once_approved_on_the_page_and_a_denial_reaches_the_agent(
+    tmp_path: Path, browser: Browser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counter = tmp_path / "counter.jsonl"
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "tests"))  # toolkit.counting, for the writer's process
+    monkeypatch.setenv("COUNTER_FILE", str(counter))
+    monkeypatch.setenv("COUNTER_DELAY", "2")  # s: long enough to see the approved call running
+    cfg = make_config(tmp_path)
+    data = yaml.safe_load(cfg.read_text(encoding="utf-8"))
+    writer = data["agents"][0]
+    writer["model"]["script"] = [
+        'CALL count {"label": "ships"}',
+        "I counted: {last}",
+        'CALL count {"label": "gulls"}',
+        "Carrying on: {last}",
+    ]
+    writer["tools"] = [{"function": "toolkit.counting:count", "approval": "always"}]
+    write_config(cfg, data)
+
+    def question(page: Page, label: str) -> Locator:
+        """The page's line asking about the call that counts `label`."""
+        return page.locator(".step", has_text="writer wants to run count").filter(has_text=f'"label": "{label}"')
+
+    def counted() -> list[str]:
+        lines = counter.read_text(encoding="utf-8").splitlines() if counter.exists() else []
+        return [json.loads(line)["label"] for line in lines]
+
+    with processes(tmp_path) as procs:
+        start_cluster(procs, cfg, ["writer", "editor"])
+        url = start_page(procs, cfg)
+        tab = Tab(browser, url)
+        page = tab.page
+        tab.send("Count the ships")
+
+        # The call waits: its step says so, and a line under it asks, with Approve and Deny.
+        asking = question(page, "ships")
+        deadline = re.compile(r"Approve it\? \(denied at \d\d:\d\d:\d\d if no one answers\)")
+        expect(asking).to_contain_text(deadline, timeout=WAIT)
+        expect(asking.get_by_role("button", name="Approve")).to_be_visible(timeout=WAIT)
+        expect(asking.get_by_role("button", name="Deny")).to_be_visible(timeout=WAIT)
+        ships = page.locator(".step[data-step-type='tool']", has_text="writer: count").first
+        ships.locator("h3 button").click()
+        expect(ships.locator(".message-content").last).to_contain_text("waiting for your approval", timeout=WAIT)
+        tab.transcript()  # every avatar drawn
+        screenshot(page, "tool-approval.png")
+        time.sleep(1.5)  # the agent asks again while it waits; nothing runs
+        assert counted() == []
+
+        # A reload while the call waits brings the question and its buttons back; they still answer.
+        expect(page).to_have_url(re.compile(r"/thread/[0-9a-f-]+$"), timeout=WAIT)
+        page.reload()
+        expect(asking.get_by_role("button", name="Approve")).to_be_visible(timeout=WAIT)
+        ships.locator("h3 button").click()
+        expect(ships.locator(".message-content").last).to_contain_text("waiting for your approval", timeout=WAIT)
+        assert counted() == []
+        asking.get_by_role("button", name="Approve").click()
+        # The call runs, saying who let it; the question and its buttons are gone; then its result.
+        expect(ships.locator(".message-content").last).to_have_text("approved by user", timeout=WAIT)
+        expect(asking).to_have_count(0)
+        expect(ships.locator(".message-content").last).to_have_text("ships is now 1", timeout=WAIT)
+        tab.wait_for_text("I counted: ships is now 1")
+        assert counted() == ["ships"]
+
+        # The next call: the thread reopened in another tab asks too (and follows the conversation
+        # from then on), yet the first tab's buttons still answer. Denied, the call never runs,
+        # and the agent is told; a second answer is too late, and the page says so.
+        asking = question(page, "gulls")
+        expect(asking.get_by_role("button", name="Deny")).to_be_visible(timeout=WAIT)
+        other = Tab(browser, url)
+        other.page.locator("#thread-history a", has_text="Count the ships").click()
+        expect(question(other.page, "gulls").get_by_role("button", name="Deny")).to_be_visible(timeout=WAIT)
+        asking.get_by_role("button", name="Deny").click()
+        other.wait_for_text("Carrying on: denied by user")
+        expect(question(other.page, "gulls")).to_have_count(0)
+        asking.get_by_role("button", name="Approve").click()
+        expect(page.get_by_text("That call has been answered already")).to_be_visible(timeout=WAIT)
+        other.wait_for_end()
+        other.wait_for_text(EDITOR_LINE.format(n=2))  # streamed by the editor, so it may trail the end
+        other.transcript()
+        order = other.page.evaluate(PAGE_ORDER_JS)
+        assert [(entry["type"], entry["author"], entry["text"]) for entry in order] == [
+            ("user_message", None, "Count the ships"),
+            ("assistant_message", "roundtable", "writer speaks next"),
+            ("tool", "writer", "Used writer: count"),
+            ("assistant_message", "writer", "I counted: ships is now 1"),
+            ("assistant_message", "roundtable", "editor speaks next"),
+            ("assistant_message", "editor", EDITOR_LINE.format(n=1)),
+            ("assistant_message", "roundtable", "writer speaks next"),
+            ("tool", None, "Used writer: count"),  # denied: an alert icon where the avatar would be
+            ("assistant_message", "writer", "Carrying on: denied by user"),
+            ("assistant_message", "roundtable", "editor speaks next"),
+            ("assistant_message", "editor", EDITOR_LINE.format(n=2)),
+            ("assistant_message", "roundtable", order[-1]["text"]),
+        ], order
+        gulls = other.page.locator(".step[data-step-type='tool']", has_text="writer: count").last
+        gulls.get_by_role("button", name="Used writer: count").click()
+        expect(gulls.locator(".message-content").last).to_have_text("denied by user", timeout=WAIT)
+        expect(other.page.get_by_role("button", name=re.compile("^(Approve|Deny)$"))).to_have_count(0)
+        assert tab.hosts() == other.hosts() == {"127.0.0.1"}, (tab.requests, other.requests)
+
+        # The history keeps the steps as they ended, and no question is left in it.
+        other.page.reload()
+        other.wait_for_end()
+        other.transcript()
+        assert other.page.evaluate(PAGE_ORDER_JS) == order
+
+        # A conversation stopped while a call waits takes the question with it; the call never runs.
+        other.send("Count them once more")
+        asking = question(other.page, "ships")
+        expect(asking.get_by_role("button", name="Approve")).to_be_visible(timeout=WAIT)
+        other.page.get_by_role("button", name="Stop").click()
+        other.wait_for_text("Conversation ended: stopped by the user")
+        expect(asking).to_have_count(0, timeout=WAIT)
+        unanswered = other.page.locator(".step[data-step-type='tool']", has_text="writer: count").last
+        unanswered.locator("h3 button").click()
+        expect(unanswered.locator(".message-content").last).to_have_text(
+            "not run: the conversation ended before anyone answered", timeout=WAIT
+        )
+        other.close()
+        tab.close()
+    assert counted() == ["ships"]

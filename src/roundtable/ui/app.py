@@ -15,7 +15,7 @@ from chainlit.session import WebsocketSession
 from chainlit.types import ThreadDict
 from starlette.datastructures import Headers
 
-from roundtable.ui.bridge import STOP_ACTION, current
+from roundtable.ui.bridge import APPROVE_ACTION, DENY_ACTION, STOP_ACTION, current
 from roundtable.ui.datalayer import HistoryStore
 
 #: Without sign-in everyone is this one person, whose history the sidebar shows.
@@ -77,6 +77,16 @@ async def _stop_pressed() -> None:
 @cl.action_callback(STOP_ACTION)
 async def _stop_clicked(action: cl.Action) -> None:
     await bridge.stop(_session())
+
+
+@cl.action_callback(APPROVE_ACTION)
+async def _approve_clicked(action: cl.Action) -> None:
+    await bridge.answer(_session(), action, approved=True)
+
+
+@cl.action_callback(DENY_ACTION)
+async def _deny_clicked(action: cl.Action) -> None:
+    await bridge.answer(_session(), action, approved=False)
 
 
 @cl.on_chat_end

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import time
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from autogen_core import AgentRuntime
 from chainlit.context import init_ws_context
 from chainlit.data import get_data_layer
 from chainlit.session import WebsocketSession
+from chainlit.step import StepDict
 from chainlit.types import ThreadDict
 from chainlit.utils import utc_now
 from pydantic import ValidationError
@@ -36,7 +39,6 @@ from ..messages import (
     StartConversation,
     StopConversation,
     ToolCallEvent,
-    call_signature,
     new_id,
     topic,
 )
@@ -48,6 +50,10 @@ log = logging.getLogger("roundtable.ui")
 #: Author of the page's own lines: who speaks next, how it ended. The stylesheet keeps them quiet.
 STATUS_AUTHOR = "roundtable"
 STOP_ACTION = "stop_conversation"
+APPROVE_ACTION = "approve_tool_call"
+DENY_ACTION = "deny_tool_call"
+#: The arguments a request for approval shows in full; longer ones are cut (the step has them all).
+SHOWN_ARGUMENTS = 500
 #: The thread's metadata key for the conversation it shows, so a reopened tab can find it again.
 CONVERSATION_KEY = "roundtable_conversation"
 #: How long a stop may wait for the manager's word before the page ends the conversation itself.
@@ -66,6 +72,40 @@ def step_id(thread_id: str, message_id: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"roundtable:{thread_id}:{message_id}"))
 
 
+def tool_key(event: ToolCallEvent) -> str:
+    """A tool call's own name on the page, whatever its status."""
+    return f"tool:{event.turn_id}:{event.call}:{event.index}"
+
+
+def deadline(event: ToolCallEvent) -> str:
+    """When a call awaiting approval is denied unless someone answers, as the page says it."""
+    if not event.waits_until:
+        return ""
+    return f" (denied at {time.strftime('%H:%M:%S', time.localtime(event.waits_until))} if no one answers)"
+
+
+def approval_question(event: ToolCallEvent) -> str:
+    """What the line with Approve and Deny says: who wants to run what, with which arguments."""
+    shown = event.arguments
+    if len(shown) > SHOWN_ARGUMENTS:
+        shown = shown[:SHOWN_ARGUMENTS] + "…"
+    # A fence longer than any run of backticks in the arguments, so they cannot close it.
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", shown)), default=0))
+    note = f"\n\n{event.result}" if event.result else ""  # what the manager asks, if anything
+    return (
+        f"**{event.agent}** wants to run `{event.tool}`{note}\n\n{fence}json\n{shown}\n{fence}\n\n"
+        f"Approve it?{deadline(event)}"
+    )
+
+
+@dataclass
+class Asking:
+    """A call waiting for a person's answer, and the line with the Approve and Deny buttons."""
+
+    event: ToolCallEvent
+    question: cl.Message
+
+
 class Tab:
     """One browser tab (a Chainlit session) and the conversation it shows."""
 
@@ -79,6 +119,7 @@ class Tab:
         self.streams: dict[str, cl.Message] = {}
         self.stop_button: cl.Action | None = None
         self.tool_steps: dict[str, cl.Step] = {}
+        self.asking: dict[str, Asking] = {}  # tool step key -> the call that waits for a person
         self.seed_run: str | None = None
 
     @property
@@ -109,8 +150,9 @@ class Tab:
         self.streams.clear()
 
     async def tool(self, event: ToolCallEvent) -> None:
-        """A collapsible step per tool call, shown as it starts and completed when it ends."""
-        key = f"tool:{event.turn_id}:{call_signature(event.tool, event.arguments)}:{event.index}"
+        """A collapsible step per tool call, shown as it starts and completed when it ends. A call
+        awaiting approval also gets a line with Approve and Deny, gone once the call moves on."""
+        key = tool_key(event)
         step = self.tool_steps.get(key)
         self.enter()
         if step is None:
@@ -128,22 +170,69 @@ class Tab:
             step.input = event.arguments
             step.start = utc_now()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
             self.tool_steps[key] = step
-            await self._put_tool_step(step, new=True)
-        if event.status == "started":
-            if event.result:  # a call interrupted before and run again says so
-                step.output = event.result
-                await self._put_tool_step(step)
+            await self._put_step(step.to_dict(), new=True)
+        elif step.end is not None:
+            return  # an ended call stays as it ended, whatever word of it comes late or again
+        if event.status == "awaiting":
+            step.output = f"waiting for your approval{deadline(event)}"
+            if event.result:
+                step.output += f"\n\n{event.result}"
+            await self._put_step(step.to_dict())
+            if key not in self.asking:
+                await self._ask(key, event)
             return
-        step.output = event.result if event.status != "skipped" else f"skipped: {event.result}"
+        await self._stop_asking(key)
+        if event.status == "started":
+            if event.result:  # approved by a person, or interrupted before and run again: it says so
+                step.output = event.result
+                await self._put_step(step.to_dict())
+            return
+        # A denial says so itself ("denied by ann", "denied: no one answered within 300 s").
+        step.output = f"skipped: {event.result}" if event.status == "skipped" else event.result
         step.is_error = event.status != "done"
         step.end = utc_now()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
-        await self._put_tool_step(step)
+        await self._put_step(step.to_dict())
 
-    async def _put_tool_step(self, step: cl.Step, new: bool = False) -> None:
-        """Store, then show, a tool step as it is now. Chainlit's own send and update store in the
+    async def _ask(self, key: str, event: ToolCallEvent) -> None:
+        """The line under the call's step that asks for a yes or no. It is stored with the thread,
+        so a reopened tab draws it again; its buttons live only as long as the page process."""
+        question = self._message(approval_question(event), STATUS_AUTHOR, f"approval:{key}")
+        payload = {"conversation_id": event.conversation_id, "tool_call": key}
+        question.actions = [
+            cl.Action(name=APPROVE_ACTION, payload=payload, label="Approve", icon="check", tooltip="Run this call"),
+            cl.Action(name=DENY_ACTION, payload=payload, label="Deny", icon="x", tooltip="Do not run this call"),
+        ]
+        self.asking[key] = Asking(event, question)
+        await self._put_step(question.to_dict(), new=True)
+        await self._show_buttons(self.asking[key])
+
+    async def _show_buttons(self, asking: Asking) -> None:
+        for action in asking.question.actions:
+            await action.send(for_id=asking.question.id)
+
+    async def _stop_asking(self, key: str) -> None:
+        asking = self.asking.pop(key, None)
+        if asking is None:
+            return
+        self.enter()
+        for action in asking.question.actions:
+            await action.remove()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
+        state = asking.question.to_dict()
+        data_layer = get_data_layer()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
+        if data_layer is not None:
+            await data_layer.delete_step(state["id"])
+        await cl.context.emitter.delete_step(state)
+
+    async def show_buttons_again(self) -> None:
+        """A reopened tab: its thread brings back the questions, this their buttons."""
+        self.enter()
+        for asking in self.asking.values():
+            await self._show_buttons(asking)
+
+    async def _put_step(self, state: StepDict, new: bool = False) -> None:
+        """Store, then show, a step as it is now. Chainlit's own send and update store in the
         background, each write on its own task, so a call's start could land after its end and undo
         it in the history; awaited here (events come one at a time), each write lands in order."""
-        state = step.to_dict()
         data_layer = get_data_layer()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
         if data_layer is not None:
             await data_layer.update_step(state.copy())  # an upsert: it makes the step the first time
@@ -179,6 +268,14 @@ class Tab:
     async def ended(self, event: ConversationEnded) -> None:
         self.running = False
         await self._drop_stop_button()
+        for key in list(self.asking):
+            # The manager runs nothing more for an ended conversation. Not marked ended, though:
+            # should its word that the call was answered just before come late, that still shows.
+            step = self.tool_steps[key]
+            step.output = "not run: the conversation ended before anyone answered"
+            step.is_error = True
+            await self._stop_asking(key)
+            await self._put_step(step.to_dict())
         if event.ok:
             await self.say(f"Conversation ended: {event.reason}. Type a new task to start another one.")
         else:
@@ -381,6 +478,7 @@ class Bridge:
             self._tabs.pop(old.session.id, None)
             old.session = session
             self._tabs[session.id] = old
+            await old.show_buttons_again()
         else:
             self.tab(session)
 
@@ -453,6 +551,20 @@ class Bridge:
             return  # _announce says what went wrong
         human = HumanMessage(conversation_id=conversation_id, id=message.id, author=tab.user, content=message.content)
         await self.runtime.publish_message(human, topic(CONTROL, conversation_id))
+
+    async def answer(self, session: WebsocketSession, action: cl.Action, approved: bool) -> None:
+        """Approve or Deny clicked: the answer goes to the manager, whose word of the call then
+        takes the buttons away. Any tab showing the conversation's thread may answer."""
+        conversation_id, key = action.payload.get("conversation_id"), action.payload.get("tool_call")
+        tab = self._routes.get(conversation_id) if isinstance(conversation_id, str) else None
+        asking = tab.asking.get(key) if tab is not None and isinstance(key, str) else None
+        if tab is None or asking is None or tab.session.thread_id != session.thread_id:
+            # Only a toast: a line would be stored with the thread, which another tab may show.
+            await cl.context.emitter.send_toast("That call has been answered already, or its conversation has ended.")
+            return
+        event = asking.event
+        approval = event.answer(approved, by=self.tab(session).user[:100] or "user")
+        await self.runtime.publish_message(approval, topic(CONTROL, event.conversation_id))
 
     async def stop(self, session: WebsocketSession) -> None:
         tab = self._tabs.get(session.id)

@@ -71,7 +71,10 @@ def tool_line(event: ToolCallEvent, width: int = 160) -> str:
 
 def usage_line(usage: Mapping[str, Usage]) -> str:
     """`writer 1,234 tokens, 2 tool calls; editor 456 tokens, 0 tool calls`"""
-    return "; ".join(f"{agent} {u.tokens:,} tokens, {u.tool_calls} tool calls" for agent, u in usage.items())
+    return "; ".join(
+        f"{agent} {u.tokens:,} tokens, {u.tool_calls} tool call{'' if u.tool_calls == 1 else 's'}"
+        for agent, u in usage.items()
+    )
 
 
 class StdinLines:
@@ -82,6 +85,7 @@ class StdinLines:
         self._lines: asyncio.Queue[str | None] = asyncio.Queue()
         self._buffer = b""
         self._fd: int | None = None
+        self.echoed = sys.stdin is not None and sys.stdin.isatty()  # a terminal shows what is typed
         try:
             fd = sys.stdin.fileno()
             asyncio.get_running_loop().add_reader(fd, self._readable)
@@ -184,7 +188,7 @@ class TerminalSink:
         self.heard.set()
         self.messages.append(message)
         if streamed and self._streaming == message.id:
-            printed, self._streaming = self._streamed.lstrip(), None
+            printed, self._streaming = self._streamed.strip(), None
             if message.content.startswith(printed):
                 # Tokens can be lost on a broken connection; the stored message is whole.
                 rest = message.content[len(printed) :]
@@ -247,6 +251,8 @@ class TerminalSink:
                 self._write("\n")
                 self.notice("no terminal input: approve or deny it on the page")
                 return
+            if not self._stdin.echoed:
+                self._write(line + "\n")  # piped in: show the answer as a terminal would
             word = line.lower()
             if word in ("y", "yes", "n", "no"):
                 await self._answer(event, word.startswith("y"))

@@ -298,19 +298,21 @@ class GroupChatManager(RoutedAgent):
             if self._conv is not None or await self._store.get(message.conversation_id) is not None:
                 return  # a repeated start (the client retries until it hears back)
             conv = Conversation(id=message.conversation_id, task=message.task)
-            await self._store.start(conv.id, conv.task)
+            task = ChatMessage(
+                conversation_id=conv.id,
+                id=message.message_id,
+                seq=1,
+                author=message.author,
+                content=message.task,
+                kind="task",
+            )
+            # The conversation and its task in one write: a crash leaves both or neither.
+            if not await self._store.start(conv.id, conv.task, task):
+                return  # another manager took it meanwhile
+            conv.transcript.append(task)
             self._adopt(conv)
             log.info("conversation %s started: %s", conv.id, message.task[:80])
-            await self._record(
-                conv,
-                ChatMessage(
-                    conversation_id=conv.id,
-                    id=message.message_id,
-                    author=message.author,
-                    content=message.task,
-                    kind="task",
-                ),
-            )
+            await self._publish(task)
             await self._next_turn(conv)
 
     @message_handler
@@ -336,6 +338,12 @@ class GroupChatManager(RoutedAgent):
             await self._publish(ended)
             forget(self)
             return
+        if not stored.transcript:
+            # Stored by an earlier version, which wrote the task in a second step that a crash
+            # could cut off: it is put back, so no turn is asked without it.
+            task = ChatMessage(conversation_id=stored.id, seq=1, author="user", content=stored.task, kind="task")
+            if await self._store.append(task):
+                stored.transcript = [task]
         conv = Conversation(
             id=stored.id,
             task=stored.task,

@@ -460,24 +460,34 @@ class ResilientConnection:
         self._listeners.append(listener)
 
     async def open(self) -> None:
-        """The first connection: fails with a clear error instead of retrying for ever."""
-        try:
-            call = await self._connect()
-        except (grpc.aio.AioRpcError, asyncio.TimeoutError) as error:
-            await self._drop_channel()
-            if isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.UNAUTHENTICATED:
-                raise HostUnreachable(
-                    f"the roundtable host at {self.address} rejected this process: missing or wrong token "
-                    "(set ROUNDTABLE_TOKEN or security.token_file)"
-                ) from None
-            detail = error.details() if isinstance(error, grpc.aio.AioRpcError) else "timed out"
-            raise HostUnreachable(
-                f"cannot reach the roundtable host at {self.address} within {self._connect_timeout:g} s "
-                f"({detail}): is `roundtable host` running there?"
-            ) from None
+        """The first connection, tried again (refused, unreachable, TLS not ready yet) until
+        `connect_timeout` has passed: processes started by hand in any order find each other.
+        Then, or at once for a rejected token, a clear error instead of retrying for ever."""
+        deadline = time.monotonic() + self._connect_timeout
+        attempt = 0
+        while True:
+            try:
+                call = await self._connect(max(0.1, deadline - time.monotonic()))
+                break
+            except (grpc.aio.AioRpcError, asyncio.TimeoutError) as error:
+                await self._drop_channel()
+                if isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    raise HostUnreachable(
+                        f"the roundtable host at {self.address} rejected this process: missing or wrong token "
+                        "(set ROUNDTABLE_TOKEN or security.token_file)"
+                    ) from None
+                delay = min(RECONNECT_MAX_DELAY, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
+                attempt += 1
+                if time.monotonic() + delay >= deadline:
+                    detail = error.details() if isinstance(error, grpc.aio.AioRpcError) else "timed out"
+                    raise HostUnreachable(
+                        f"cannot reach the roundtable host at {self.address} within {self._connect_timeout:g} s "
+                        f"({detail}): is `roundtable host` running there?"
+                    ) from None
+                await asyncio.sleep(delay)
         self._task = asyncio.create_task(self._run(call))
 
-    async def _connect(self) -> grpc.aio.StreamStreamCall[Any, Any]:
+    async def _connect(self, timeout: float | None = None) -> grpc.aio.StreamStreamCall[Any, Any]:
         self._generation += 1
         generation = self._generation
         self._has_items.set()  # an older stream's reader, if still waiting, sees it is stale and ends
@@ -492,7 +502,7 @@ class ResilientConnection:
         requests = _Requests(self, generation, self._in_flight)
         call = self._stub.OpenChannel(requests, metadata=self.metadata)
         try:
-            await asyncio.wait_for(call.wait_for_connection(), self._connect_timeout)
+            await asyncio.wait_for(call.wait_for_connection(), timeout or self._connect_timeout)
             # A stream is accepted before the host has checked anything; this call proves the
             # token and the stream, so a rejected worker fails here, at once.
             await self._raw_call("GetSubscriptions", agent_worker_pb2.GetSubscriptionsRequest())

@@ -40,7 +40,7 @@ from sqlalchemy.exc import (
     OperationalError,
     ProgrammingError,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .config import ConfigError, StoreUnavailable
 from .messages import ChatMessage
@@ -200,35 +200,45 @@ class TranscriptStore:
     async def close(self) -> None:
         await self._engine.dispose()
 
-    async def start(self, conversation_id: str, task: str) -> None:
-        """Record a new conversation; a repeated start (or one by another manager) changes nothing."""
+    async def start(self, conversation_id: str, task: str, first: ChatMessage | None = None) -> bool:
+        """Record a new conversation, and its first message (the task) in the same transaction,
+        so that no crash leaves one without the other; False if it was there already (a
+        repeated start, or one by another manager), in which case nothing changes."""
         now = time.time()
         async with self._engine.begin() as conn:
-            await conn.execute(
+            inserted = await conn.execute(
                 self._insert_or_skip(conversations)
                 .values(id=conversation_id, task=_text(task), status="open", created_at=now, updated_at=now)
                 .on_conflict_do_nothing()
             )
+            if inserted.rowcount == 0:
+                return False
+            if first is not None:
+                await self._insert_message(conn, first, now)
+        return True
+
+    async def _insert_message(self, conn: AsyncConnection, message: ChatMessage, now: float) -> Any:
+        return await conn.execute(
+            self._insert_or_skip(messages)
+            .values(
+                conversation_id=message.conversation_id,
+                seq=message.seq,
+                id=message.id,
+                author=_text(message.author),
+                kind=message.kind,
+                content=_text(message.content),
+                created_at=now,
+                tokens=message.tokens,
+            )
+            .on_conflict_do_nothing()
+        )
 
     async def append(self, message: ChatMessage, **conversation: Any) -> bool:
         """Store one numbered message, and in the same transaction any changes to its
         conversation (the pending speaker, the end); False if it was there already."""
         now = time.time()
         async with self._engine.begin() as conn:
-            inserted = await conn.execute(
-                self._insert_or_skip(messages)
-                .values(
-                    conversation_id=message.conversation_id,
-                    seq=message.seq,
-                    id=message.id,
-                    author=_text(message.author),
-                    kind=message.kind,
-                    content=_text(message.content),
-                    created_at=now,
-                    tokens=message.tokens,
-                )
-                .on_conflict_do_nothing()
-            )
+            inserted = await self._insert_message(conn, message, now)
             if inserted.rowcount == 0:
                 return False
             if "reason" in conversation and conversation["reason"] is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import json
 import logging
@@ -27,6 +28,7 @@ from .messages import (
     StartConversation,
     ToolCallEvent,
     Usage,
+    UsageUpdate,
     new_id,
     topic,
 )
@@ -37,6 +39,8 @@ from .security import Security
 #: How long to wait for the manager to take a new conversation before giving up.
 START_TIMEOUT = 15.0
 START_RETRY_EVERY = 1.0
+#: After this long without a word of the conversation, ask the manager for it again.
+QUIET_RESUME = 15.0
 
 
 @dataclass
@@ -139,8 +143,13 @@ class TerminalSink:
         self._streaming_author = ""
         self._line_open = False
         self._asking: dict[tuple[str, str, int], asyncio.Task[None]] = {}
+        self.last_heard = time.monotonic()
         self._answer: Answer | None = None
         self._stdin: StdinLines | None = None
+
+    def _hear(self) -> None:
+        self.heard.set()
+        self.last_heard = time.monotonic()
 
     def take_answers(self, stdin: StdinLines, answer: Answer) -> None:
         """Ask a person at this terminal about calls awaiting approval."""
@@ -164,7 +173,7 @@ class TerminalSink:
     async def on_token(self, conversation_id: str, message_id: str, author: str, text: str) -> None:
         if conversation_id != self.conversation_id:
             return
-        self.heard.set()
+        self._hear()
         if self._streaming != message_id:
             if self._streaming is not None:
                 # One speaker at a time: a new stream while another is open means that
@@ -185,7 +194,7 @@ class TerminalSink:
     async def on_message(self, message: ChatMessage, streamed: bool) -> None:
         if message.conversation_id != self.conversation_id:
             return
-        self.heard.set()
+        self._hear()
         self.messages.append(message)
         if streamed and self._streaming == message.id:
             printed, self._streaming = self._streamed.strip(), None
@@ -215,7 +224,7 @@ class TerminalSink:
     async def on_speaker(self, event: SpeakerSelected) -> None:
         if event.conversation_id != self.conversation_id:
             return
-        self.heard.set()
+        self._hear()
         self._close_line()
         note = f" ({event.note})" if event.note else ""
         self._write(self._dim(f"· {event.speaker} speaks next{note}") + "\n")
@@ -224,7 +233,7 @@ class TerminalSink:
         """One line per call, when its outcome is known; a call awaiting approval asks y/n."""
         if event.conversation_id != self.conversation_id or (event.status == "started" and not event.result):
             return
-        self.heard.set()
+        self._hear()
         self._close_line()
         where = (event.turn_id, event.call, event.index)
         if event.status == "awaiting":
@@ -265,6 +274,9 @@ class TerminalSink:
         state = "is reachable again" if event.reachable else "is unreachable (no heartbeat); waiting for it"
         self._write(self._dim(f"· {event.agent} {state}") + "\n")
 
+    async def on_usage(self, event: UsageUpdate) -> None:
+        pass  # a line after every turn would crowd the terminal: it says what was used at the end
+
     async def on_ended(self, event: ConversationEnded) -> None:
         if event.conversation_id != self.conversation_id or self.ended.done():
             return
@@ -291,10 +303,19 @@ async def start_and_follow(
             await asyncio.wait_for(sink.heard.wait(), START_RETRY_EVERY)
         except asyncio.TimeoutError:
             pass
-    try:
-        return await asyncio.wait_for(asyncio.shield(sink.ended), timeout)
-    except asyncio.TimeoutError:
-        raise TimeoutError(f"the conversation did not end within {timeout:g} s") from None
+    deadline = time.monotonic() + timeout
+    while not sink.ended.done():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"the conversation did not end within {timeout:g} s")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(sink.ended), min(left, QUIET_RESUME))
+        if not sink.ended.done() and time.monotonic() - sink.last_heard >= QUIET_RESUME:
+            # Nothing for a while: ask for the conversation again. A manager that died after
+            # storing the end, but before announcing it, announces it then; we drop repeats.
+            resume = ResumeConversation(conversation_id=sink.conversation_id)
+            await runtime.publish_message(resume, topic(CONTROL, sink.conversation_id))
+    return sink.ended.result()
 
 
 async def run_chat(

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import SecretStr, ValidationError
 
+from . import crashpoints
 from .config import AgentConfig, Config, ConfigError, ModelConfig, StoreUnavailable, check_address, load_config
 from .runtime import HostUnreachable, WorkerRuntime, setup_logging
 from .security import Security, load_security
@@ -514,6 +515,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.name if args.command == "agent" else args.command, getattr(args, "log_level", "INFO"))
+    try:
+        crashpoints.arm()
+    except ConfigError as error:
+        return _fail(str(error), EXIT_BAD_INPUT)
     if args.command in BLOCKING:
         try:
             return BLOCKING[args.command](args)

@@ -21,6 +21,7 @@ from autogen_core import MessageContext, RoutedAgent, TypeSubscription, message_
 from autogen_core.models import ChatCompletionClient, SystemMessage, UserMessage
 
 from .config import AgentConfig, BudgetConfig, ManagerConfig, ToolConfig
+from .crashpoints import crash_point
 from .messages import (
     CONTROL,
     GROUP_CHAT,
@@ -309,6 +310,7 @@ class GroupChatManager(RoutedAgent):
             # The conversation and its task in one write: a crash leaves both or neither.
             if not await self._store.start(conv.id, conv.task, task):
                 return  # another manager took it meanwhile
+            crash_point("manager.start.stored")
             conv.transcript.append(task)
             self._adopt(conv)
             log.info("conversation %s started: %s", conv.id, message.task[:80])
@@ -438,6 +440,7 @@ class GroupChatManager(RoutedAgent):
             )
             conv.transcript.append(reply)
             conv.rounds += 1
+            crash_point("manager.reply.received")
             reason = termination_reason(conv, self._settings)
             budget = await self._budget(conv)
             reason = reason or budget.end
@@ -459,6 +462,7 @@ class GroupChatManager(RoutedAgent):
                 conv.transcript.pop()
                 self._taken_over(conv)
                 return
+            crash_point("manager.reply.stored")
             await self._publish(reply)
             if choice is not None and request is not None:
                 await self._begin_turn(conv, request, choice.note)
@@ -514,6 +518,7 @@ class GroupChatManager(RoutedAgent):
             waits = policy.needs_approval(message.tool)
             record = message.model_dump(include={"attempt", "agent", "tool", "source", "arguments"})
             await self._store.start_tool_call(*where, **record, status="awaiting" if waits else "started")
+            crash_point("manager.tool.recorded")
             await self._publish_call(where)
             return answer("wait" if waits else "run", key=key)
         if stored.status in ENDED_TOOL_STATES:
@@ -632,6 +637,7 @@ class GroupChatManager(RoutedAgent):
             where = (message.conversation_id, message.turn_id, message.call, message.index)
             status: Literal["done", "error"] = "error" if message.is_error else "done"
             if await self._store.move_tool_call(*where, was="started", now=status, result=message.result):
+                crash_point("manager.tool.result_stored")
                 await self._publish_call(where)
             if self._conv is not None and self._conv.pending is not None:
                 self._conv.last_sign_of_life = time.monotonic()
@@ -726,7 +732,9 @@ class GroupChatManager(RoutedAgent):
         conv.attempts += 1
         conv.asks += 1
         log.info("asking %s for turn %s (ask %d)", request.speaker, request.turn_id[:8], conv.asks)
+        crash_point("manager.ask.before_publish")
         await self.publish_message(request, topic(turn_topic_type(request.speaker), conv.id))
+        crash_point("manager.ask.published")
         self._timers.append(asyncio.create_task(self._turn_deadline(request.turn_id, conv.asks)))
 
     async def _turn_deadline(self, turn_id: str, ask: int) -> None:
@@ -775,6 +783,7 @@ class GroupChatManager(RoutedAgent):
 
     async def _announce_end(self, conv: Conversation, reason: str, ok: bool) -> None:
         """Tell everyone the (stored) end, and let go of the conversation."""
+        crash_point("manager.end.stored")
         self._let_go(conv)
         log.info("conversation %s ended: %s", conv.id, reason)
         ended = ConversationEnded(conversation_id=conv.id, reason=reason, ok=ok, usage=await self._usage(conv))

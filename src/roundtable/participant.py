@@ -28,6 +28,7 @@ from autogen_core.models import AssistantMessage, ChatCompletionClient, LLMMessa
 from autogen_core.tools import Workbench
 
 from .config import AgentConfig, ConfigError, SeedConfig
+from .crashpoints import crash_point
 from .messages import (
     CONTROL,
     PRESENCE,
@@ -140,6 +141,7 @@ class _ChunkSender:
         )
         self._index += 1
         await self._agent.publish_message(chunk, self._topic)
+        crash_point("agent.stream.chunk")
 
     async def close(self) -> None:
         """Send what is left and mark the message done."""
@@ -231,6 +233,7 @@ class Participant(RoutedAgent):
         log.info("%s: speaking in %s (turn %s)", self.name, message.conversation_id, message.turn_id[:8])
         content, error = "", None
         self._client.tokens = 0
+        crash_point("agent.turn.begun")
         try:
             with span("roundtable.agent.speak", agent=self.name, conversation=message.conversation_id):
                 content = await self.speak(message.conversation_id, message_id, message.history)
@@ -249,7 +252,9 @@ class Participant(RoutedAgent):
             tokens=self._client.tokens,
         )
         self._answered = {message.turn_id: reply}  # only the latest turn can be asked again
+        crash_point("agent.reply.ready")
         await self.publish_message(reply, reply_topic)
+        crash_point("agent.reply.sent")
 
     @message_handler
     async def on_seed_message(self, message: TextMessage, ctx: MessageContext) -> None:

@@ -30,6 +30,7 @@ from autogen_core.tools import FunctionTool, StaticWorkbench, TextResultContent,
 from pydantic import BaseModel
 
 from .config import AgentConfig, CodeConfig, ConfigError, McpServerConfig, ToolConfig
+from .crashpoints import crash_point
 from .messages import (
     CONTROL,
     MAX_TOOL_RESULT_CHARS,
@@ -387,12 +388,14 @@ class Journal:
         if decision.action in ("replay", "skip"):
             return _result(name, decision.result, decision.is_error or decision.action == "skip")
         token = _current_call.set(ToolCall(self._conversation_id, self._turn_id, index, decision.key))
+        crash_point("agent.tool.before_run")
         try:
             result = await run()
         except Exception as error:  # a tool's failure is the model's to hear about, not a crash
             result = _result(name, f"the tool failed: {_one_line(error)}", True)
         finally:
             _current_call.reset(token)
+        crash_point("agent.tool.after_run")
         finished = ToolCallFinished(
             conversation_id=self._conversation_id,
             turn_id=self._turn_id,

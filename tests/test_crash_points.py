@@ -1,0 +1,98 @@
+"""Crash at every point, on purpose: for each named crash point (roundtable/crashpoints.py),
+a conversation runs until one process reaches it and dies there by SIGKILL; the process is
+started again, and the conversation must complete with its task, every turn stored once and
+in order, every message shown once in the terminal, and every tool effect at most once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from harness import READY, processes
+from test_reliability import assert_complete, assert_shown_once, chat, config, stored
+from test_tools import TOOLKIT, counted
+
+from roundtable.crashpoints import CRASH_ENV, POINTS
+
+ROUNDS = 4
+#: (crash point, the process that dies there, on which pass). Passes are chosen so that the
+#: crash falls mid-conversation: not the first turn only, where a restart is the easy case.
+CASES = [
+    ("manager.start.stored", "manager", 1),
+    ("manager.ask.before_publish", "manager", 2),
+    ("manager.ask.published", "manager", 2),
+    ("agent.turn.begun", "editor", 1),
+    ("agent.stream.chunk", "writer", 25),
+    ("agent.tool.before_run", "writer", 1),
+    ("agent.tool.after_run", "writer", 1),
+    ("manager.tool.recorded", "manager", 1),
+    ("manager.tool.result_stored", "manager", 1),
+    ("agent.reply.ready", "editor", 1),
+    ("agent.reply.sent", "writer", 2),
+    ("manager.reply.received", "manager", 2),
+    ("manager.reply.stored", "manager", 3),
+    ("manager.end.stored", "manager", 1),
+]
+
+
+def test_every_crash_point_has_a_case() -> None:
+    assert sorted(point for point, _, _ in CASES) == sorted(POINTS)
+
+
+def crash_config(tmp_path: Path) -> Path:
+    cfg = config(tmp_path, rounds=ROUNDS, turn_timeout=8)
+    data = yaml.safe_load(cfg.read_text())
+    # The writer counts once per turn (a side effect), then writes its draft.
+    writer = data["agents"][0]
+    draft = writer["model"]["script"][0]
+    writer["model"]["script"] = ['CALL count {"label": "drafts"}', draft]
+    writer["tools"] = [{"function": "toolkit.counting:count"}]
+    data["host"]["connect_timeout"] = 30
+    cfg.write_text(yaml.safe_dump(data))
+    return cfg
+
+
+@pytest.mark.parametrize(("point", "victim", "on_pass"), CASES, ids=[c[0] for c in CASES])
+def test_a_conversation_completes_whatever_process_dies_at_a_crash_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, point: str, victim: str, on_pass: int
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", TOOLKIT)
+    monkeypatch.setenv("COUNTER_FILE", str(tmp_path / "counter.jsonl"))
+    cfg = crash_config(tmp_path)
+    args = {
+        "manager": ("manager", "--config", str(cfg)),
+        "writer": ("agent", "--config", str(cfg), "--name", "writer"),
+        "editor": ("agent", "--config", str(cfg), "--name", "editor"),
+    }
+    with processes(tmp_path) as procs:
+        procs.roundtable("host", "host", "--config", str(cfg)).wait_for(READY)
+        started = {
+            name: procs.roundtable(name, *argv, env={CRASH_ENV: f"{point}:{on_pass}"} if name == victim else None)
+            for name, argv in args.items()
+        }
+        for proc in started.values():
+            proc.wait_for(READY, timeout=60)
+        terminal = chat(procs, cfg)
+        dead = started[victim]
+        deadline = time.monotonic() + 90
+        while dead.popen.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert dead.popen.returncode == -signal.SIGKILL, f"{victim} never reached {point}:\n{dead.output[-2000:]}"
+        assert f"crash point {point} (pass {on_pass})" in dead.output
+        procs.roundtable(f"{victim}-again", *args[victim]).wait_for(READY, timeout=60)
+        assert terminal.wait_exit(150) == 0, terminal.output
+        output = terminal.output
+    [conversation] = stored(tmp_path)
+    assert conversation.transcript[0].kind == "task" and conversation.transcript[0].content == "Write about rain"
+    assert_complete(conversation, ROUNDS)
+    assert_shown_once(output, ROUNDS)
+    effects = Counter(json.dumps(e["key"]) for e in counted(tmp_path))
+    assert all(n == 1 for n in effects.values()), effects  # no effect twice
+    assert 1 <= sum(effects.values()) <= ROUNDS // 2, effects  # one per writer turn, or its call skipped
+    os.environ.pop(CRASH_ENV, None)

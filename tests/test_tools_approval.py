@@ -142,7 +142,8 @@ def test_code_runs_in_the_conversations_own_directory_once_approved(tmp_path: Pa
     with processes(tmp_path) as procs:
         start_cluster(procs, cfg, ["writer", "editor"])
         chat = terminal(procs, cfg)
-        chat.wait_for(APPROVE, timeout=60)  # code asks by default
+        out = chat.wait_for(APPROVE, timeout=60)  # code asks by default, showing the whole program
+        assert f"    code: {program}\n  approve? [y/n]" in out, out
         assert not list((tmp_path / "work").rglob("note.txt"))
         chat.type("yes")
         assert chat.wait_exit(90) == 0, chat.output

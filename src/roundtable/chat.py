@@ -59,6 +59,30 @@ _TOOL_MARKS = {
 }
 
 
+#: How much of a call's arguments its line shows; a call awaiting approval shows them whole.
+ARGUMENTS_SHOWN = 80
+
+
+def call_details(event: ToolCallEvent, max_lines: int = 60) -> str:
+    """A call's arguments, one per line, multi-line values indented below their name: what a
+    person reads before approving it (a program to run, say)."""
+    try:
+        arguments = json.loads(event.arguments)
+        items = arguments.items() if isinstance(arguments, dict) else [("arguments", arguments)]
+    except ValueError:
+        items = [("arguments", event.arguments)]
+    lines: list[str] = []
+    for name, value in items:
+        text = value if isinstance(value, str) else json.dumps(value)
+        if "\n" in text:
+            lines += [f"    {name}:"] + [f"      {line}" for line in text.splitlines()]
+        else:
+            lines.append(f"    {name}: {text}")
+    if len(lines) > max_lines:
+        lines = [*lines[:max_lines], f"    … ({len(lines) - max_lines} more lines)"]
+    return "\n".join(lines)
+
+
 def tool_line(event: ToolCallEvent, width: int = 160) -> str:
     """`⚙ writer: count(label="x") -> 3`, `✗ ... failed: ...`, `↷ ... skipped: ...`,
     `⊘ ... not run: denied by ann` or `? ... needs approval.`, on one line."""
@@ -66,6 +90,8 @@ def tool_line(event: ToolCallEvent, width: int = 160) -> str:
         arguments = ", ".join(f"{k}={json.dumps(v)}" for k, v in json.loads(event.arguments).items())
     except (ValueError, AttributeError):
         arguments = event.arguments
+    if len(arguments) > ARGUMENTS_SHOWN:  # leave room for the outcome
+        arguments = arguments[: ARGUMENTS_SHOWN - 1] + "…"
     call = f"{event.agent}: {event.tool}({arguments})"
     result = " ".join(event.result.split())
     mark, joint = _TOOL_MARKS.get(event.status, ("⚙", "..."))
@@ -239,7 +265,7 @@ class TerminalSink:
         if event.status == "awaiting":
             if where in self._asking:
                 return  # asked already (the event came again after a reconnect)
-            self._write(tool_line(event) + "\n")
+            self._write(tool_line(event) + "\n" + call_details(event) + "\n")
             self._asking[where] = asyncio.create_task(self._ask(event))
             return
         asking = self._asking.pop(where, None)

@@ -21,6 +21,7 @@ from autogen_core.models import (
     LLMMessage,
     ModelCapabilities,  # pyright: ignore[reportDeprecated]
     ModelInfo,
+    RequestUsage,
     SystemMessage,
     UserMessage,
 )
@@ -366,6 +367,7 @@ class TextToolCalls(WrappedClient):
                 yield item
             return
         held = HoldBack()
+        streamed = 0  # the model's chunks, shown or held back
         async for item in self._inner.create_stream(
             self._plain(messages, active),
             json_output=json_output,
@@ -373,10 +375,15 @@ class TextToolCalls(WrappedClient):
             cancellation_token=cancellation_token,
         ):
             if isinstance(item, str):
+                streamed += 1
                 shown = held.add(item) if active else item
                 if shown:
                     yield shown
                 continue
+            if not (item.usage.prompt_tokens or item.usage.completion_tokens):
+                # llama.cpp reports no usage while streaming; it sends one token per chunk,
+                # and a call held out of the stream cost its tokens all the same.
+                item = item.model_copy(update={"usage": RequestUsage(prompt_tokens=0, completion_tokens=streamed)})
             result = self._result(item, active)
             if isinstance(result.content, str):
                 rest = held.rest()

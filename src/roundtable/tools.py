@@ -19,6 +19,7 @@ import logging
 import math
 import re
 import typing
+import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,7 +162,11 @@ def code_tool(settings: CodeConfig, agent: str, conversation_id: str) -> Functio
     base = Path(settings.work_dir).expanduser() if settings.work_dir else default_work_dir()
     work = base / agent / re.sub(r"[^A-Za-z0-9_.-]", "_", conversation_id)
     work.mkdir(parents=True, exist_ok=True)
-    executor = LocalCommandLineCodeExecutor(work_dir=work, timeout=max(1, math.ceil(settings.timeout)))
+    with warnings.catch_warnings():
+        # It warns that it runs code on this machine: that is what `code:` asks for, and each
+        # run is approved by a person unless the config says otherwise (README: Code execution).
+        warnings.filterwarnings("ignore", message="Using LocalCommandLineCodeExecutor", category=UserWarning)
+        executor = LocalCommandLineCodeExecutor(work_dir=work, timeout=max(1, math.ceil(settings.timeout)))
 
     async def run_python(code: Annotated[str, "a complete Python program; print() what you want to see"]) -> str:
         result = await executor.execute_code_blocks([CodeBlock(code=code, language="python")], CancellationToken())

@@ -17,6 +17,8 @@ from roundtable.messages import (
     ConversationEnded,
     SpeakerSelected,
     StartConversation,
+    ToolCallEvent,
+    UsageUpdate,
     new_id,
     topic,
 )
@@ -49,6 +51,12 @@ class Collector:
 
     async def on_status(self, event: AgentStatus) -> None:
         self.statuses.append(event)
+
+    async def on_tool(self, event: ToolCallEvent) -> None:
+        pass
+
+    async def on_usage(self, event: UsageUpdate) -> None:
+        pass
 
     def tokens(self, message_id: str) -> list[str]:
         return [str(e[2]) for e in self.events if e[0] == "token" and e[1] == message_id]

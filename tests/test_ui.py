@@ -693,3 +693,102 @@ def test_a_call_awaiting_approval_runs_only_once_approved_on_the_page_and_a_deni
         other.close()
         tab.close()
     assert counted() == ["ships"]
+
+
+# Whether the page shows one usage line, below the message with the given text.
+LIVE_LINE_BELOW_JS = """(text) => {
+  const texts = [...document.querySelectorAll('.step')]
+    .map((step) => step.querySelector('.message-content')?.innerText.trim() ?? '');
+  const live = texts.flatMap((t, i) => (t.startsWith('Used so far:') ? [i] : []));
+  const message = texts.indexOf(text);
+  return live.length === 1 && message >= 0 && live[0] > message;
+}"""
+
+
+def test_usage_per_agent_shows_live_against_the_budgets_and_stays_with_the_ended_conversation(
+    tmp_path: Path, browser: Browser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "tests"))  # toolkit.counting, for the editor's process
+    monkeypatch.setenv("COUNTER_FILE", str(tmp_path / "counter.jsonl"))
+    cfg = make_config(tmp_path)
+    data = yaml.safe_load(cfg.read_text(encoding="utf-8"))
+    writer, editor = data["agents"]
+    # The scripted model counts words as tokens: the writer's first turn alone uses its 10.
+    writer["budget"] = {"tokens": 10}
+    # The editor's second turn calls a tool that waits for approval: the conversation holds still there.
+    editor["model"]["script"] = [EDITOR_LINE, 'CALL count {"label": "gulls"}', "Carrying on: {last}"]
+    editor["tools"] = [{"function": "toolkit.counting:count", "approval": "always"}]
+    editor["budget"] = {"tool_calls": 5}
+    data["manager"]["budget"] = {"tokens": 100_000}
+    write_config(cfg, data)
+    with processes(tmp_path) as procs:
+        start_cluster(procs, cfg, ["writer", "editor"])
+        tab = Tab(browser, start_page(procs, cfg))
+        page = tab.page
+        tab.send("Write about a lighthouse")
+
+        # The writer is left out once its budget is used, and the page says why.
+        left_out = re.compile(r"^editor speaks next \(writer is left out: it used its budget \((\d+) of 10 tokens\)\)$")
+        note = page.locator(".message-content", has_text="writer is left out").first
+        expect(note).to_have_text(left_out, timeout=WAIT)
+        writer_tokens = left_out.search(note.inner_text().strip())
+        assert writer_tokens is not None and int(writer_tokens.group(1)) >= 10, note.inner_text()
+
+        # While the editor's call waits, one quiet line says what each agent has used so far,
+        # against its limits; it moved down with the turns, below the editor's first message.
+        approve = page.get_by_role("button", name="Approve")
+        expect(approve).to_be_visible(timeout=WAIT)
+        live = page.locator(".step", has_text="Used so far:")
+        live_text = re.compile(
+            rf"^Used so far: writer {writer_tokens.group(1)} of 10 tokens, 0 tool calls; "
+            r"editor [1-9][\d,]* tokens, 0 of 5 tool calls; all together [\d,]+ of 100,000 tokens, 0 tool calls$"
+        )
+        expect(live.locator(".message-content")).to_have_text(live_text, timeout=WAIT)
+        page.wait_for_function(LIVE_LINE_BELOW_JS, arg=EDITOR_LINE.format(n=1), timeout=WAIT)
+        expect(live.locator('img[alt="Avatar for roundtable"]')).to_be_visible(timeout=WAIT)
+        shown = live.locator(".message-content").inner_text()
+
+        # A reload shows it again from the history: the same line, just the one, in its place.
+        expect(page).to_have_url(re.compile(r"/thread/[0-9a-f-]+$"), timeout=WAIT)
+        page.reload()
+        expect(approve).to_be_visible(timeout=WAIT)
+        expect(live.locator(".message-content")).to_have_text(shown, timeout=WAIT)
+        page.wait_for_function(LIVE_LINE_BELOW_JS, arg=EDITOR_LINE.format(n=1), timeout=WAIT)
+
+        # At the end the line goes, and the end line says what each agent used, the call included.
+        approve.click()
+        tab.wait_for_end()
+        tab.wait_for_text(EDITOR_LINE.format(n=4))  # streamed by the editor, so it may trail the end
+        expect(live).to_have_count(0, timeout=WAIT)
+        end = page.locator(".message-content", has_text="Conversation ended")
+        used = re.compile(
+            rf"\nUsed: writer {writer_tokens.group(1)} tokens, 0 tool calls; editor [\d,]+ tokens, 1 tool call$"
+        )
+        expect(end).to_have_text(re.compile(r"^Conversation ended: max_rounds reached \(4 rounds\)"), timeout=WAIT)
+        expect(end).to_have_text(used, timeout=WAIT)
+        tab.transcript()  # every avatar drawn
+        order = [(e["type"], e["author"], e["text"]) for e in page.evaluate(PAGE_ORDER_JS)]
+        assert order == [
+            ("user_message", None, "Write about a lighthouse"),
+            ("assistant_message", "roundtable", "writer speaks next"),
+            ("assistant_message", "writer", WRITER_LINE.format(n=1)),
+            ("assistant_message", "roundtable", order[3][2]),
+            ("assistant_message", "editor", EDITOR_LINE.format(n=1)),
+            ("assistant_message", "roundtable", order[3][2]),
+            ("tool", "editor", "Used editor: count"),
+            ("assistant_message", "editor", "Carrying on: gulls is now 1"),
+            ("assistant_message", "roundtable", order[3][2]),
+            ("assistant_message", "editor", EDITOR_LINE.format(n=4)),
+            ("assistant_message", "roundtable", order[-1][2]),
+        ], order
+        assert left_out.match(order[3][2]), order
+        assert used.search(order[-1][2]), order
+
+        # The ended conversation keeps what was used in the history.
+        page.reload()
+        tab.wait_for_end()
+        expect(end).to_have_text(used, timeout=WAIT)
+        tab.transcript()
+        assert [(e["type"], e["author"], e["text"]) for e in page.evaluate(PAGE_ORDER_JS)] == order
+        assert tab.hosts() == {"127.0.0.1"}, tab.requests
+        tab.close()

@@ -25,6 +25,7 @@ from .messages import (
     SpeakerSelected,
     StreamChunk,
     ToolCallEvent,
+    UsageUpdate,
 )
 from .runtime import forget
 
@@ -44,6 +45,8 @@ class Sink(Protocol):
 
     async def on_tool(self, event: ToolCallEvent) -> None: ...
 
+    async def on_usage(self, event: UsageUpdate) -> None: ...
+
 
 class ConversationObserver(RoutedAgent):
     def __init__(self, sink: Sink) -> None:
@@ -54,7 +57,9 @@ class ConversationObserver(RoutedAgent):
         self._next_index: dict[str, int] = {}
         self._early: dict[str, dict[int, StreamChunk]] = {}
         self._seed = SeedExchange()
-        self._tool_events: set[tuple[str, str, str, int, str]] = set()
+        # A call can pass a state twice (approved, run, interrupted, asked about again), each time
+        # with a note of its own: the note is part of what makes an event new.
+        self._tool_events: set[tuple[str, str, str, int, str, str]] = set()
 
     @message_handler
     async def on_chunk(self, message: StreamChunk, ctx: MessageContext) -> None:
@@ -111,12 +116,17 @@ class ConversationObserver(RoutedAgent):
 
     @message_handler
     async def on_tool(self, message: ToolCallEvent, ctx: MessageContext) -> None:
-        seen = (message.turn_id, message.tool, message.arguments, message.index, message.status)
+        seen = (message.turn_id, message.tool, message.arguments, message.index, message.status, message.result)
         async with self._lock:
             if seen in self._tool_events:
                 return  # republished after a reconnect
             self._tool_events.add(seen)
             await self._sink.on_tool(message)
+
+    @message_handler
+    async def on_usage(self, message: UsageUpdate, ctx: MessageContext) -> None:
+        async with self._lock:
+            await self._sink.on_usage(message)
 
 
 async def register_observer(runtime: AgentRuntime, agent_type: str, sink: Sink, seed: bool = False) -> None:

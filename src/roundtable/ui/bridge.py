@@ -25,7 +25,7 @@ from chainlit.types import ThreadDict
 from chainlit.utils import utc_now
 from pydantic import ValidationError
 
-from ..chat import START_RETRY_EVERY
+from ..chat import START_RETRY_EVERY, usage_line
 from ..messages import (
     CONTROL,
     MAX_CONTENT_CHARS,
@@ -39,6 +39,8 @@ from ..messages import (
     StartConversation,
     StopConversation,
     ToolCallEvent,
+    Usage,
+    UsageUpdate,
     new_id,
     topic,
 )
@@ -98,6 +100,34 @@ def approval_question(event: ToolCallEvent) -> str:
     )
 
 
+def usage_so_far(event: UsageUpdate) -> str:
+    """`Used so far: writer 40 of 100 tokens, 0 tool calls; editor 12 tokens, 0 tool calls`, with
+    "of N" where a limit is set, and the conversation's own limit after the agents when it has one."""
+
+    def amount(used: int, limit: int, unit: str) -> str:
+        if limit:
+            return f"{used:,} of {limit:,} {unit}s"
+        return f"{used:,} {unit}{'' if used == 1 else 's'}"
+
+    def against(used: Usage, limit: Usage) -> str:
+        return f"{amount(used.tokens, limit.tokens, 'token')}, {amount(used.tool_calls, limit.tool_calls, 'tool call')}"
+
+    parts = [f"{agent} {against(used, event.limits.get(agent, Usage()))}" for agent, used in event.usage.items()]
+    whole = event.limits.get("", Usage())
+    if whole.tokens or whole.tool_calls:
+        total = Usage(
+            tokens=sum(u.tokens for u in event.usage.values()),
+            tool_calls=sum(u.tool_calls for u in event.usage.values()),
+        )
+        parts.append(f"all together {against(total, whole)}")
+    return "Used so far: " + "; ".join(parts)
+
+
+def any_counted(usage: dict[str, Usage]) -> bool:
+    """Whether any token or tool call is counted (used, or allowed by a limit)."""
+    return any(u.tokens or u.tool_calls for u in usage.values())
+
+
 @dataclass
 class Asking:
     """A call waiting for a person's answer, and the line with the Approve and Deny buttons."""
@@ -121,6 +151,8 @@ class Tab:
         self.tool_steps: dict[str, cl.Step] = {}
         self.asking: dict[str, Asking] = {}  # tool step key -> the call that waits for a person
         self.seed_run: str | None = None
+        self.usage: UsageUpdate | None = None  # the latest word of what the agents used
+        self.usage_line: cl.Message | None = None  # ... and the line that shows it
 
     @property
     def user(self) -> str:
@@ -148,6 +180,7 @@ class Tab:
         self.running = True
         self.heard = asyncio.Event()
         self.streams.clear()
+        self.usage, self.usage_line = None, None
 
     async def tool(self, event: ToolCallEvent) -> None:
         """A collapsible step per tool call, shown as it starts and completed when it ends. A call
@@ -217,11 +250,7 @@ class Tab:
         self.enter()
         for action in asking.question.actions:
             await action.remove()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
-        state = asking.question.to_dict()
-        data_layer = get_data_layer()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
-        if data_layer is not None:
-            await data_layer.delete_step(state["id"])
-        await cl.context.emitter.delete_step(state)
+        await self._delete_step(asking.question.to_dict())
 
     async def show_buttons_again(self) -> None:
         """A reopened tab: its thread brings back the questions, this their buttons."""
@@ -229,15 +258,25 @@ class Tab:
         for asking in self.asking.values():
             await self._show_buttons(asking)
 
-    async def _put_step(self, state: StepDict, new: bool = False) -> None:
-        """Store, then show, a step as it is now. Chainlit's own send and update store in the
-        background, each write on its own task, so a call's start could land after its end and undo
-        it in the history; awaited here (events come one at a time), each write lands in order."""
+    async def _put_step(self, state: StepDict, new: bool = False, replacing: StepDict | None = None) -> None:
+        """Store, then show, a step as it is now (in place of `replacing`, on the page). Chainlit's
+        own send and update store in the background, each write on its own task, so a call's start
+        could land after its end and undo it in the history; awaited here (events come one at a
+        time), each write lands in order."""
         data_layer = get_data_layer()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
         if data_layer is not None:
             await data_layer.update_step(state.copy())  # an upsert: it makes the step the first time
         emitter = cl.context.emitter
+        if replacing is not None:
+            await emitter.delete_step(replacing)  # the new one follows at once: the page never lacks one
         await (emitter.send_step(state) if new else emitter.update_step(state))
+
+    async def _delete_step(self, state: StepDict) -> None:
+        """Take a step off the page and out of the history."""
+        data_layer = get_data_layer()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
+        if data_layer is not None:
+            await data_layer.delete_step(state["id"])
+        await cl.context.emitter.delete_step(state)
 
     async def token(self, message_id: str, author: str, text: str) -> None:
         message = self.streams.get(message_id)
@@ -268,6 +307,7 @@ class Tab:
     async def ended(self, event: ConversationEnded) -> None:
         self.running = False
         await self._drop_stop_button()
+        await self._drop_usage_line()
         for key in list(self.asking):
             # The manager runs nothing more for an ended conversation. Not marked ended, though:
             # should its word that the call was answered just before come late, that still shows.
@@ -276,10 +316,35 @@ class Tab:
             step.is_error = True
             await self._stop_asking(key)
             await self._put_step(step.to_dict())
+        # The manager's word says what was used; a stop it never confirmed, the latest one before.
+        usage = event.usage or (self.usage.usage if self.usage is not None else {})
+        used = f"\n\nUsed: {usage_line(usage)}" if any_counted(usage) else ""
         if event.ok:
-            await self.say(f"Conversation ended: {event.reason}. Type a new task to start another one.")
+            await self.say(f"Conversation ended: {event.reason}. Type a new task to start another one.{used}")
         else:
-            await self.say(f"Conversation ended with an error: {event.reason}", error=True)
+            await self.say(f"Conversation ended with an error: {event.reason}{used}", error=True)
+
+    async def show_usage(self, event: UsageUpdate) -> None:
+        """What each agent has used so far, on one quiet line that moves down to the latest turn,
+        so it stays in sight; stored like the page's other lines, so a reload shows it too. The
+        conversation's end takes it away, and the end line says what was used."""
+        if self.usage is not None and (event.usage, event.limits) == (self.usage.usage, self.usage.limits):
+            return  # the same again (a turn asked again, a reconnect): the line is right as it is
+        self.usage = event
+        if not any_counted(event.usage) and not any_counted(event.limits):
+            return  # nothing used and nothing to use up: nothing worth a line yet
+        # One step per conversation: each write moves it in the history too (it takes a new time).
+        line = self._message(usage_so_far(event), STATUS_AUTHOR, f"usage:{event.conversation_id}")
+        old, self.usage_line = self.usage_line, line
+        await self._put_step(line.to_dict(), new=True, replacing=old.to_dict() if old else None)
+        if not self.running:  # ended meanwhile (the page's own end of a stop, which does not wait its turn)
+            await self._drop_usage_line()
+
+    async def _drop_usage_line(self) -> None:
+        line, self.usage_line = self.usage_line, None
+        if line is not None:
+            self.enter()
+            await self._delete_step(line.to_dict())
 
     async def finish_streams(self) -> None:
         """Keep what a message had streamed when its conversation ended (a stop cuts it short)."""
@@ -447,6 +512,11 @@ class Bridge:
         for tab in self._tabs_for(event.conversation_id):
             if tab.running and tab.conversation_id == event.conversation_id:
                 await tab.say(f"**{event.agent}** {state}", error=not event.reachable)
+
+    async def on_usage(self, event: UsageUpdate) -> None:
+        for tab in self._tabs_for(event.conversation_id):
+            if tab.running and tab.conversation_id == event.conversation_id:
+                await tab.show_usage(event)
 
     async def on_ended(self, event: ConversationEnded) -> None:
         for tab in self._tabs_for(event.conversation_id):

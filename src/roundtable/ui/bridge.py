@@ -153,7 +153,6 @@ class Tab:
         self.seed_run: str | None = None
         self.usage: UsageUpdate | None = None  # the latest word of what the agents used
         self.usage_line: cl.Message | None = None  # ... and the line that shows it
-        self.stored: dict[str, StepDict] = {}  # step id -> as the thread showed it when this process took it up
 
     @property
     def user(self) -> str:
@@ -172,9 +171,6 @@ class Tab:
         # Messages made from a Chainlit handler would nest under its run; these stand on their own.
         message.parent_id = None
         message.created_at = utc_now()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
-        before = self.stored.get(message.id)
-        if before is not None:  # on the page already, from the thread: it keeps its place
-            message.created_at = before.get("createdAt") or message.created_at
         return message
 
     # ---------------------------------------------------------------- conversation events
@@ -185,24 +181,6 @@ class Tab:
         self.heard = asyncio.Event()
         self.streams.clear()
         self.usage, self.usage_line = None, None
-
-    def take_up(self, conversation_id: str, steps: list[StepDict]) -> bool:
-        """Follow a conversation whose thread this tab shows, though no tab of this page process
-        showed it before (the process started since). What the thread has is on the page already,
-        so the manager's sending it all again adds nothing twice. False if it has ended."""
-        self.stored = {step["id"]: step for step in steps}
-        if step_id(self.session.thread_id, f"end:{conversation_id}") in self.stored:
-            return False
-        self.begin(conversation_id)
-        for step in steps:
-            self.on_page.add(step["id"])  # a person's words keep their message id as step id
-            message_id = (step.get("metadata") or {}).get("message_id")
-            if isinstance(message_id, str):
-                self.on_page.add(message_id)
-        # The usage line moves down with each word of it, and goes at the end: from here as well.
-        if self.stored.pop(step_id(self.session.thread_id, f"usage:{conversation_id}"), None) is not None:
-            self.usage_line = self._message("", STATUS_AUTHOR, f"usage:{conversation_id}")
-        return True
 
     async def tool(self, event: ToolCallEvent) -> None:
         """A collapsible step per tool call, shown as it starts and completed when it ends. A call
@@ -225,13 +203,8 @@ class Tab:
             step.input = event.arguments
             step.start = utc_now()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
             self.tool_steps[key] = step
-            before = self.stored.get(step.id)
-            if before is None:
-                await self._put_step(step.to_dict(), new=True)
-            else:  # on the page already, from the thread: it keeps its place, and an ended call its end
-                step.created_at, step.start, step.end = before.get("createdAt"), before.get("start"), before.get("end")
-                step.output, step.is_error = before.get("output") or "", bool(before.get("isError"))
-        if step.end is not None:
+            await self._put_step(step.to_dict(), new=True)
+        elif step.end is not None:
             return  # an ended call stays as it ended, whatever word of it comes late or again
         if event.status == "awaiting":
             step.output = f"waiting for your approval{deadline(event)}"
@@ -272,15 +245,12 @@ class Tab:
 
     async def _stop_asking(self, key: str) -> None:
         asking = self.asking.pop(key, None)
-        # A question the thread showed when this process took it up goes too, asked again or not.
-        before = self.stored.pop(step_id(self.session.thread_id, f"approval:{key}"), None)
-        question = asking.question.to_dict() if asking is not None else before
-        if question is None:
+        if asking is None:
             return
         self.enter()
-        for action in asking.question.actions if asking is not None else []:
+        for action in asking.question.actions:
             await action.remove()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
-        await self._delete_step(question)
+        await self._delete_step(asking.question.to_dict())
 
     async def show_buttons_again(self) -> None:
         """A reopened tab: its thread brings back the questions, this their buttons."""
@@ -349,12 +319,10 @@ class Tab:
         # The manager's word says what was used; a stop it never confirmed, the latest one before.
         usage = event.usage or (self.usage.usage if self.usage is not None else {})
         used = f"\n\nUsed: {usage_line(usage)}" if any_counted(usage) else ""
-        # One end line per conversation, by which a page process taken up later knows it has ended.
-        end = f"end:{event.conversation_id}"
         if event.ok:
-            await self.say(f"Conversation ended: {event.reason}. Type a new task to start another one.{used}", end=end)
+            await self.say(f"Conversation ended: {event.reason}. Type a new task to start another one.{used}")
         else:
-            await self.say(f"Conversation ended with an error: {event.reason}{used}", error=True, end=end)
+            await self.say(f"Conversation ended with an error: {event.reason}{used}", error=True)
 
     async def show_usage(self, event: UsageUpdate) -> None:
         """What each agent has used so far, on one quiet line that moves down to the latest turn,
@@ -388,10 +356,10 @@ class Tab:
 
     # ---------------------------------------------------------------- the page's own lines
 
-    async def say(self, content: str, error: bool = False, stop_button: bool = False, end: str | None = None) -> None:
+    async def say(self, content: str, error: bool = False, stop_button: bool = False) -> None:
         if stop_button:
             await self._drop_stop_button()
-        message = self._message(content, STATUS_AUTHOR, end)
+        message = self._message(content, STATUS_AUTHOR)
         message.is_error = error
         if stop_button and self.running:
             # The button travels with the latest line, so it stays next to what is happening.
@@ -572,22 +540,11 @@ class Bridge:
             await tab.show_seed_run(self._seed)
 
     async def resumed(self, session: WebsocketSession, thread: ThreadDict) -> None:
-        """A reopened thread whose conversation still runs takes it over from its old tab, or,
-        when no tab here follows it (the page process started since), takes it up."""
+        """A reopened thread whose conversation still runs takes it over from its old tab."""
         metadata = thread.get("metadata") or {}
         conversation_id = metadata.get(CONVERSATION_KEY) if isinstance(metadata, dict) else None
-        if not isinstance(conversation_id, str) or self.settings.seed:
-            self.tab(session)
-            return
-        old = self._routes.get(conversation_id)
-        if old is None:
-            tab = self.tab(session)
-            if tab.take_up(conversation_id, thread.get("steps") or []):
-                self._routes[conversation_id] = tab
-                # Once Chainlit has drawn the thread, the manager sends the conversation again: the
-                # calls that wait for an answer, and whatever the thread missed while no page ran.
-                self.spawn(self._announce(tab, ResumeConversation(conversation_id=conversation_id)))
-        elif old.running and old.session.thread_id == session.thread_id:
+        old = self._routes.get(conversation_id) if isinstance(conversation_id, str) else None
+        if old is not None and old.running and old.session.thread_id == session.thread_id:
             self._tabs.pop(old.session.id, None)
             old.session = session
             self._tabs[session.id] = old
@@ -637,9 +594,8 @@ class Bridge:
             await data_layer.update_thread(tab.session.thread_id, tags=["roundtable"])
         self.spawn(self._announce(tab, start))
 
-    async def _announce(self, tab: Tab, start: StartConversation | ResumeConversation) -> None:
-        """Publish the start (or the ask to send a conversation again) until the manager answers:
-        publishing has no acknowledgement."""
+    async def _announce(self, tab: Tab, start: StartConversation) -> None:
+        """Publish the start until the manager answers: publishing has no acknowledgement."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.start_timeout
         while not tab.heard.is_set() and loop.time() < deadline:
@@ -648,13 +604,6 @@ class Bridge:
                 await asyncio.wait_for(tab.heard.wait(), START_RETRY_EVERY)
             except asyncio.TimeoutError:
                 pass
-        data_layer = get_data_layer()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
-        if tab.heard.is_set() and isinstance(start, StartConversation) and data_layer is not None:
-            # Stored now as well, should the page process go before the tab: a later page process
-            # then takes the conversation up. Not at the start, where Chainlit's own first writes
-            # of the thread (each reading, then writing, its metadata) could undo it.
-            metadata = {CONVERSATION_KEY: start.conversation_id}
-            await data_layer.update_thread(tab.session.thread_id, metadata=metadata)
         if not tab.heard.is_set() and tab.conversation_id == start.conversation_id:
             tab.running = False
             self._routes.pop(start.conversation_id, None)

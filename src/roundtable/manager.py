@@ -52,7 +52,7 @@ from .messages import (
 )
 from .models import describe_model_error
 from .runtime import UNKNOWN_SENDER, WorkerRuntime, forget
-from .store import ENDED_TOOL_STATES, RAN_TOOL_STATES, StoredToolCall, TranscriptStore
+from .store import ENDED_TOOL_STATES, RAN_TOOL_STATES, StoredToolCall, TranscriptStore, call_key
 from .telemetry import span
 
 log = logging.getLogger("roundtable.manager")
@@ -506,14 +506,12 @@ class GroupChatManager(RoutedAgent):
         policy = self._policy(message.agent, message.source)
         if policy is None:
             return answer("skip", "not run: no such tool in the agent's config", True)
-        if await self._store.tool_call(*(conv.id, message.turn_id, message.call, message.index)) is None:
-            over = await self._tool_budget_used(conv, message.agent)
-            if over:
-                return answer("skip", f"not run: {over}", True)
-        conv.last_sign_of_life = time.monotonic()
         where = (conv.id, message.turn_id, message.call, message.index)
-        key = ":".join(str(part) for part in where)
+        key = call_key(*where)
         stored = await self._store.tool_call(*where)
+        if stored is None and (over := await self._tool_budget_used(conv, message.agent)):
+            return answer("skip", f"not run: {over}", True)
+        conv.last_sign_of_life = time.monotonic()
         if stored is None:
             waits = policy.needs_approval(message.tool)
             record = message.model_dump(include={"attempt", "agent", "tool", "source", "arguments"})

@@ -459,7 +459,12 @@ class StoredToolCall:
     @property
     def key(self) -> str:
         """The idempotency key a tool may pass on: the same for every attempt of this call."""
-        return f"{self.conversation_id}:{self.turn_id}:{self.call}:{self.index}"
+        return call_key(self.conversation_id, self.turn_id, self.call, self.index)
+
+
+def call_key(conversation_id: str, turn_id: str, call: str, index: int) -> str:
+    """A recorded call's idempotency key, from what identifies it in the journal."""
+    return f"{conversation_id}:{turn_id}:{call}:{index}"
 
 
 def _tool_call(row: Any) -> StoredToolCall:

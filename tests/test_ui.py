@@ -706,6 +706,72 @@ def test_a_call_awaiting_approval_runs_only_once_approved_on_the_page_and_a_deni
     assert counted() == ["ships"]
 
 
+def test_a_call_awaiting_approval_survives_a_restart_of_the_page(
+    tmp_path: Path, browser: Browser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counter = tmp_path / "counter.jsonl"
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "tests"))  # toolkit.counting, for the writer's process
+    monkeypatch.setenv("COUNTER_FILE", str(counter))
+    cfg = make_config(tmp_path, max_rounds=2)
+    data = yaml.safe_load(cfg.read_text(encoding="utf-8"))
+    writer = data["agents"][0]
+    writer["model"]["script"] = ['CALL count {"label": "ships"}', "I counted: {last}"]
+    writer["tools"] = [{"function": "toolkit.counting:count", "approval": "always"}]
+    write_config(cfg, data)
+    task = "Count the ships"
+    with processes(tmp_path) as procs:
+        start_cluster(procs, cfg, ["writer", "editor"])
+        url = start_page(procs, cfg)
+        tab = Tab(browser, url)
+        tab.send(task)
+        approve = tab.page.locator(".step", has_text="writer wants to run count").get_by_role("button", name="Approve")
+        expect(approve).to_be_visible(timeout=WAIT)
+        tab.transcript()  # every avatar drawn
+        before = tab.page.evaluate(PAGE_ORDER_JS)
+
+        # The page process dies with the call waiting, its tab still open; a new one, on the same
+        # history, takes over.
+        next(p for p in procs.all if p.name == "ui").stop(signal.SIGKILL)
+        tab.close()
+        port = yaml_port(cfg)
+        again = procs.roundtable("ui2", "ui", "--config", str(cfg), "--port", str(port))
+        again.wait_for(f"{READY} ui on http://127.0.0.1:{port}", timeout=60)
+        tab = Tab(browser, url)
+        page = tab.page
+        page.locator("#thread-history a", has_text=task).click()
+
+        # Reopened, the thread asks again, with buttons that answer, and shows nothing twice.
+        approve = page.locator(".step", has_text="writer wants to run count").get_by_role("button", name="Approve")
+        expect(approve).to_be_visible(timeout=WAIT)
+        time.sleep(1.0)  # whatever the manager sent again has arrived
+        tab.transcript()
+        assert page.evaluate(PAGE_ORDER_JS) == before
+        assert not counter.exists()
+        approve.click()
+        tab.wait_for_end()
+        tab.wait_for_text(EDITOR_LINE.format(n=1))  # streamed by the editor, so it may trail the end
+        tab.transcript()
+        order = page.evaluate(PAGE_ORDER_JS)
+        assert [(entry["type"], entry["author"], entry["text"]) for entry in order] == [
+            ("user_message", None, task),
+            ("assistant_message", "roundtable", "writer speaks next"),
+            ("tool", "writer", "Used writer: count"),
+            ("assistant_message", "writer", "I counted: ships is now 1"),
+            ("assistant_message", "roundtable", "editor speaks next"),
+            ("assistant_message", "editor", EDITOR_LINE.format(n=1)),
+            ("assistant_message", "roundtable", order[-1]["text"]),
+        ], order
+        assert order[-1]["text"].startswith("Conversation ended: max_rounds reached (2 rounds)"), order
+
+        # The history has it as the page showed it, once.
+        page.reload()
+        tab.wait_for_end()
+        tab.transcript()
+        assert page.evaluate(PAGE_ORDER_JS) == order
+        tab.close()
+    assert [json.loads(line)["label"] for line in counter.read_text(encoding="utf-8").splitlines()] == ["ships"]
+
+
 # Whether the page shows one usage line, below the message with the given text.
 LIVE_LINE_BELOW_JS = """(text) => {
   const texts = [...document.querySelectorAll('.step')]

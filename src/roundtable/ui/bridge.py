@@ -74,6 +74,19 @@ def step_id(thread_id: str, message_id: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"roundtable:{thread_id}:{message_id}"))
 
 
+def conversation_of(thread: ThreadDict) -> str | None:
+    """The conversation a thread shows: the one its latest line of ours names (a thread shows a
+    new conversation for each new task), else the one Chainlit kept from the tab's session."""
+    steps = sorted(thread.get("steps") or [], key=lambda step: step.get("createdAt") or "")
+    for step in reversed(steps):
+        conversation_id = (step.get("metadata") or {}).get("conversation_id")
+        if isinstance(conversation_id, str):
+            return conversation_id
+    metadata = thread.get("metadata") or {}
+    kept = metadata.get(CONVERSATION_KEY) if isinstance(metadata, dict) else None
+    return kept if isinstance(kept, str) else None
+
+
 def tool_key(event: ToolCallEvent) -> str:
     """A tool call's own name on the page, whatever its status."""
     return f"tool:{event.turn_id}:{event.call}:{event.index}"
@@ -153,6 +166,7 @@ class Tab:
         self.seed_run: str | None = None
         self.usage: UsageUpdate | None = None  # the latest word of what the agents used
         self.usage_line: cl.Message | None = None  # ... and the line that shows it
+        self.stored: dict[str, StepDict] = {}  # step id -> as the thread showed it when this process took it up
 
     @property
     def user(self) -> str:
@@ -171,6 +185,12 @@ class Tab:
         # Messages made from a Chainlit handler would nest under its run; these stand on their own.
         message.parent_id = None
         message.created_at = utc_now()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
+        if self.conversation_id is not None:
+            # Every line of ours says whose it is, so a later page process finds the conversation.
+            message.metadata = {**(message.metadata or {}), "conversation_id": self.conversation_id}
+        before = self.stored.get(message.id)
+        if before is not None:  # on the page already, from the thread: it keeps its place
+            message.created_at = before.get("createdAt") or message.created_at
         return message
 
     # ---------------------------------------------------------------- conversation events
@@ -181,6 +201,24 @@ class Tab:
         self.heard = asyncio.Event()
         self.streams.clear()
         self.usage, self.usage_line = None, None
+
+    def take_up(self, conversation_id: str, steps: list[StepDict]) -> bool:
+        """Follow a conversation whose thread this tab shows, though no tab of this page process
+        showed it before (the process started since). What the thread has is on the page already,
+        so the manager's sending it all again adds nothing twice. False if it has ended."""
+        self.stored = {step["id"]: step for step in steps}
+        if step_id(self.session.thread_id, f"end:{conversation_id}") in self.stored:
+            return False
+        self.begin(conversation_id)
+        for step in steps:
+            self.on_page.add(step["id"])  # a person's words keep their message id as step id
+            message_id = (step.get("metadata") or {}).get("message_id")
+            if isinstance(message_id, str):
+                self.on_page.add(message_id)
+        # The usage line moves down with each word of it, and goes at the end: from here as well.
+        if self.stored.pop(step_id(self.session.thread_id, f"usage:{conversation_id}"), None) is not None:
+            self.usage_line = self._message("", STATUS_AUTHOR, f"usage:{conversation_id}")
+        return True
 
     async def tool(self, event: ToolCallEvent) -> None:
         """A collapsible step per tool call, shown as it starts and completed when it ends. A call
@@ -196,15 +234,20 @@ class Tab:
                 name=f"{event.agent}: {event.tool}",
                 type="tool",
                 show_input="json",
-                metadata={"avatarName": event.agent},
+                metadata={"avatarName": event.agent, "conversation_id": event.conversation_id},
             )
             step.id = step_id(self.session.thread_id, key)
             step.parent_id = None
             step.input = event.arguments
             step.start = utc_now()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
             self.tool_steps[key] = step
-            await self._put_step(step.to_dict(), new=True)
-        elif step.end is not None:
+            before = self.stored.get(step.id)
+            if before is None:
+                await self._put_step(step.to_dict(), new=True)
+            else:  # on the page already, from the thread: it keeps its place, and an ended call its end
+                step.created_at, step.start, step.end = before.get("createdAt"), before.get("start"), before.get("end")
+                step.output, step.is_error = before.get("output") or "", bool(before.get("isError"))
+        if step.end is not None:
             return  # an ended call stays as it ended, whatever word of it comes late or again
         if event.status == "awaiting":
             step.output = f"waiting for your approval{deadline(event)}"
@@ -245,12 +288,15 @@ class Tab:
 
     async def _stop_asking(self, key: str) -> None:
         asking = self.asking.pop(key, None)
-        if asking is None:
+        # A question the thread showed when this process took it up goes too, asked again or not.
+        before = self.stored.pop(step_id(self.session.thread_id, f"approval:{key}"), None)
+        question = asking.question.to_dict() if asking is not None else before
+        if question is None:
             return
         self.enter()
-        for action in asking.question.actions:
+        for action in asking.question.actions if asking is not None else []:
             await action.remove()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
-        await self._delete_step(asking.question.to_dict())
+        await self._delete_step(question)
 
     async def show_buttons_again(self) -> None:
         """A reopened tab: its thread brings back the questions, this their buttons."""
@@ -319,10 +365,12 @@ class Tab:
         # The manager's word says what was used; a stop it never confirmed, the latest one before.
         usage = event.usage or (self.usage.usage if self.usage is not None else {})
         used = f"\n\nUsed: {usage_line(usage)}" if any_counted(usage) else ""
+        # One end line per conversation, by which a page process taken up later knows it has ended.
+        end = f"end:{event.conversation_id}"
         if event.ok:
-            await self.say(f"Conversation ended: {event.reason}. Type a new task to start another one.{used}")
+            await self.say(f"Conversation ended: {event.reason}. Type a new task to start another one.{used}", end=end)
         else:
-            await self.say(f"Conversation ended with an error: {event.reason}{used}", error=True)
+            await self.say(f"Conversation ended with an error: {event.reason}{used}", error=True, end=end)
 
     async def show_usage(self, event: UsageUpdate) -> None:
         """What each agent has used so far, on one quiet line that moves down to the latest turn,
@@ -350,16 +398,16 @@ class Tab:
         """Keep what a message had streamed when its conversation ended (a stop cuts it short)."""
         for message in self.streams.values():
             self.enter()
-            message.metadata = {"interrupted": True}
+            message.metadata = {**(message.metadata or {}), "interrupted": True}
             await message.send()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
         self.streams.clear()
 
     # ---------------------------------------------------------------- the page's own lines
 
-    async def say(self, content: str, error: bool = False, stop_button: bool = False) -> None:
+    async def say(self, content: str, error: bool = False, stop_button: bool = False, end: str | None = None) -> None:
         if stop_button:
             await self._drop_stop_button()
-        message = self._message(content, STATUS_AUTHOR)
+        message = self._message(content, STATUS_AUTHOR, end)
         message.is_error = error
         if stop_button and self.running:
             # The button travels with the latest line, so it stays next to what is happening.
@@ -540,11 +588,21 @@ class Bridge:
             await tab.show_seed_run(self._seed)
 
     async def resumed(self, session: WebsocketSession, thread: ThreadDict) -> None:
-        """A reopened thread whose conversation still runs takes it over from its old tab."""
-        metadata = thread.get("metadata") or {}
-        conversation_id = metadata.get(CONVERSATION_KEY) if isinstance(metadata, dict) else None
-        old = self._routes.get(conversation_id) if isinstance(conversation_id, str) else None
-        if old is not None and old.running and old.session.thread_id == session.thread_id:
+        """A reopened thread whose conversation still runs takes it over from its old tab, or,
+        when no tab here follows it (the page process started since), takes it up."""
+        conversation_id = conversation_of(thread)
+        if conversation_id is None or self.settings.seed:
+            self.tab(session)
+            return
+        old = self._routes.get(conversation_id)
+        if old is None:
+            tab = self.tab(session)
+            if tab.take_up(conversation_id, thread.get("steps") or []):
+                self._routes[conversation_id] = tab
+                # Once Chainlit has drawn the thread, the manager sends the conversation again: the
+                # calls that wait for an answer, and whatever the thread missed while no page ran.
+                self.spawn(self._announce(tab, ResumeConversation(conversation_id=conversation_id)))
+        elif old.running and old.session.thread_id == session.thread_id:
             self._tabs.pop(old.session.id, None)
             old.session = session
             self._tabs[session.id] = old
@@ -594,8 +652,9 @@ class Bridge:
             await data_layer.update_thread(tab.session.thread_id, tags=["roundtable"])
         self.spawn(self._announce(tab, start))
 
-    async def _announce(self, tab: Tab, start: StartConversation) -> None:
-        """Publish the start until the manager answers: publishing has no acknowledgement."""
+    async def _announce(self, tab: Tab, start: StartConversation | ResumeConversation) -> None:
+        """Publish the start (or the ask to send a conversation again) until the manager answers:
+        publishing has no acknowledgement."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.start_timeout
         while not tab.heard.is_set() and loop.time() < deadline:

@@ -41,6 +41,12 @@ CASES = [
 ]
 
 
+#: Model calls per turn: the writer calls its tool, then writes; the editor writes.
+CALLS_PER_TURN = {"writer": 2, "editor": 1}
+#: The points where the victim dies with a turn's generation begun and not finished.
+CUT_OFF_MID_TURN = {"agent.stream.chunk", "agent.tool.before_run", "agent.tool.after_run"}
+
+
 def test_every_crash_point_has_a_case() -> None:
     assert sorted(point for point, _, _ in CASES) == sorted(POINTS)
 
@@ -53,6 +59,8 @@ def crash_config(tmp_path: Path) -> Path:
     draft = writer["model"]["script"][0]
     writer["model"]["script"] = ['CALL count {"label": "drafts"}', draft]
     writer["tools"] = [{"function": "toolkit.counting:count"}]
+    for agent in data["agents"]:  # every model call, to count the work a crash wastes
+        agent["model"]["record"] = str(tmp_path / f"{agent['name']}-calls.jsonl")
     data["host"]["connect_timeout"] = 30
     cfg.write_text(yaml.safe_dump(data))
     return cfg
@@ -95,4 +103,12 @@ def test_a_conversation_completes_whatever_process_dies_at_a_crash_point(
     effects = Counter(json.dumps(e["key"]) for e in counted(tmp_path))
     assert all(n == 1 for n in effects.values()), effects  # no effect twice
     assert 1 <= sum(effects.values()) <= ROUNDS // 2, effects  # one per writer turn, or its call skipped
+    # No model call is wasted: a turn already stored is not answered again, and a finished reply
+    # survives its agent. Only a turn cut off mid-generation is generated again, by its victim.
+    turns = Counter(m.author for m in conversation.transcript if m.kind == "agent")
+    calls = {name: len((tmp_path / f"{name}-calls.jsonl").read_text().splitlines()) for name in CALLS_PER_TURN}
+    for name, per_turn in CALLS_PER_TURN.items():
+        needed = turns[name] * per_turn
+        cut_off = per_turn if name == victim and point in CUT_OFF_MID_TURN else 0
+        assert needed <= calls[name] <= needed + cut_off, (name, calls, dict(turns))
     os.environ.pop(CRASH_ENV, None)

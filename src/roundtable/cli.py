@@ -205,6 +205,7 @@ def agent_settings(args: argparse.Namespace, config: Config) -> tuple[AgentConfi
 
 async def _agent(args: argparse.Namespace) -> int:
     from .models import build_client
+    from .outbox import Outbox
     from .participant import check_factory, register_participant
     from .runtime import announce_ready, serve_until_signal, stop_worker
     from .tools import AgentTools, ToolsUnavailable
@@ -220,6 +221,7 @@ async def _agent(args: argparse.Namespace) -> int:
     tools = AgentTools.from_config(settings)  # a bad import path is a ConfigError, before connecting
     if settings.factory is not None:
         check_factory(settings, client)
+    outbox = None if seed else Outbox(config.data_path / "agents" / settings.name / "replies")
     try:
         await tools.start()
     except ToolsUnavailable as error:
@@ -227,7 +229,7 @@ async def _agent(args: argparse.Namespace) -> int:
         return _fail(str(error), EXIT_FAILED)
     runtime = await _connect(args, config)
     try:
-        heartbeat = await register_participant(runtime, settings, client, seed, config.host.heartbeat, tools)
+        heartbeat = await register_participant(runtime, settings, client, seed, config.host.heartbeat, tools, outbox)
         mode = "seed mode" if seed else "managed"
         names = [name for listed in tools.names.values() for name in listed]
         with_tools = f", tools: {', '.join(names)}" if names else ""

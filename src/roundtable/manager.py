@@ -44,6 +44,8 @@ from .messages import (
     ToolCallFinished,
     ToolCallStarted,
     ToolCallStatus,
+    TurnCheck,
+    TurnState,
     Usage,
     UsageUpdate,
     new_id,
@@ -468,6 +470,23 @@ class GroupChatManager(RoutedAgent):
                 await self._begin_turn(conv, request, choice.note)
             else:
                 await self._announce_end(conv, str(reason), ok=True)
+
+    @message_handler
+    async def on_turn_check(self, message: TurnCheck, ctx: MessageContext) -> None:
+        """An agent asks, before it calls the model, whether the turn still waits for it."""
+        if message.agent not in {agent.name for agent in self._agents}:
+            return  # no topic is made for a name that is not ours
+        async with self._lock:
+            conv = self._conv
+            if conv is not None:
+                pending = conv.pending
+                still = not conv.ended and pending is not None and pending.turn_id == message.turn_id
+            else:  # not held here (ended and let go, or not taken up yet): the store knows
+                stored = await self._store.get(message.conversation_id)
+                still = stored is not None and stored.status == "open" and stored.pending_turn_id == message.turn_id
+                forget(self)  # made for this question alone
+        state = TurnState(conversation_id=message.conversation_id, turn_id=message.turn_id, open=still)
+        await self.publish_message(state, topic(turn_topic_type(message.agent), message.conversation_id))
 
     # ------------------------------------------------------------ the tool-call journal
 

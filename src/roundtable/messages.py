@@ -105,6 +105,23 @@ class AgentReply(_Wire):
     tokens: int = Field(default=0, ge=0)  # model tokens used for the turn (see replies.FinishReasonRecorder)
 
 
+class TurnCheck(_Wire):
+    """A participant, before it calls the model: is this turn still open? A "your turn" can
+    come late (asked again, or passed on by a restarted host) for a turn already stored."""
+
+    conversation_id: str
+    turn_id: str
+    agent: str
+
+
+class TurnState(_Wire):
+    """The manager's answer to a TurnCheck, on the agent's turn topic."""
+
+    conversation_id: str
+    turn_id: str
+    open: bool
+
+
 class StreamChunk(_Wire):
     """A piece of a message as the model generates it. `index` restores order; `done` closes it."""
 
@@ -336,6 +353,8 @@ WIRE_TYPES: tuple[type[BaseModel], ...] = (
     HumanMessage,
     RequestToSpeak,
     AgentReply,
+    TurnCheck,
+    TurnState,
     StreamChunk,
     SpeakerSelected,
     ConversationEnded,

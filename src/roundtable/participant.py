@@ -48,17 +48,26 @@ from .messages import (
     SeedHello,
     StreamChunk,
     ToolCallDecision,
+    TurnCheck,
+    TurnState,
     new_id,
     topic,
     turn_topic_type,
 )
 from .models import explain_model_error
+from .outbox import Outbox
 from .replies import FinishReasonRecorder, finish_reply
 from .runtime import WorkerRuntime, forget
 from .telemetry import span
 from .tools import AgentContext, AgentTools, Journal, journaled, load_object
 
 log = logging.getLogger("roundtable.participant")
+
+#: Before it calls the model, a participant asks the manager whether the turn is still open,
+#: every TURN_CHECK_RESEND s; with no answer within TURN_CHECK_TIMEOUT it speaks anyway (what it
+#: says is kept, so a manager that comes back later gets it without a second model call).
+TURN_CHECK_RESEND = 1.0
+TURN_CHECK_TIMEOUT = 3.0
 
 
 def _since_last_turn(name: str, history: Sequence[ChatMessage]) -> list[ChatMessage]:
@@ -160,6 +169,7 @@ class Participant(RoutedAgent):
         client: ChatCompletionClient,
         seed: SeedConfig | None = None,
         tools: AgentTools | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         super().__init__(settings.description or settings.system_message)
         self._settings = settings
@@ -173,6 +183,8 @@ class Participant(RoutedAgent):
         # crash or a timeout) gets the same reply, or nothing while the answer is on its way.
         self._answered: dict[str, AgentReply] = {}
         self._answering: set[str] = set()
+        self._outbox = outbox  # ... and the same after a restart, from the disk
+        self._checks: dict[str, asyncio.Future[bool]] = {}  # turn id -> the manager's word on it
         self._seed_exchange = SeedExchange()
         self._seed_answering = asyncio.Lock()
         self._seed_opened = False
@@ -224,10 +236,60 @@ class Participant(RoutedAgent):
         reply_topic = topic(CONTROL, message.conversation_id)
         if message.turn_id in self._answering:
             return
-        if message.turn_id in self._answered:
-            await self.publish_message(self._answered[message.turn_id], reply_topic)
-            return
         self._answering.add(message.turn_id)
+        try:
+            answered = self._answered.get(message.turn_id)
+            if answered is None and self._outbox is not None:
+                answered = await self._outbox.get(message.conversation_id, message.turn_id)
+            if answered is not None:
+                await self.publish_message(answered, reply_topic)
+                return
+            if not await self._turn_open(message):
+                log.info("%s: turn %s is no longer open; not answering it", self.name, message.turn_id[:8])
+                return
+            reply = await self._answer(message)
+        finally:
+            self._answering.discard(message.turn_id)
+        self._answered = {message.turn_id: reply}  # only the latest turn can be asked again
+        if self._outbox is not None:
+            await self._outbox.put(reply)
+        crash_point("agent.reply.ready")
+        await self.publish_message(reply, reply_topic)
+        crash_point("agent.reply.sent")
+
+    async def _turn_open(self, message: RequestToSpeak) -> bool:
+        """The manager's word on whether the turn still waits for this agent; True without one."""
+        loop = asyncio.get_running_loop()
+        check = TurnCheck(conversation_id=message.conversation_id, turn_id=message.turn_id, agent=self.name)
+        answer: asyncio.Future[bool] = loop.create_future()
+        self._checks[message.turn_id] = answer
+        deadline = loop.time() + TURN_CHECK_TIMEOUT
+        try:
+            while loop.time() < deadline:
+                await self.publish_message(check, topic(CONTROL, message.conversation_id))
+                try:
+                    wait = min(TURN_CHECK_RESEND, deadline - loop.time())
+                    return await asyncio.wait_for(asyncio.shield(answer), max(wait, 0.0))
+                except asyncio.TimeoutError:
+                    continue
+            log.warning(
+                "%s: the manager did not say within %g s whether turn %s is open; answering it",
+                self.name,
+                TURN_CHECK_TIMEOUT,
+                message.turn_id[:8],
+            )
+            return True
+        finally:
+            self._checks.pop(message.turn_id, None)
+
+    @message_handler
+    async def on_turn_state(self, message: TurnState, ctx: MessageContext) -> None:
+        answer = self._checks.get(message.turn_id)
+        if answer is not None and not answer.done():
+            answer.set_result(message.open)
+
+    async def _answer(self, message: RequestToSpeak) -> AgentReply:
+        """Generate this turn's reply; a model failure is the reply's error."""
         self._journal.begin_turn(message.turn_id)
         message_id = new_id()
         log.info("%s: speaking in %s (turn %s)", self.name, message.conversation_id, message.turn_id[:8])
@@ -240,9 +302,7 @@ class Participant(RoutedAgent):
         except Exception as failure:  # any model failure ends the turn with a reason
             error = await explain_model_error(failure)
             log.error("%s: %s", self.name, error)
-        finally:
-            self._answering.discard(message.turn_id)
-        reply = AgentReply(
+        return AgentReply(
             conversation_id=message.conversation_id,
             turn_id=message.turn_id,
             message_id=message_id,
@@ -251,10 +311,6 @@ class Participant(RoutedAgent):
             error=error,
             tokens=self._client.tokens,
         )
-        self._answered = {message.turn_id: reply}  # only the latest turn can be asked again
-        crash_point("agent.reply.ready")
-        await self.publish_message(reply, reply_topic)
-        crash_point("agent.reply.sent")
 
     @message_handler
     async def on_seed_message(self, message: TextMessage, ctx: MessageContext) -> None:
@@ -310,6 +366,8 @@ class Participant(RoutedAgent):
     @message_handler
     async def on_ended(self, message: ConversationEnded, ctx: MessageContext) -> None:
         log.info("%s: conversation %s ended: %s", self.name, message.conversation_id, message.reason)
+        if self._outbox is not None:
+            await self._outbox.drop(message.conversation_id)
         forget(self)
 
 
@@ -365,10 +423,11 @@ async def register_participant(
     seed: SeedConfig | None = None,
     heartbeat: float = 2.0,
     tools: AgentTools | None = None,
+    outbox: Outbox | None = None,
 ) -> asyncio.Task[None] | None:
     """Register the agent type and its subscriptions, then say so: in managed mode to the
     manager (which asks again for any turn this agent owes), in seed mode to the peer."""
-    await Participant.register(runtime, settings.name, lambda: Participant(settings, client, seed, tools))
+    await Participant.register(runtime, settings.name, lambda: Participant(settings, client, seed, tools, outbox))
     if seed is None:
         # Only its own topic: the manager sends it both "your turn" and the end there, so the
         # group chat's traffic is not delivered (and decoded) here for nothing.

@@ -28,6 +28,7 @@ from autogen_ext.runtimes.grpc.protos.agent_worker_pb2_grpc import add_AgentRpcS
 
 from . import telemetry
 from .messages import WIRE_TYPES
+from .routing import Routes
 from .security import (
     Security,
     TokenInterceptor,
@@ -122,6 +123,18 @@ def announce_ready(what: str) -> None:
 # places in roundtable that touch AutoGen's private state.
 
 
+def use_routes(runtime: object) -> Routes:
+    """Put `Routes` in place of the SubscriptionManager of AutoGen's host servicer or worker
+    runtime (see routing.py). If AutoGen no longer keeps its table where this expects, say so
+    at once rather than route for ever in a table that grows."""
+    stock = getattr(runtime, "_subscription_manager", None)
+    if stock is None or not hasattr(stock, "get_subscribed_recipients") or list(stock.subscriptions):
+        raise RuntimeError(f"{type(runtime).__name__}: AutoGen's routing table is not where roundtable expects it")
+    routes = Routes()
+    runtime._subscription_manager = routes  # type: ignore[attr-defined]
+    return routes
+
+
 class _Close:
     """Put on a client's send queue to end its stream (it fell too far behind)."""
 
@@ -178,6 +191,7 @@ class RoutingServicer(GrpcWorkerAgentRuntimeHostServicer):
         self, grace: float = 10.0, held_bytes_limit: int = HELD_BYTES_LIMIT, queue_limit: int = CLIENT_QUEUE_LIMIT
     ) -> None:
         super().__init__()
+        self.routes = use_routes(self)
         self._started = time.monotonic()
         self._grace = grace
         self._held: list[tuple[cloudevent_pb2.CloudEvent, set[str]]] = []
@@ -259,7 +273,7 @@ class RoutingServicer(GrpcWorkerAgentRuntimeHostServicer):
     async def _deliver(self, event: cloudevent_pb2.CloudEvent, served: set[str]) -> set[str]:
         """Send `event` to the clients of its subscribed agent types, except the types in
         `served`; return the types it reached (a client cut off for not reading counts)."""
-        recipients = await self._subscription_manager.get_subscribed_recipients(TopicId(event.type, event.source))
+        recipients = await self.routes.get_subscribed_recipients(TopicId(event.type, event.source))
         by_client: dict[str, set[str]] = {}
         async with self._agent_type_to_client_id_lock:
             for recipient in recipients:
@@ -671,6 +685,7 @@ class WorkerRuntime(GrpcWorkerAgentRuntime):
 
     def __init__(self, address: str, connect_timeout: float = 10.0, security: Security | None = None) -> None:
         super().__init__(host_address=address, extra_grpc_config=GRPC_OPTIONS)
+        self.routes = use_routes(self)
         self.connection = ResilientConnection(address, connect_timeout, security)
         for message_type in WIRE_TYPES:
             self.add_message_serializer(try_get_known_serializers_for_type(message_type))

@@ -1,0 +1,74 @@
+"""An agent's finished replies, kept on its own disk until their conversation ends.
+
+A reply lives in the agent's memory between being generated and being stored by the
+manager. If the agent dies in that window, the restarted agent would call the model again
+for a turn it had already answered. With the outbox it sends the kept reply instead.
+
+One file per conversation holds its latest reply (the only one the manager can ask for
+again). It is written to a temporary file and renamed, so a crash leaves the old reply or
+the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from .config import ConfigError
+from .messages import AgentReply
+
+log = logging.getLogger("roundtable.outbox")
+
+
+class Outbox:
+    def __init__(self, directory: Path) -> None:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"cannot keep the agent's replies in {directory}: {error.strerror}") from error
+        self.directory = directory
+
+    def _file(self, conversation_id: str) -> Path:
+        # Conversation ids come from clients: hashed, one cannot name a path.
+        return self.directory / f"{hashlib.sha256(conversation_id.encode()).hexdigest()[:32]}.json"
+
+    async def get(self, conversation_id: str, turn_id: str) -> AgentReply | None:
+        """The kept reply to this turn, if there is one."""
+        return await asyncio.to_thread(self._read, conversation_id, turn_id)
+
+    def _read(self, conversation_id: str, turn_id: str) -> AgentReply | None:
+        file = self._file(conversation_id)
+        try:
+            reply = AgentReply.model_validate_json(file.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValidationError) as error:
+            log.warning("ignored an unreadable kept reply %s: %s", file, str(error).splitlines()[0])
+            return None
+        same = reply.conversation_id == conversation_id and reply.turn_id == turn_id
+        return reply if same else None
+
+    async def put(self, reply: AgentReply) -> None:
+        """Keep `reply` (in place of the conversation's last), on disk before this returns."""
+        try:
+            await asyncio.to_thread(self._write, reply)
+        except OSError as error:  # the reply still goes out; only a crash before then would cost it
+            log.warning("could not keep the reply to turn %s on disk: %s", reply.turn_id[:8], error)
+
+    def _write(self, reply: AgentReply) -> None:
+        file = self._file(reply.conversation_id)
+        part = file.with_suffix(".part")
+        with part.open("wb") as out:
+            out.write(reply.model_dump_json().encode())
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(part, file)
+
+    async def drop(self, conversation_id: str) -> None:
+        """The conversation has ended: nothing of it will be asked for again."""
+        await asyncio.to_thread(self._file(conversation_id).unlink, missing_ok=True)

@@ -1,0 +1,77 @@
+"""The routing table that replaces AutoGen's: the same answers as the stock one for any mix of
+subscription changes and topics, bounded memory, and installed where AutoGen keeps its own."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from autogen_core import AgentId, TopicId, TypePrefixSubscription, TypeSubscription
+from autogen_core._runtime_impl_helpers import SubscriptionManager  # the reference it must match
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from roundtable.routing import Routes
+from roundtable.runtime import RoutingServicer, WorkerRuntime, use_routes
+
+TYPES = ["group_chat", "control", "turn.writer", "turn.editor", "stream"]
+SUBSCRIPTIONS = [TypeSubscription(t, a) for t in TYPES for a in ("manager", "writer")] + [
+    TypePrefixSubscription("turn.", "observer")
+]
+STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.integers(0, len(SUBSCRIPTIONS) - 1)),
+        st.tuples(st.just("remove"), st.integers(0, len(SUBSCRIPTIONS) - 1)),
+        st.tuples(st.just("route"), st.sampled_from(TYPES), st.sampled_from(["c1", "c2", "c3", "c4"])),
+    ),
+    max_size=60,
+)
+
+
+async def apply(table: Routes | SubscriptionManager, steps: list[tuple[object, ...]]) -> list[object]:
+    seen: list[object] = []
+    for step in steps:
+        try:
+            if step[0] == "add":
+                await table.add_subscription(SUBSCRIPTIONS[int(str(step[1]))])
+            elif step[0] == "remove":
+                await table.remove_subscription(SUBSCRIPTIONS[int(str(step[1]))].id)
+            else:
+                recipients = await table.get_subscribed_recipients(TopicId(str(step[1]), str(step[2])))
+                seen.append(sorted(map(str, recipients)))
+        except ValueError as error:
+            seen.append(str(error))
+    return seen
+
+
+@settings(max_examples=200, deadline=None)
+@given(STEPS, st.integers(1, 4))
+def test_routes_answer_as_autogens_table_does(steps: list[tuple[object, ...]], cache_size: int) -> None:
+    # A small cache, so that evicted topics are worked out again.
+    assert asyncio.run(apply(Routes(cache_size), steps)) == asyncio.run(apply(SubscriptionManager(), steps))
+
+
+async def test_the_table_stays_bounded_however_many_topics_come_and_go() -> None:
+    routes = Routes(cache_size=100)
+    await routes.add_subscription(TypeSubscription("group_chat", "manager"))
+    for i in range(5_000):
+        assert await routes.get_subscribed_recipients(TopicId("group_chat", f"c{i}")) == [
+            AgentId("manager", f"c{i}")
+        ]
+    assert routes.cached == 100
+    await routes.add_subscription(TypeSubscription("group_chat", "writer"))  # a change empties it
+    assert routes.cached == 0
+    assert len(await routes.get_subscribed_recipients(TopicId("group_chat", "c1"))) == 2
+
+
+def test_autogens_runtimes_route_through_it() -> None:
+    # If AutoGen moves its table, this fails at once (use_routes raises), not after weeks.
+    servicer = RoutingServicer()
+    assert isinstance(servicer.routes, Routes) and servicer._subscription_manager is servicer.routes
+    worker = WorkerRuntime("127.0.0.1:1")
+    assert worker._subscription_manager is worker.routes
+
+
+def test_a_runtime_without_the_expected_table_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="routing table is not where roundtable expects it"):
+        use_routes(object())

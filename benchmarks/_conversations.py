@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,6 +95,7 @@ class Recorder(RoutedAgent):
         if conv is not None:
             conv.heard.set()
             conv.seqs.append(message.seq)
+            conv.events.append(["message", time.monotonic(), message.seq])
 
     @message_handler
     async def on_speaker(self, message: SpeakerSelected, ctx: MessageContext) -> None:
@@ -181,6 +183,30 @@ class Driver:
             "reasons": sorted({str(c.end[1]) for c in convs if c.end}),
         }
 
+    async def soak(self, command: dict[str, Any]) -> dict[str, Any]:
+        """`count` conversations, `concurrency` at a time; then a sample taken with nothing else
+        running: the turn times of `sample` conversations one after another, and how long the
+        host takes to add and remove a subscription (`changes` times)."""
+        count, concurrency, timeout = int(command["count"]), int(command["concurrency"]), float(command["timeout"])
+        unfinished = failed = 0
+        for done in range(0, count, concurrency):
+            convs, _, _ = await self.run_conversations(min(concurrency, count - done), "Soak", timeout)
+            unfinished += sum(1 for c in convs if not c.end)
+            failed += sum(1 for c in convs if c.end and not c.end[2])
+        turn_ms: list[float] = []
+        for _ in range(int(command["sample"])):
+            (conv,), _, _ = await self.run_conversations(1, "Soak sample", timeout)
+            times = [t for _, t in sorted((e[2], e[1]) for e in conv.events if e[0] == "message")]
+            turn_ms += [(b - a) * 1e3 for a, b in itertools.pairwise(times)]
+        change_ms: list[float] = []
+        for i in range(int(command["changes"])):
+            subscription = TypeSubscription(f"soak_probe_{new_id()[:8]}_{i}", "bench_recorder")
+            began = time.monotonic()
+            await self.runtime.add_subscription(subscription)
+            await self.runtime.remove_subscription(subscription.id)
+            change_ms.append((time.monotonic() - began) * 1e3)
+        return {"unfinished": unfinished, "failed": failed, "turn_ms": turn_ms, "change_ms": change_ms}
+
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
@@ -201,6 +227,8 @@ async def main() -> None:
             return await driver.turns(command)
         if command["cmd"] == "concurrent":
             return await driver.concurrent(command)
+        if command["cmd"] == "soak":
+            return await driver.soak(command)
         raise ValueError(f"unknown command {command['cmd']!r}")
 
     await serve_commands(handle)

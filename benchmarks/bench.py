@@ -26,11 +26,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import conversations, hop, plots, recovery, report, revisions, startup, streaming
+from . import conversations, hop, plots, recovery, report, revisions, soak, startup, streaming
 from ._procs import REPO
 from .settings import FULL, QUICK, Settings
 
-MEASUREMENTS = ("hop", "conversations", "streaming", "startup", "recovery", "revisions")
+MEASUREMENTS = ("hop", "conversations", "streaming", "startup", "recovery", "revisions", "soak")
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "latest.json"
 PUBLISHED_PLOTS = REPO / "docs" / "benchmarks"
 
@@ -132,6 +132,10 @@ def run(settings: Settings, only: set[str], log_dir: Path, profile: bool) -> dic
     if "revisions" in only:
         results["revisions"] = attempt(
             "revisions on the default model (quality)", lambda: revisions.run(settings, log_dir)
+        )
+    if "soak" in only:
+        results["soak"] = attempt(
+            f"soak, {settings.soak_conversations:,} conversations", lambda: soak.run(settings, log_dir)
         )
     results["meta"]["load_after"] = _load()
     results["meta"]["seconds"] = round(time.monotonic() - began, 1)

@@ -157,6 +157,45 @@ def recovery(data: dict[str, Any], out: Path) -> Path:
     return _save(fig, out / "recovery.png")
 
 
+def soak(data: dict[str, Any], out: Path) -> Path:
+    """Every sample of the soak, each measure over its first sample; below, one subscription
+    change in AutoGen's routing table and in roundtable's, as topics come and go."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6.5))
+    samples = data["samples"]
+    xs = [s["conversations"] for s in samples]
+    for key, label in (
+        ("host_kb", "host RSS"),
+        ("manager_kb", "manager RSS"),
+        ("turn_p50_ms", "turn p50"),
+        ("change_p50_ms", "subscription change p50"),
+    ):
+        values = [s[key] for s in samples]
+        first = values[0] if values and values[0] else None
+        if first:
+            top.plot(xs, [v / first if v else float("nan") for v in values], "o-", ms=3, label=label)
+    top.axhspan(0.9, 1.1, color="green", alpha=0.08, label="within 10% of the first sample")
+    top.set_xlabel("conversations through one host and one manager")
+    top.set_ylabel("over the first sample")
+    top.set_title("Soak: does anything grow with age?")
+    top.grid(True, alpha=0.3)
+    top.legend(fontsize=8)
+    tables = data.get("routing_tables") or []
+    if tables:
+        topics = [r["topics"] for r in tables]
+        for key, color, label in (
+            ("autogen_ms", COLORS["bare"], "AutoGen SubscriptionManager"),
+            ("roundtable_ms", COLORS["roundtable"], "roundtable Routes"),
+        ):
+            bottom.plot(topics, [r[key] for r in tables], color=color, label=label)
+        bottom.set_yscale("log")
+        bottom.set_xlabel("topics that have come and gone")
+        bottom.set_ylabel("one subscription change (ms, log)")
+        bottom.set_title("Routing table, in process: the cost of a change as topics accumulate")
+        bottom.grid(True, which="both", alpha=0.3)
+        bottom.legend(fontsize=8)
+    return _save(fig, out / "soak.png")
+
+
 def draw(results: dict[str, Any], out: Path, limit_mb: float) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     made: list[Path] = []
@@ -171,4 +210,6 @@ def draw(results: dict[str, Any], out: Path, limit_mb: float) -> list[Path]:
         made.append(memory(results["startup"]["configs"], out, limit_mb))
     if results.get("recovery") and "error" not in results["recovery"]:
         made.append(recovery(results["recovery"], out))
+    if results.get("soak") and "error" not in results["soak"]:
+        made.append(soak(results["soak"], out))
     return made

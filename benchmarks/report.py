@@ -8,6 +8,8 @@ from typing import Any
 
 AGENT_ROLES = ("writer", "editor", "terse_writer", "terse_editor")
 AGENT_MEMORY_LIMIT_MB = 150.0
+#: The soak's measures count as flat within this fraction of their first sample.
+SOAK_FLAT = 0.10
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -325,6 +327,58 @@ def recovery_table(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def soak_table(data: dict[str, Any]) -> str:
+    rows = [
+        [
+            f"{sample['conversations']:,}",
+            f"{sample['seconds']:.0f}",
+            _fmt(_mb({"VmRSS": sample["host_kb"]}) if sample["host_kb"] else None, 1),
+            _fmt(_mb({"VmRSS": sample["manager_kb"]}) if sample["manager_kb"] else None, 1),
+            _ms(sample["turn_p50_ms"]),
+            _ms(sample["change_p50_ms"]),
+            f"{sample['unfinished'] + sample['failed']}",
+        ]
+        for sample in data["samples"]
+    ]
+    header = ["conversations", "seconds", "host MB", "manager MB", "turn p50", "sub change p50", "unfinished"]
+    title = (
+        f"8. Soak: 2-round conversations through one host and one manager, {data['concurrency']} at a time;"
+        f" a sample after every {data['every']:,}"
+    )
+    lines = [table(title, header, rows)]
+    flat = data["flat"]
+    lines.append(
+        "  last / first sample: "
+        + ", ".join(f"{key.removesuffix('_kb').removesuffix('_ms')} {_x(value, 2)}" for key, value in flat.items())
+    )
+    tables = data.get("routing_tables") or []
+    if tables:
+        shown = sorted({round(i * (len(tables) - 1) / 4) for i in range(5)})  # five rows, first to last
+        rows = [
+            [
+                f"{r['conversations']:,}",
+                f"{r['topics']:,}",
+                f"{r['autogen_ms']:.3f}",
+                f"{r['roundtable_ms']:.3f}",
+                _x(r["autogen_ms"] / r["roundtable_ms"] if r["roundtable_ms"] else None, 0),
+            ]
+            for r in (tables[i] for i in shown)
+        ]
+        lines.append(
+            table(
+                "   one subscription change, in process: AutoGen's SubscriptionManager vs roundtable's Routes",
+                ["conversations", "topics seen", "AutoGen ms", "roundtable ms", "AutoGen / roundtable"],
+                rows,
+            )
+        )
+    return "\n".join(lines)
+
+
+def soak_flat(data: dict[str, Any], key: str) -> float | None:
+    value = (data.get("flat") or {}).get(key)
+    return None if value is None else float(value)
+
+
 def recovery_lost(results: dict[str, Any]) -> bool:
     """A message published while roundtable's host was down that never came, or came twice."""
     side: dict[str, Any] = ((results.get("recovery") or {}).get("variants") or {}).get("roundtable") or {}
@@ -399,6 +453,20 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
         add("writer revises its draft (default model)", share, ">= 0.8 of rounds", share >= 0.8, shown)
         cut = float(revised["mid_sentence"])
         add("replies ending mid-sentence", cut, "0", cut == 0, f"{revised['mid_sentence']}/{revised['replies']}")
+    soaked = results.get("soak") or {}
+    if "flat" in soaked:
+        n = soaked["samples"][-1]["conversations"] if soaked["samples"] else 0
+        for key, label in (
+            ("host_kb", "host RSS"),
+            ("manager_kb", "manager RSS"),
+            ("turn_p50_ms", "turn p50"),
+            ("change_p50_ms", "subscription change p50"),
+        ):
+            ratio = soak_flat(soaked, key)
+            ok = None if ratio is None else ratio <= 1.0 + SOAK_FLAT
+            add(f"soak, {n:,} conversations: {label}, last / first", ratio, f"<= {1 + SOAK_FLAT:.1f}x", ok, _x(ratio))
+        bad = sum(s["unfinished"] + s["failed"] for s in soaked["samples"])
+        add(f"soak, {n:,} conversations: unfinished", float(bad), "0", bad == 0, str(bad))
     memory = agent_memory_mb(results)
     add(
         "agent process RSS, largest seen",
@@ -443,6 +511,8 @@ def render(results: dict[str, Any]) -> str:
         parts.append(startup_table(results["startup"]) + _load_note(results["startup"]))
     if results.get("recovery") and "error" not in results["recovery"]:
         parts.append(recovery_table(results["recovery"]) + _load_note(results["recovery"]))
+    if results.get("soak") and "error" not in results["soak"]:
+        parts.append(soak_table(results["soak"]) + _load_note(results["soak"]))
     errors = [
         f"  {name}: {value['error']}"
         for name, value in _sections(results)
@@ -456,7 +526,7 @@ def render(results: dict[str, Any]) -> str:
 
 def _sections(results: dict[str, Any]) -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
-    for name in ("hop", "conversations", "startup", "recovery", "revisions"):
+    for name in ("hop", "conversations", "startup", "recovery", "revisions", "soak"):
         out.append((name, results.get(name)))
     for stream in results.get("streaming") or []:
         out.append((f"streaming {stream.get('model')}", stream))

@@ -45,6 +45,13 @@ class Settings:
     recovery_burst: int
     # 7. quality: tasks the built-in writer and editor run on the default model (0: skipped)
     revision_tasks: int
+    # 8. soak: conversations through one host and manager, a sample after every `soak_every`
+    # (turn times of `soak_sample` conversations in a row, `soak_changes` subscription changes)
+    soak_conversations: int
+    soak_every: int
+    soak_concurrency: int
+    soak_sample: int
+    soak_changes: int
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,6 +83,11 @@ QUICK = Settings(
     recovery_burst_reps=1,
     recovery_burst=2000,
     revision_tasks=0,
+    soak_conversations=1000,
+    soak_every=250,
+    soak_concurrency=25,
+    soak_sample=10,
+    soak_changes=5,
 )
 
 FULL = Settings(
@@ -104,4 +116,9 @@ FULL = Settings(
     recovery_burst_reps=3,
     recovery_burst=2000,
     revision_tasks=5,
+    soak_conversations=20000,
+    soak_every=1000,
+    soak_concurrency=25,
+    soak_sample=20,
+    soak_changes=10,
 )

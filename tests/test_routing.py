@@ -55,9 +55,7 @@ async def test_the_table_stays_bounded_however_many_topics_come_and_go() -> None
     routes = Routes(cache_size=100)
     await routes.add_subscription(TypeSubscription("group_chat", "manager"))
     for i in range(5_000):
-        assert await routes.get_subscribed_recipients(TopicId("group_chat", f"c{i}")) == [
-            AgentId("manager", f"c{i}")
-        ]
+        assert await routes.get_subscribed_recipients(TopicId("group_chat", f"c{i}")) == [AgentId("manager", f"c{i}")]
     assert routes.cached == 100
     await routes.add_subscription(TypeSubscription("group_chat", "writer"))  # a change empties it
     assert routes.cached == 0

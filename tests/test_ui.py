@@ -23,6 +23,8 @@ import yaml
 from harness import READY, REPO, Proc, Procs, free_port, processes, scripted_agent, start_cluster, write_config
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 
+from roundtable.crashpoints import CRASH_ENV
+
 pytest_plugins = ["pg"]
 
 pytestmark = pytest.mark.browser
@@ -379,6 +381,34 @@ def test_a_tab_reloaded_mid_conversation_follows_it_to_the_end(tmp_path: Path, b
             "Feedback 3",
         ]
         assert tab.hosts() == {"127.0.0.1"}, tab.requests
+        tab.close()
+
+
+@pytest.mark.parametrize(("point", "on_pass"), [("manager.reply.stored", 2), ("manager.end.stored", 1)])
+def test_the_page_shows_the_whole_conversation_once_after_the_manager_dies_at_a_crash_point(
+    tmp_path: Path, browser: Browser, point: str, on_pass: int
+) -> None:
+    # reply.stored: the restarted manager publishes what it had stored and not sent. end.stored:
+    # the end is stored and never announced; the page, hearing nothing, asks for it again.
+    cfg = make_config(tmp_path)
+    with processes(tmp_path) as procs:
+        start_cluster(procs, cfg, ["writer", "editor"], manager=False)
+        manager = procs.roundtable("manager", "manager", "--config", str(cfg), env={CRASH_ENV: f"{point}:{on_pass}"})
+        manager.wait_for(READY)
+        tab = Tab(browser, start_page(procs, cfg))
+        tab.send("Write about a harbour")
+        deadline = time.monotonic() + 60
+        while manager.popen.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert manager.popen.returncode == -signal.SIGKILL, manager.output[-2000:]
+        procs.roundtable("manager-again", "manager", "--config", str(cfg)).wait_for(READY)
+        tab.wait_for_end()
+        transcript = tab.transcript()
+        messages = agent_messages(transcript)
+        assert [author for author, _ in messages] == ["writer", "editor"] * 2, messages
+        assert [text.split(":")[0] for _, text in messages] == ["Draft 1", "Feedback 1", "Draft 2", "Feedback 2"]
+        ends = [m["text"] for m in transcript if m["text"].startswith("Conversation ended")]
+        assert len(ends) == 1 and "max_rounds reached" in ends[0], ends
         tab.close()
 
 

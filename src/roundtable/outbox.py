@@ -6,7 +6,9 @@ for a turn it had already answered. With the outbox it sends the kept reply inst
 
 One file per conversation holds its latest reply (the only one the manager can ask for
 again). It is written to a temporary file and renamed, so a crash leaves the old reply or
-the new one, never half of one.
+the new one, never half of one. It is not flushed to the disk itself (no fsync): what it
+guards against is the process dying, which the operating system's cache survives; after a
+crash of the whole machine, the worst case is one more model call.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class Outbox:
         return reply if same else None
 
     async def put(self, reply: AgentReply) -> None:
-        """Keep `reply` (in place of the conversation's last), on disk before this returns."""
+        """Keep `reply` (in place of the conversation's last) before this returns."""
         try:
             await asyncio.to_thread(self._write, reply)
         except OSError as error:  # the reply still goes out; only a crash before then would cost it
@@ -63,10 +65,7 @@ class Outbox:
     def _write(self, reply: AgentReply) -> None:
         file = self._file(reply.conversation_id)
         part = file.with_suffix(".part")
-        with part.open("wb") as out:
-            out.write(reply.model_dump_json().encode())
-            out.flush()
-            os.fsync(out.fileno())
+        part.write_bytes(reply.model_dump_json().encode())
         os.replace(part, file)
 
     async def drop(self, conversation_id: str) -> None:

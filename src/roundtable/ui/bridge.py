@@ -25,7 +25,7 @@ from chainlit.types import ThreadDict
 from chainlit.utils import utc_now
 from pydantic import ValidationError
 
-from ..chat import START_RETRY_EVERY, usage_line
+from ..chat import QUIET_RESUME, START_RETRY_EVERY, usage_line
 from ..messages import (
     CONTROL,
     MAX_CONTENT_CHARS,
@@ -158,6 +158,7 @@ class Tab:
         self.conversation_id: str | None = None
         self.running = False
         self.heard = asyncio.Event()  # the manager took the current conversation
+        self.last_heard = time.monotonic()  # ... and when it last said a word of it
         self.on_page: set[str] = set()  # message ids Chainlit shows already: the person's own words
         self.streams: dict[str, cl.Message] = {}
         self.stop_button: cl.Action | None = None
@@ -199,6 +200,7 @@ class Tab:
         self.conversation_id = conversation_id
         self.running = True
         self.heard = asyncio.Event()
+        self.last_heard = time.monotonic()
         self.streams.clear()
         self.usage, self.usage_line = None, None
 
@@ -496,7 +498,21 @@ class Bridge:
         if tab is None:
             return []
         tab.heard.set()  # any event of the conversation means the manager has it
+        tab.last_heard = time.monotonic()
         return [tab]
+
+    async def ask_when_quiet(self) -> None:
+        """Runs for the life of the page. A running conversation that has said nothing for
+        QUIET_RESUME s is asked for again: a manager that died after storing its end, but
+        before announcing it, announces it then (what the page has already is dropped)."""
+        while True:
+            await asyncio.sleep(QUIET_RESUME / 3)
+            now = time.monotonic()
+            for conversation_id, tab in list(self._routes.items()):
+                if tab.running and tab.conversation_id == conversation_id and now - tab.last_heard >= QUIET_RESUME:
+                    tab.last_heard = now  # and again after as long, if still nothing
+                    resume = ResumeConversation(conversation_id=conversation_id)
+                    await self.runtime.publish_message(resume, topic(CONTROL, conversation_id))
 
     async def _end(self, tab: Tab, event: ConversationEnded) -> None:
         await tab.ended(event)

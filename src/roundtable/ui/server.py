@@ -225,6 +225,7 @@ async def _serve(settings: PageSettings, sock: socket.socket) -> None:
         # One worker and one observer for the whole process; the bridge routes to the tabs.
         sink = bridge.Bridge(runtime, settings)
         runtime.on_reconnect(sink.catch_up)
+        sink.spawn(sink.ask_when_quiet())
         bridge.install(sink)
         await register_observer(runtime, f"ui_{new_id()[:12]}", sink, seed=settings.seed)
         chainlit_config.run.host = settings.bind_host

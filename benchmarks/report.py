@@ -359,7 +359,7 @@ def soak_table(data: dict[str, Any]) -> str:
                 f"{r['conversations']:,}",
                 f"{r['topics']:,}",
                 f"{r['autogen_ms']:.3f}",
-                f"{r['roundtable_ms']:.3f}",
+                f"{r['roundtable_ms']:.4f}",
                 _x(r["autogen_ms"] / r["roundtable_ms"] if r["roundtable_ms"] else None, 0),
             ]
             for r in (tables[i] for i in shown)

@@ -221,7 +221,7 @@ async def _agent(args: argparse.Namespace) -> int:
     tools = AgentTools.from_config(settings)  # a bad import path is a ConfigError, before connecting
     if settings.factory is not None:
         check_factory(settings, client)
-    outbox = None if seed else Outbox(config.data_path / "agents" / settings.name / "replies")
+    outbox = None if seed else Outbox.at(config.data_path / "agents" / settings.name / "replies")
     try:
         await tools.start()
     except ToolsUnavailable as error:

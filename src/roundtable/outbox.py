@@ -21,7 +21,6 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .config import ConfigError
 from .messages import AgentReply
 
 log = logging.getLogger("roundtable.outbox")
@@ -29,11 +28,18 @@ log = logging.getLogger("roundtable.outbox")
 
 class Outbox:
     def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @classmethod
+    def at(cls, directory: Path) -> Outbox | None:
+        """The outbox in `directory`, or None (with a warning) where it cannot be made: the agent
+        still works, only a reply finished just before a crash is generated again."""
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise ConfigError(f"cannot keep the agent's replies in {directory}: {error.strerror}") from error
-        self.directory = directory
+            log.warning("replies are not kept on disk: cannot make %s: %s", directory, error.strerror)
+            return None
+        return cls(directory)
 
     def _file(self, conversation_id: str) -> Path:
         # Conversation ids come from clients: hashed, one cannot name a path.

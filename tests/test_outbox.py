@@ -1,0 +1,65 @@
+"""An agent's kept replies: the reply to a turn comes back for that turn only, survives a new
+Outbox on the same directory (a restarted agent), goes with its conversation, and never
+escapes the directory whatever the conversation id."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+from roundtable.messages import AgentReply
+from roundtable.outbox import Outbox
+
+
+def reply(conversation_id: str, turn_id: str, content: str = "Done.") -> AgentReply:
+    return AgentReply(
+        conversation_id=conversation_id, turn_id=turn_id, message_id="m", author="writer", content=content
+    )
+
+
+async def test_a_kept_reply_comes_back_for_its_turn_only_and_after_a_restart(tmp_path: Path) -> None:
+    outbox = Outbox.at(tmp_path / "replies")
+    assert outbox is not None
+    await outbox.put(reply("c1", "t1", "first"))
+    await outbox.put(reply("c1", "t2", "second"))  # the latest turn replaces the one before
+    await outbox.put(reply("c2", "t9"))
+    again = Outbox.at(tmp_path / "replies")  # the agent restarted
+    assert again is not None
+    assert (await again.get("c1", "t2")) == reply("c1", "t2", "second")
+    assert await again.get("c1", "t1") is None
+    assert await again.get("c3", "t1") is None
+    await again.drop("c1")
+    assert await again.get("c1", "t2") is None
+    assert await again.get("c2", "t9") is not None
+
+
+def test_a_hostile_conversation_id_stays_inside_the_directory(tmp_path: Path) -> None:
+    outbox = Outbox.at(tmp_path / "replies")
+    assert outbox is not None
+    asyncio.run(outbox.put(reply("../../escape", "t1")))
+    assert [p.parent for p in tmp_path.rglob("*.json")] == [tmp_path / "replies"]
+    assert asyncio.run(outbox.get("../../escape", "t1")) is not None
+
+
+def test_an_unreadable_kept_reply_is_ignored_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    outbox = Outbox.at(tmp_path)
+    assert outbox is not None
+    asyncio.run(outbox.put(reply("c1", "t1")))
+    [kept] = tmp_path.glob("*.json")
+    kept.write_text("{not json")
+    with caplog.at_level(logging.WARNING):
+        assert asyncio.run(outbox.get("c1", "t1")) is None
+    assert "ignored an unreadable kept reply" in caplog.text
+
+
+def test_an_outbox_that_cannot_be_made_is_left_out_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with caplog.at_level(logging.WARNING):
+        assert Outbox.at(blocker / "replies") is None
+    assert "replies are not kept on disk" in caplog.text

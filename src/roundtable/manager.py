@@ -476,15 +476,15 @@ class GroupChatManager(RoutedAgent):
         """An agent asks, before it calls the model, whether the turn still waits for it."""
         if message.agent not in {agent.name for agent in self._agents}:
             return  # no topic is made for a name that is not ours
-        async with self._lock:
-            conv = self._conv
-            if conv is not None:
-                pending = conv.pending
-                still = not conv.ended and pending is not None and pending.turn_id == message.turn_id
-            else:  # not held here (ended and let go, or not taken up yet): the store knows
-                stored = await self._store.get(message.conversation_id)
-                still = stored is not None and stored.status == "open" and stored.pending_turn_id == message.turn_id
-                forget(self)  # made for this question alone
+        # Without the lock: a turn is pending here before anyone is asked for it, so no handler
+        # that holds the lock can be about to open the turn asked about.
+        conv = self._conv
+        if conv is not None:
+            pending = conv.pending
+            still = not conv.ended and pending is not None and pending.turn_id == message.turn_id
+        else:  # not held here (ended and let go, or not taken up yet): the store knows
+            stored = await self._store.get(message.conversation_id)
+            still = stored is not None and stored.status == "open" and stored.pending_turn_id == message.turn_id
         state = TurnState(conversation_id=message.conversation_id, turn_id=message.turn_id, open=still)
         await self.publish_message(state, topic(turn_topic_type(message.agent), message.conversation_id))
 

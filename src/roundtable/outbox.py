@@ -9,11 +9,14 @@ again). It is written to a temporary file and renamed, so a crash leaves the old
 the new one, never half of one. It is not flushed to the disk itself (no fsync): what it
 guards against is the process dying, which the operating system's cache survives; after a
 crash of the whole machine, the worst case is one more model call.
+
+The files are small and go to the page cache, so they are written in the event loop, and
+which conversations have one is known from a listing at start: a turn costs one write and
+one rename, and no read unless there is something to read.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import os
@@ -29,6 +32,7 @@ log = logging.getLogger("roundtable.outbox")
 class Outbox:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._kept = {file.stem for file in directory.glob("*.json")}
 
     @classmethod
     def at(cls, directory: Path) -> Outbox | None:
@@ -36,25 +40,24 @@ class Outbox:
         still works, only a reply finished just before a crash is generated again."""
         try:
             directory.mkdir(parents=True, exist_ok=True)
+            return cls(directory)
         except OSError as error:
-            log.warning("replies are not kept on disk: cannot make %s: %s", directory, error.strerror)
+            log.warning("replies are not kept on disk: cannot use %s: %s", directory, error.strerror)
             return None
-        return cls(directory)
 
-    def _file(self, conversation_id: str) -> Path:
+    @staticmethod
+    def _name(conversation_id: str) -> str:
         # Conversation ids come from clients: hashed, one cannot name a path.
-        return self.directory / f"{hashlib.sha256(conversation_id.encode()).hexdigest()[:32]}.json"
+        return hashlib.sha256(conversation_id.encode()).hexdigest()[:32]
 
     async def get(self, conversation_id: str, turn_id: str) -> AgentReply | None:
         """The kept reply to this turn, if there is one."""
-        return await asyncio.to_thread(self._read, conversation_id, turn_id)
-
-    def _read(self, conversation_id: str, turn_id: str) -> AgentReply | None:
-        file = self._file(conversation_id)
+        name = self._name(conversation_id)
+        if name not in self._kept:
+            return None
+        file = self.directory / f"{name}.json"
         try:
             reply = AgentReply.model_validate_json(file.read_bytes())
-        except FileNotFoundError:
-            return None
         except (OSError, ValidationError) as error:
             log.warning("ignored an unreadable kept reply %s: %s", file, str(error).splitlines()[0])
             return None
@@ -63,17 +66,20 @@ class Outbox:
 
     async def put(self, reply: AgentReply) -> None:
         """Keep `reply` (in place of the conversation's last) before this returns."""
+        name = self._name(reply.conversation_id)
+        file = self.directory / f"{name}.json"
+        part = file.with_suffix(".part")
         try:
-            await asyncio.to_thread(self._write, reply)
+            part.write_bytes(reply.model_dump_json().encode())
+            os.replace(part, file)
         except OSError as error:  # the reply still goes out; only a crash before then would cost it
             log.warning("could not keep the reply to turn %s on disk: %s", reply.turn_id[:8], error)
-
-    def _write(self, reply: AgentReply) -> None:
-        file = self._file(reply.conversation_id)
-        part = file.with_suffix(".part")
-        part.write_bytes(reply.model_dump_json().encode())
-        os.replace(part, file)
+            return
+        self._kept.add(name)
 
     async def drop(self, conversation_id: str) -> None:
         """The conversation has ended: nothing of it will be asked for again."""
-        await asyncio.to_thread(self._file(conversation_id).unlink, missing_ok=True)
+        name = self._name(conversation_id)
+        if name in self._kept:
+            self._kept.discard(name)
+            (self.directory / f"{name}.json").unlink(missing_ok=True)

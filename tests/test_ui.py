@@ -412,6 +412,36 @@ def test_the_page_shows_the_whole_conversation_once_after_the_manager_dies_at_a_
         tab.close()
 
 
+def test_a_message_cut_off_by_its_agent_dying_mid_stream_is_marked_and_the_turn_answered_again(
+    tmp_path: Path, browser: Browser
+) -> None:
+    cfg = make_config(tmp_path)
+    with processes(tmp_path) as procs:
+        start_cluster(procs, cfg, ["editor"])
+        # Its 25th chunk is the 6th word of its second turn.
+        writer = procs.roundtable(
+            "writer", "agent", "--config", str(cfg), "--name", "writer", env={CRASH_ENV: "agent.stream.chunk:25"}
+        )
+        writer.wait_for(READY)
+        tab = Tab(browser, start_page(procs, cfg))
+        tab.send("Write about a harbour")
+        deadline = time.monotonic() + 60
+        while writer.popen.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert writer.popen.returncode == -signal.SIGKILL, writer.output[-2000:]
+        procs.roundtable("writer-again", "agent", "--config", str(cfg), "--name", "writer").wait_for(READY)
+        tab.wait_for_end()
+        messages = agent_messages(tab.transcript())
+        cut = [text for _, text in messages if text.endswith("(interrupted)")]
+        whole = [(author, text.split(":")[0]) for author, text in messages if not text.endswith("(interrupted)")]
+        # The restarted writer counts its drafts from 1 again.
+        expected = [("writer", "Draft 1"), ("editor", "Feedback 1"), ("writer", "Draft 1"), ("editor", "Feedback 2")]
+        assert whole == expected, messages
+        assert len(cut) == 1 and cut[0].startswith("Draft 2: the lighthouse"), messages
+        assert [author for author, _ in messages] == ["writer", "editor", "writer", "writer", "editor"], messages
+        tab.close()
+
+
 def test_two_tabs_at_once_never_see_each_others_messages(tmp_path: Path, browser: Browser) -> None:
     cfg = make_config(tmp_path, writer="Draft {n} about: {last}", editor="Feedback {n} on: {last}")
     with processes(tmp_path) as procs:

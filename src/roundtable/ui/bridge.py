@@ -58,6 +58,8 @@ DENY_ACTION = "deny_tool_call"
 SHOWN_ARGUMENTS = 500
 #: The thread's metadata key for the conversation it shows, so a reopened tab can find it again.
 CONVERSATION_KEY = "roundtable_conversation"
+#: Added to a stream whose author died mid-message (the words the terminal uses).
+INTERRUPTED = " … (interrupted)"
 #: How long a stop may wait for the manager's word before the page ends the conversation itself.
 STOP_GRACE = 5.0
 #: A conversation's last whole message can arrive a moment after its end (AutoGen does not keep
@@ -161,6 +163,7 @@ class Tab:
         self.last_heard = time.monotonic()  # ... and when it last said a word of it
         self.on_page: set[str] = set()  # message ids Chainlit shows already: the person's own words
         self.streams: dict[str, cl.Message] = {}
+        self.cut: set[str] = set()  # streams marked as cut off
         self.stop_button: cl.Action | None = None
         self.tool_steps: dict[str, cl.Step] = {}
         self.asking: dict[str, Asking] = {}  # tool step key -> the call that waits for a person
@@ -202,6 +205,7 @@ class Tab:
         self.heard = asyncio.Event()
         self.last_heard = time.monotonic()
         self.streams.clear()
+        self.cut.clear()
         self.usage, self.usage_line = None, None
 
     def take_up(self, conversation_id: str, steps: list[StepDict]) -> bool:
@@ -329,6 +333,14 @@ class Tab:
     async def token(self, message_id: str, author: str, text: str) -> None:
         message = self.streams.get(message_id)
         if message is None:
+            # One speaker at a time: a new stream while another is open means that one's author
+            # died mid-message, and its turn is being answered again. It says so, as in the
+            # terminal; should its whole message come after all, that takes the mark's place.
+            for cut_id, cut in self.streams.items():
+                if cut_id not in self.cut:
+                    self.cut.add(cut_id)
+                    self.enter()
+                    await cut.stream_token(INTERRUPTED)
             message = self._message("", author, message_id)
             self.streams[message_id] = message
         self.enter()

@@ -384,6 +384,13 @@ def test_a_tab_reloaded_mid_conversation_follows_it_to_the_end(tmp_path: Path, b
         tab.close()
 
 
+def assert_killed_at_crash_point(proc: Proc, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while proc.popen.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.popen.returncode == -signal.SIGKILL, proc.output[-2000:]
+
+
 @pytest.mark.parametrize(("point", "on_pass"), [("manager.reply.stored", 2), ("manager.end.stored", 1)])
 def test_the_page_shows_the_whole_conversation_once_after_the_manager_dies_at_a_crash_point(
     tmp_path: Path, browser: Browser, point: str, on_pass: int
@@ -397,10 +404,7 @@ def test_the_page_shows_the_whole_conversation_once_after_the_manager_dies_at_a_
         manager.wait_for(READY)
         tab = Tab(browser, start_page(procs, cfg))
         tab.send("Write about a harbour")
-        deadline = time.monotonic() + 60
-        while manager.popen.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert manager.popen.returncode == -signal.SIGKILL, manager.output[-2000:]
+        assert_killed_at_crash_point(manager)
         procs.roundtable("manager-again", "manager", "--config", str(cfg)).wait_for(READY)
         tab.wait_for_end()
         transcript = tab.transcript()
@@ -425,10 +429,7 @@ def test_a_message_cut_off_by_its_agent_dying_mid_stream_is_marked_and_the_turn_
         writer.wait_for(READY)
         tab = Tab(browser, start_page(procs, cfg))
         tab.send("Write about a harbour")
-        deadline = time.monotonic() + 60
-        while writer.popen.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert writer.popen.returncode == -signal.SIGKILL, writer.output[-2000:]
+        assert_killed_at_crash_point(writer)
         procs.roundtable("writer-again", "agent", "--config", str(cfg), "--name", "writer").wait_for(READY)
         tab.wait_for_end()
         messages = agent_messages(tab.transcript())

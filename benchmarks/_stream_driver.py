@@ -1,5 +1,6 @@
 """The subscriber of the streaming benchmark: asks one agent to speak (a RequestToSpeak, as the
-manager sends it) and timestamps each token as roundtable's `ConversationObserver` hands it on.
+manager sends it, and says the turn is open when the agent checks) and timestamps each token
+as roundtable's `ConversationObserver` hands it on.
 It can also read the model server's stream directly, to tell the server's cost from ours."""
 
 from __future__ import annotations
@@ -12,7 +13,17 @@ from typing import Any
 
 from autogen_core import MessageContext, RoutedAgent, TypeSubscription, message_handler
 
-from roundtable.messages import CONTROL, AgentReply, ChatMessage, RequestToSpeak, new_id, topic, turn_topic_type
+from roundtable.messages import (
+    CONTROL,
+    AgentReply,
+    ChatMessage,
+    RequestToSpeak,
+    TurnCheck,
+    TurnState,
+    new_id,
+    topic,
+    turn_topic_type,
+)
 from roundtable.observer import register_observer
 from roundtable.runtime import connect_worker, setup_logging
 
@@ -42,6 +53,12 @@ class ReplyCatcher(RoutedAgent):
         future = self._replies.get(message.turn_id)
         if future is not None and not future.done():
             future.set_result(message)
+
+    @message_handler
+    async def on_turn_check(self, message: TurnCheck, ctx: MessageContext) -> None:
+        # As the manager answers it before every turn: the turn is open.
+        state = TurnState(conversation_id=message.conversation_id, turn_id=message.turn_id, open=True)
+        await self.publish_message(state, topic(turn_topic_type(message.agent), message.conversation_id))
 
 
 async def http_stream(url: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:

@@ -4,7 +4,6 @@ escapes the directory whatever the conversation id."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
@@ -20,38 +19,38 @@ def reply(conversation_id: str, turn_id: str, content: str = "Done.") -> AgentRe
     )
 
 
-async def test_a_kept_reply_comes_back_for_its_turn_only_and_after_a_restart(tmp_path: Path) -> None:
+def test_a_kept_reply_comes_back_for_its_turn_only_and_after_a_restart(tmp_path: Path) -> None:
     outbox = Outbox.at(tmp_path / "replies")
     assert outbox is not None
-    await outbox.put(reply("c1", "t1", "first"))
-    await outbox.put(reply("c1", "t2", "second"))  # the latest turn replaces the one before
-    await outbox.put(reply("c2", "t9"))
+    outbox.put(reply("c1", "t1", "first"))
+    outbox.put(reply("c1", "t2", "second"))  # the latest turn replaces the one before
+    outbox.put(reply("c2", "t9"))
     again = Outbox.at(tmp_path / "replies")  # the agent restarted
     assert again is not None
-    assert (await again.get("c1", "t2")) == reply("c1", "t2", "second")
-    assert await again.get("c1", "t1") is None
-    assert await again.get("c3", "t1") is None
-    await again.drop("c1")
-    assert await again.get("c1", "t2") is None
-    assert await again.get("c2", "t9") is not None
+    assert again.get("c1", "t2") == reply("c1", "t2", "second")
+    assert again.get("c1", "t1") is None
+    assert again.get("c3", "t1") is None
+    again.drop("c1")
+    assert again.get("c1", "t2") is None
+    assert again.get("c2", "t9") is not None
 
 
 def test_a_hostile_conversation_id_stays_inside_the_directory(tmp_path: Path) -> None:
     outbox = Outbox.at(tmp_path / "replies")
     assert outbox is not None
-    asyncio.run(outbox.put(reply("../../escape", "t1")))
+    outbox.put(reply("../../escape", "t1"))
     assert [p.parent for p in tmp_path.rglob("*.json")] == [tmp_path / "replies"]
-    assert asyncio.run(outbox.get("../../escape", "t1")) is not None
+    assert outbox.get("../../escape", "t1") is not None
 
 
 def test_an_unreadable_kept_reply_is_ignored_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     outbox = Outbox.at(tmp_path)
     assert outbox is not None
-    asyncio.run(outbox.put(reply("c1", "t1")))
+    outbox.put(reply("c1", "t1"))
     [kept] = tmp_path.glob("*.json")
     kept.write_text("{not json")
     with caplog.at_level(logging.WARNING):
-        assert asyncio.run(outbox.get("c1", "t1")) is None
+        assert outbox.get("c1", "t1") is None
     assert "ignored an unreadable kept reply" in caplog.text
 
 

@@ -50,7 +50,7 @@ class Outbox:
         # Conversation ids come from clients: hashed, one cannot name a path.
         return hashlib.sha256(conversation_id.encode()).hexdigest()[:32]
 
-    async def get(self, conversation_id: str, turn_id: str) -> AgentReply | None:
+    def get(self, conversation_id: str, turn_id: str) -> AgentReply | None:
         """The kept reply to this turn, if there is one."""
         name = self._name(conversation_id)
         if name not in self._kept:
@@ -64,7 +64,7 @@ class Outbox:
         same = reply.conversation_id == conversation_id and reply.turn_id == turn_id
         return reply if same else None
 
-    async def put(self, reply: AgentReply) -> None:
+    def put(self, reply: AgentReply) -> None:
         """Keep `reply` (in place of the conversation's last) before this returns."""
         name = self._name(reply.conversation_id)
         file = self.directory / f"{name}.json"
@@ -77,7 +77,7 @@ class Outbox:
             return
         self._kept.add(name)
 
-    async def drop(self, conversation_id: str) -> None:
+    def drop(self, conversation_id: str) -> None:
         """The conversation has ended: nothing of it will be asked for again."""
         name = self._name(conversation_id)
         if name in self._kept:

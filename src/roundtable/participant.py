@@ -240,7 +240,7 @@ class Participant(RoutedAgent):
         try:
             answered = self._answered.get(message.turn_id)
             if answered is None and self._outbox is not None:
-                answered = await self._outbox.get(message.conversation_id, message.turn_id)
+                answered = self._outbox.get(message.conversation_id, message.turn_id)
             if answered is not None:
                 await self.publish_message(answered, reply_topic)
                 return
@@ -252,7 +252,7 @@ class Participant(RoutedAgent):
             self._answering.discard(message.turn_id)
         self._answered = {message.turn_id: reply}  # only the latest turn can be asked again
         if self._outbox is not None:
-            await self._outbox.put(reply)
+            self._outbox.put(reply)
         crash_point("agent.reply.ready")
         await self.publish_message(reply, reply_topic)
         crash_point("agent.reply.sent")
@@ -367,7 +367,7 @@ class Participant(RoutedAgent):
     async def on_ended(self, message: ConversationEnded, ctx: MessageContext) -> None:
         log.info("%s: conversation %s ended: %s", self.name, message.conversation_id, message.reason)
         if self._outbox is not None:
-            await self._outbox.drop(message.conversation_id)
+            self._outbox.drop(message.conversation_id)
         forget(self)
 
 

@@ -5,8 +5,8 @@ delivered to subscribers. The counting is a protobuf ByteSize per message.
 It also notes when each ChatMessage reaches it from the manager: the host is on every
 message's path, so these times are the turn's own pace, whatever an observer's lag.
 
-The counters wrap roundtable's own `RoutingServicer._receive_message` (which replaced
-AutoGen's, and no longer formats a log line per message) and AutoGen's `ChannelConnection.send`.
+The counters wrap the host's `HostServicer.receive` (every message a client sent) and
+`Client.send` (every copy queued for a client).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from autogen_ext.runtimes.grpc import _constants
-from autogen_ext.runtimes.grpc._worker_runtime_host_servicer import ChannelConnection
 from autogen_ext.runtimes.grpc.protos import agent_worker_pb2
 
+from roundtable.host import Client, HostServicer, start_host
 from roundtable.messages import GROUP_CHAT
-from roundtable.runtime import RoutingServicer, setup_logging, start_host
+from roundtable.runtime import setup_logging
+from roundtable.wire import SCHEMA
 
 from ._control import serve_commands
 
@@ -47,26 +47,26 @@ def _add(counts: Counts, message: Any) -> None:
 
 
 def install_counters(published: Counts, delivered: Counts, chat_times: list[list[Any]]) -> None:
-    receive = RoutingServicer._receive_message
-    send = ChannelConnection.send
+    receive = HostServicer.receive
+    send = Client.send
 
-    async def counting_receive(self: RoutingServicer, client_id: str, message: Any) -> None:
+    def counting_receive(self: HostServicer, client: Client, message: Any) -> None:
         arrived = time.monotonic()
         _add(published, message)
         event = _event(message)
         if event is not None and event.type == GROUP_CHAT:
-            schema = event.attributes[_constants.DATA_SCHEMA_ATTR].ce_string
+            schema = event.attributes[SCHEMA].ce_string
             if schema.endswith("ChatMessage"):
                 data = json.loads(event.binary_data)
                 chat_times.append([arrived, data["conversation_id"], data["seq"]])
-        await receive(self, client_id, message)
+        receive(self, client, message)
 
-    async def counting_send(self: ChannelConnection[Any, Any], message: Any) -> None:
+    def counting_send(self: Client, message: Any, size: int) -> bool:
         _add(delivered, message)
-        await send(self, message)
+        return send(self, message, size)
 
-    RoutingServicer._receive_message = counting_receive  # type: ignore[method-assign]
-    ChannelConnection.send = counting_send  # type: ignore[method-assign]
+    HostServicer.receive = counting_receive  # type: ignore[method-assign]
+    Client.send = counting_send  # type: ignore[method-assign]
 
 
 async def main(address: str) -> None:

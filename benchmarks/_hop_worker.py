@@ -104,7 +104,8 @@ async def refused_without_token(address: str, security: Any) -> str:
     """Proof that the host checks the token: the same TLS connection without it must fail."""
     from dataclasses import replace
 
-    from roundtable.runtime import HostUnreachable, connect_worker, stop_worker
+    from roundtable.runtime import connect_worker, stop_worker
+    from roundtable.wire import HostUnreachable
 
     try:
         runtime = await connect_worker(address, 10, replace(security, token=None))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from harness import READY, processes
+from harness import READY, Proc, Procs, processes
 from test_reliability import assert_complete, assert_shown_once, chat, config, stored
 from test_tools import TOOLKIT, counted
 
@@ -66,6 +66,26 @@ def crash_config(tmp_path: Path) -> Path:
     return cfg
 
 
+def arguments(cfg: Path, name: str) -> tuple[str, ...]:
+    return ("manager", "--config", str(cfg)) if name == "manager" else ("agent", "--config", str(cfg), "--name", name)
+
+
+def start_with_a_victim(procs: Procs, cfg: Path, victim: str, crash_at: str) -> dict[str, Proc]:
+    """Host, manager, writer and editor, the victim set to die at `crash_at` (point:pass)."""
+    procs.roundtable("host", "host", "--config", str(cfg)).wait_for(READY)
+    started = {
+        name: procs.roundtable(name, *arguments(cfg, name), env={CRASH_ENV: crash_at} if name == victim else None)
+        for name in ("manager", "writer", "editor")
+    }
+    for proc in started.values():
+        proc.wait_for(READY, timeout=60)
+    return started
+
+
+def start_again(procs: Procs, cfg: Path, victim: str) -> None:
+    procs.roundtable(f"{victim}-again", *arguments(cfg, victim)).wait_for(READY, timeout=60)
+
+
 @pytest.mark.parametrize(("point", "victim", "on_pass"), CASES, ids=[c[0] for c in CASES])
 def test_a_conversation_completes_whatever_process_dies_at_a_crash_point(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, point: str, victim: str, on_pass: int
@@ -73,19 +93,8 @@ def test_a_conversation_completes_whatever_process_dies_at_a_crash_point(
     monkeypatch.setenv("PYTHONPATH", TOOLKIT)
     monkeypatch.setenv("COUNTER_FILE", str(tmp_path / "counter.jsonl"))
     cfg = crash_config(tmp_path)
-    args = {
-        "manager": ("manager", "--config", str(cfg)),
-        "writer": ("agent", "--config", str(cfg), "--name", "writer"),
-        "editor": ("agent", "--config", str(cfg), "--name", "editor"),
-    }
     with processes(tmp_path) as procs:
-        procs.roundtable("host", "host", "--config", str(cfg)).wait_for(READY)
-        started = {
-            name: procs.roundtable(name, *argv, env={CRASH_ENV: f"{point}:{on_pass}"} if name == victim else None)
-            for name, argv in args.items()
-        }
-        for proc in started.values():
-            proc.wait_for(READY, timeout=60)
+        started = start_with_a_victim(procs, cfg, victim, f"{point}:{on_pass}")
         terminal = chat(procs, cfg)
         dead = started[victim]
         deadline = time.monotonic() + 90
@@ -93,7 +102,7 @@ def test_a_conversation_completes_whatever_process_dies_at_a_crash_point(
             time.sleep(0.1)
         assert dead.popen.returncode == -signal.SIGKILL, f"{victim} never reached {point}:\n{dead.output[-2000:]}"
         assert f"crash point {point} (pass {on_pass})" in dead.output
-        procs.roundtable(f"{victim}-again", *args[victim]).wait_for(READY, timeout=60)
+        start_again(procs, cfg, victim)
         assert terminal.wait_exit(150) == 0, terminal.output
         output = terminal.output
     [conversation] = stored(tmp_path)

@@ -11,8 +11,9 @@ from autogen_core._runtime_impl_helpers import SubscriptionManager  # the refere
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from roundtable.host import HostServicer
 from roundtable.routing import Routes
-from roundtable.runtime import RoutingServicer, WorkerRuntime, use_routes
+from roundtable.runtime import WorkerRuntime, use_routes
 
 TYPES = ["group_chat", "control", "turn.writer", "turn.editor", "stream"]
 SUBSCRIPTIONS = [TypeSubscription(t, a) for t in TYPES for a in ("manager", "writer")] + [
@@ -63,10 +64,9 @@ async def test_the_table_stays_bounded_however_many_topics_come_and_go() -> None
     assert routes.cached == 100
 
 
-def test_autogens_runtimes_route_through_it() -> None:
+def test_the_host_and_autogens_worker_runtime_route_through_it() -> None:
+    assert isinstance(HostServicer().routes, Routes)
     # If AutoGen moves its table, this fails at once (use_routes raises), not after weeks.
-    servicer = RoutingServicer()
-    assert isinstance(servicer.routes, Routes) and servicer._subscription_manager is servicer.routes
     worker = WorkerRuntime("127.0.0.1:1")
     assert worker._subscription_manager is worker.routes
 

@@ -28,6 +28,7 @@ from roundtable.config import SecurityConfig
 from roundtable.messages import StreamChunk
 from roundtable.runtime import connect_worker, stop_worker
 from roundtable.security import Security, channel_credentials, load_security, write_dev_certificates
+from roundtable.wire import HOST_RECEIVE_LIMIT, MAX_GRPC_MESSAGE_BYTES
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -104,7 +105,8 @@ class RawClient:
 
     def __init__(self, address: str, security: Security, client_id: str | None = None) -> None:
         self.client_id = client_id or str(uuid.uuid4())
-        self.channel = grpc.aio.secure_channel(address, channel_credentials(security))
+        limits = [(f"grpc.max_{way}_message_length", MAX_GRPC_MESSAGE_BYTES) for way in ("send", "receive")]
+        self.channel = grpc.aio.secure_channel(address, channel_credentials(security), options=limits)
         self.stub = agent_worker_pb2_grpc.AgentRpcStub(self.channel)  # type: ignore[no-untyped-call]
         self.outgoing: asyncio.Queue[agent_worker_pb2.Message] = asyncio.Queue()
         self.stream: Any = None
@@ -128,13 +130,15 @@ class RawClient:
     async def call(self, method: str, request: Any) -> Any:
         return await getattr(self.stub, method)(request, metadata=self.metadata, timeout=5)
 
-    async def subscribe(self, agent_type: str, topic_type: str) -> None:
+    async def subscribe(self, agent_type: str, topic_type: str) -> str:
+        """Register `agent_type` and subscribe it to `topic_type`; the subscription's id."""
         await self.call("RegisterAgent", agent_worker_pb2.RegisterAgentTypeRequest(type=agent_type))
         subscription = agent_worker_pb2.Subscription(
             id=str(uuid.uuid4()),
             typeSubscription=agent_worker_pb2.TypeSubscription(topic_type=topic_type, agent_type=agent_type),
         )
         await self.call("AddSubscription", agent_worker_pb2.AddSubscriptionRequest(subscription=subscription))
+        return subscription.id
 
     def publish(self, topic_type: str, data: bytes, sender_type: str = "x", schema: str = "x.Y") -> None:
         def attr(value: str) -> cloudevent_pb2.CloudEvent.CloudEventAttributeValue:
@@ -155,6 +159,22 @@ class RawClient:
             binary_data=data,
         )
         self.outgoing.put_nowait(agent_worker_pb2.Message(cloudEvent=event))
+
+    def request(self, request_id: str, target_type: str, data: bytes, source: str | None = None) -> None:
+        request = agent_worker_pb2.RpcRequest(
+            request_id=request_id,
+            target=agent_worker_pb2.AgentId(type=target_type, key="default"),
+            method="x",
+            payload=agent_worker_pb2.Payload(data_type="x.Y", data_content_type="application/json", data=data),
+        )
+        if source is not None:
+            request.source.CopyFrom(agent_worker_pb2.AgentId(type=source, key="default"))
+        self.outgoing.put_nowait(agent_worker_pb2.Message(request=request))
+
+    def respond(self, request_id: str, data: bytes) -> None:
+        payload = agent_worker_pb2.Payload(data_type="x.Y", data_content_type="application/json", data=data)
+        response = agent_worker_pb2.RpcResponse(request_id=request_id, payload=payload)
+        self.outgoing.put_nowait(agent_worker_pb2.Message(response=response))
 
     async def close(self) -> None:
         if self.stream is not None:
@@ -251,20 +271,32 @@ async def test_registering_without_a_stream_is_refused(cluster: tuple[Path, Proc
     await asyncio.to_thread(assert_chat_still_works, cfg)
 
 
-async def test_a_client_cannot_remove_others_subscriptions(cluster: tuple[Path, Procs], certs: Path) -> None:
+async def test_a_client_can_neither_see_the_ids_of_nor_remove_others_subscriptions(
+    cluster: tuple[Path, Procs], certs: Path
+) -> None:
     cfg, _ = cluster
-    attacker = RawClient(address_of(cfg), security_of(certs))
+    security = security_of(certs)
+    owner, attacker = RawClient(address_of(cfg), security), RawClient(address_of(cfg), security)
+    await owner.open()
+    subscription_id = await owner.subscribe("owner_type", "owner_topic")
     await attacker.open()
     try:
+        # Who is subscribed to what shows (for `roundtable status`); the others' ids do not.
         listed = await attacker.call("GetSubscriptions", agent_worker_pb2.GetSubscriptionsRequest())
-        assert listed.subscriptions, "the cluster's subscriptions should be visible"
-        for subscription in listed.subscriptions:
-            error = await rpc_error(
-                attacker.call("RemoveSubscription", agent_worker_pb2.RemoveSubscriptionRequest(id=subscription.id))
-            )
-            assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+        topics = {s.typeSubscription.topic_type: s.id for s in listed.subscriptions}
+        assert topics["owner_topic"] == "" and not any(topics.values()), topics
+        mine = await owner.call("GetSubscriptions", agent_worker_pb2.GetSubscriptionsRequest())
+        assert [s.id for s in mine.subscriptions if s.id] == [subscription_id]  # its own, with their ids
+        error = await rpc_error(
+            attacker.call("RemoveSubscription", agent_worker_pb2.RemoveSubscriptionRequest(id=subscription_id))
+        )
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+        attacker.publish("owner_topic", b"{}")
+        received = await asyncio.wait_for(owner.stream.read(), 10)  # still subscribed
+        assert received.cloudEvent.type == "owner_topic"
     finally:
         await attacker.close()
+        await owner.close()
     await asyncio.to_thread(assert_chat_still_works, cfg)
 
 
@@ -291,7 +323,7 @@ def host_rss_kb(procs: Procs) -> int:
 
 
 async def test_a_client_that_stops_reading_cannot_grow_the_hosts_memory(tmp_path: Path, certs: Path) -> None:
-    cfg = secure_config(tmp_path, certs, client_queue_limit=100)
+    cfg = secure_config(tmp_path, certs)  # the default bound: 32 MB per client
     with processes(tmp_path) as procs:
         start_cluster(procs, cfg, ["writer", "editor"])
         security = security_of(certs)
@@ -299,24 +331,142 @@ async def test_a_client_that_stops_reading_cannot_grow_the_hosts_memory(tmp_path
         await sleeper.open()
         await sleeper.subscribe("sleeper", "flood")  # ... and never reads
         await flooder.open()
+        await flooder.call("RegisterAgent", agent_worker_pb2.RegisterAgentTypeRequest(type="flooder"))
         before = host_rss_kb(procs)
         # 256 KB blocks: above malloc's mmap threshold, so freed memory leaves the RSS at once
-        # and the RSS shows what the host really keeps.
+        # and the RSS shows what the host really keeps. Events and calls both wait for it.
         payload = b"x" * 256_000
-        for _ in range(800):  # 200 MB if the host kept it all
+        for i in range(400):  # 200 MB if the host kept it all
             flooder.publish("flood", payload)
+            flooder.request(f"r{i}", "sleeper", payload)
         for _ in range(600):
             if flooder.outgoing.empty():
                 break
             await asyncio.sleep(0.05)
-        procs.all[0].wait_for("dropping more for it", timeout=60)
+        procs.all[0].wait_for("closing a client's stream", timeout=60)
         await asyncio.sleep(2)
         grown_mb = (host_rss_kb(procs) - before) / 1024
         print(f"host RSS grew by {grown_mb:.1f} MB while a client did not read 200 MB")
+        # The sleeper's stream was ended: it knows it missed messages (what it read was queued).
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            while await asyncio.wait_for(sleeper.stream.read(), 10) is not grpc.aio.EOF:
+                pass
         await sleeper.close()
         await flooder.close()
-        assert grown_mb < 80, f"the host grew by {grown_mb:.0f} MB"
+        assert grown_mb < 80, f"the host grew by {grown_mb:.0f} MB"  # 32 MB queued, plus gRPC's own buffers
         await asyncio.to_thread(assert_chat_still_works, cfg)
+
+
+async def test_a_call_is_answered_only_by_the_client_it_went_to(cluster: tuple[Path, Procs], certs: Path) -> None:
+    cfg, _ = cluster
+    security = security_of(certs)
+    caller, answerer, thief = (RawClient(address_of(cfg), security) for _ in range(3))
+    for client, agent_type in ((caller, "caller"), (answerer, "answerer"), (thief, "thief")):
+        await client.open()
+        await client.call("RegisterAgent", agent_worker_pb2.RegisterAgentTypeRequest(type=agent_type))
+    try:
+        caller.request("1", "answerer", b"question", source="caller")
+        asked = (await asyncio.wait_for(answerer.stream.read(), 10)).request
+        assert asked.payload.data == b"question" and asked.source.type == "caller"
+        assert asked.request_id != "1"  # the host's own id, which no one else sees
+        # The thief sprays answers at the ids a caller would pick, and at the one it cannot see.
+        for request_id in ["1", "2", "3", asked.request_id]:
+            thief.respond(request_id, b"stolen")
+        await asyncio.sleep(0.5)
+        answerer.respond(asked.request_id, b"answer")
+        answered = (await asyncio.wait_for(caller.stream.read(), 10)).response
+        assert (answered.request_id, answered.payload.data, answered.error) == ("1", b"answer", "")
+        # A call sent as someone else, or to no one, is answered at once with an error.
+        caller.request("2", "answerer", b"x", source="roundtable_manager")
+        caller.request("3", "nobody", b"x", source="caller")
+        errors = [(await asyncio.wait_for(caller.stream.read(), 10)).response for _ in range(2)]
+        assert [(e.request_id, e.error) for e in errors] == [
+            ("2", "the sender 'roundtable_manager' is not an agent type of yours"),
+            ("3", "no worker serves agent type 'nobody'"),
+        ]
+        # A call whose answerer leaves is answered with an error, not left waiting.
+        caller.request("4", "answerer", b"x", source="caller")
+        await asyncio.wait_for(answerer.stream.read(), 10)
+        await answerer.close()
+        left = (await asyncio.wait_for(caller.stream.read(), 10)).response
+        assert (left.request_id, left.error) == ("4", "the agent's worker disconnected before it answered")
+    finally:
+        for client in (caller, answerer, thief):
+            await client.close()
+    await asyncio.to_thread(assert_chat_still_works, cfg)
+
+
+async def test_no_one_can_subscribe_for_an_agent_type_they_did_not_register(
+    cluster: tuple[Path, Procs], certs: Path
+) -> None:
+    cfg, _ = cluster
+    squatter = RawClient(address_of(cfg), security_of(certs))
+    await squatter.open()
+    try:
+        subscription = agent_worker_pb2.Subscription(
+            id=str(uuid.uuid4()),
+            typeSubscription=agent_worker_pb2.TypeSubscription(topic_type="group_chat", agent_type="writer"),
+        )
+        error = await rpc_error(
+            squatter.call("AddSubscription", agent_worker_pb2.AddSubscriptionRequest(subscription=subscription))
+        )
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert error.details() == "register agent type 'writer' before subscribing it"
+        # The control channel, which let one client write to another's, is not served.
+        control = squatter.stub.OpenControlChannel(iter(()), metadata=squatter.metadata)
+        error = await rpc_error(control.read())
+        assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await squatter.close()
+    await asyncio.to_thread(assert_chat_still_works, cfg)
+
+
+async def test_a_message_at_the_size_limit_with_a_rewritten_sender_reaches_its_subscribers(
+    cluster: tuple[Path, Procs], certs: Path
+) -> None:
+    cfg, _ = cluster
+    security = security_of(certs)
+    listener, sender = RawClient(address_of(cfg), security), RawClient(address_of(cfg), security)
+    await listener.open()
+    await listener.subscribe("big_listener", "big")
+    await sender.open()
+    try:
+        # As big as the host accepts, with a sender it will rewrite: still under what it may send.
+        sender.publish("big", b"x" * (HOST_RECEIVE_LIMIT - 1024), sender_type="someone_else" * 8)
+        sender.publish("big", b"small")
+        first = await asyncio.wait_for(listener.stream.read(), 30)
+        assert first.cloudEvent.attributes["agagentsendertype"].ce_string == "unknown"
+        assert len(first.cloudEvent.binary_data) == HOST_RECEIVE_LIMIT - 1024
+        second = await asyncio.wait_for(listener.stream.read(), 10)
+        assert second.cloudEvent.binary_data == b"small"
+    finally:
+        await listener.close()
+        await sender.close()
+    await asyncio.to_thread(assert_chat_still_works, cfg)
+
+
+async def test_names_from_a_client_cannot_forge_or_flood_the_hosts_log(
+    cluster: tuple[Path, Procs], certs: Path
+) -> None:
+    cfg, procs = cluster
+    host = procs.all[0]
+    before = len(host.output)
+    attacker = RawClient(address_of(cfg), security_of(certs))
+    await attacker.open()
+    try:
+        attacker.publish("x\n00:00:00 ERROR   host: forged", b"{}")
+        for _ in range(4):
+            attacker.publish("t" * 4_000_000, b"{}")
+        for _ in range(3):
+            attacker.outgoing.put_nowait(agent_worker_pb2.Message())  # a kind the host does not route
+        await asyncio.sleep(2)
+    finally:
+        await attacker.close()
+    await asyncio.to_thread(assert_chat_still_works, cfg)
+    logged = host.output[before:]
+    assert not any(line.startswith("00:00:00") for line in logged.splitlines()), logged
+    assert len(logged) < 2_000, f"{len(logged)} characters logged"
+    assert logged.count("does not route") == 1, logged
 
 
 async def test_an_oversized_message_is_refused_locally_and_the_stream_stays_up(
@@ -339,7 +489,7 @@ async def test_an_oversized_message_is_refused_locally_and_the_stream_stays_up(
         )
         received = await asyncio.wait_for(listener.stream.read(), 10)
         assert b"small" in received.cloudEvent.binary_data
-        assert "refusing to send a" in caplog.text and "the limit is 16777216 bytes" in caplog.text
+        assert "refusing to send a" in caplog.text and f"the limit is {HOST_RECEIVE_LIMIT} bytes" in caplog.text
         assert runtime.connection.connected and runtime.connection.reconnects == 0
     finally:
         await listener.close()

@@ -11,8 +11,8 @@ import pytest
 from harness import free_port, processes, scripted_agent, start_cluster, write_config
 
 from roundtable.config import StoreUnavailable
-from roundtable.runtime import HostUnreachable
 from roundtable.status import Status, format_status, gather_status
+from roundtable.wire import HostUnreachable
 
 pytest_plugins = ["pg"]
 

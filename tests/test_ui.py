@@ -22,6 +22,7 @@ import pytest
 import yaml
 from harness import READY, REPO, Proc, Procs, free_port, processes, scripted_agent, start_cluster, write_config
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
+from test_crash_points import CASES, CUT_OFF_MID_TURN, start_again, start_with_a_victim
 
 from roundtable.crashpoints import CRASH_ENV
 
@@ -391,29 +392,62 @@ def assert_killed_at_crash_point(proc: Proc, timeout: float = 60) -> None:
     assert proc.popen.returncode == -signal.SIGKILL, proc.output[-2000:]
 
 
-@pytest.mark.parametrize(("point", "on_pass"), [("manager.reply.stored", 2), ("manager.end.stored", 1)])
-def test_the_page_shows_the_whole_conversation_once_after_the_manager_dies_at_a_crash_point(
-    tmp_path: Path, browser: Browser, point: str, on_pass: int
+# Every crash point but the one mid-stream (the test after this one), with the writer's tool
+# call on each of its turns, as in test_crash_points.py, which checks the store and terminal.
+PAGE_CRASH_CASES = [case for case in CASES if case[0] != "agent.stream.chunk"]
+
+
+@pytest.mark.parametrize(("point", "victim", "on_pass"), PAGE_CRASH_CASES, ids=[c[0] for c in PAGE_CRASH_CASES])
+def test_the_page_shows_the_whole_conversation_once_whatever_process_dies_at_a_crash_point(
+    tmp_path: Path, browser: Browser, monkeypatch: pytest.MonkeyPatch, point: str, victim: str, on_pass: int
 ) -> None:
-    # reply.stored: the restarted manager publishes what it had stored and not sent. end.stored:
-    # the end is stored and never announced; the page, hearing nothing, asks for it again.
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "tests"))  # toolkit.counting, for the writer's process
+    monkeypatch.setenv("COUNTER_FILE", str(tmp_path / "counter.jsonl"))
     cfg = make_config(tmp_path)
+    data = yaml.safe_load(cfg.read_text(encoding="utf-8"))
+    writer = data["agents"][0]
+    writer["model"]["script"] = ['CALL count {"label": "drafts"}', WRITER_LINE]
+    writer["tools"] = [{"function": "toolkit.counting:count"}]
+    write_config(cfg, data)
     with processes(tmp_path) as procs:
-        start_cluster(procs, cfg, ["writer", "editor"], manager=False)
-        manager = procs.roundtable("manager", "manager", "--config", str(cfg), env={CRASH_ENV: f"{point}:{on_pass}"})
-        manager.wait_for(READY)
+        started = start_with_a_victim(procs, cfg, victim, f"{point}:{on_pass}")
         tab = Tab(browser, start_page(procs, cfg))
         tab.send("Write about a harbour")
-        assert_killed_at_crash_point(manager)
-        procs.roundtable("manager-again", "manager", "--config", str(cfg)).wait_for(READY)
+        assert_killed_at_crash_point(started[victim])
+        start_again(procs, cfg, victim)
         tab.wait_for_end()
-        transcript = tab.transcript()
-        messages = agent_messages(transcript)
-        assert [author for author, _ in messages] == ["writer", "editor"] * 2, messages
-        assert [text.split(":")[0] for _, text in messages] == ["Draft 1", "Feedback 1", "Draft 2", "Feedback 2"]
-        ends = [m["text"] for m in transcript if m["text"].startswith("Conversation ended")]
-        assert len(ends) == 1 and "max_rounds reached" in ends[0], ends
+        # The editor's second message is streamed, so it may trail the end.
+        feedback = tab.page.locator(".message-content", has_text=EDITOR_LINE.split(": ")[1])
+        expect(feedback).to_have_count(2, timeout=WAIT)
+        tab.transcript()  # every avatar drawn
+        order = [(e["type"], e["author"], e["text"]) for e in tab.page.evaluate(PAGE_ORDER_JS)]
+        if point in CUT_OFF_MID_TURN:  # the call the writer died in is shown as not run again
+            interrupted = tab.page.locator(".step[data-step-type='tool']", has_text="writer: count").first
+            interrupted.locator("h3 button").click()
+            expect(interrupted.locator(".message-content").last).to_contain_text("not run again", timeout=WAIT)
         tab.close()
+
+    # The task once, then each round once: who speaks, the writer's call (completed), the message.
+    # A restarted writer counts its drafts from 1 again, so only each line's words are compared.
+    def numberless(text: str) -> str:
+        return re.sub(r"^(Draft|Feedback) \d+:", r"\1 n:", text)
+
+    # A dead agent's absence is noted while it lasts, as it should be; the rest is compared.
+    shown = [(kind, author, numberless(text)) for kind, author, text in order if "reachable" not in text]
+    writer_round = [
+        ("assistant_message", "roundtable", "writer speaks next"),
+        ("tool", "writer", "Used writer: count"),
+        ("assistant_message", "writer", numberless(WRITER_LINE.format(n=0))),
+    ]
+    editor_round = [
+        ("assistant_message", "roundtable", "editor speaks next"),
+        ("assistant_message", "editor", numberless(EDITOR_LINE.format(n=0))),
+    ]
+    expected = [("user_message", None, "Write about a harbour"), *(writer_round + editor_round) * 2]
+    if point in CUT_OFF_MID_TURN:
+        expected[2] = ("tool", None, "Used writer: count")  # an error's icon where the avatar would be
+    assert shown[:-1] == expected, order
+    assert order[-1][2].startswith("Conversation ended: max_rounds reached (4 rounds)"), order
 
 
 def test_a_message_cut_off_by_its_agent_dying_mid_stream_is_marked_and_the_turn_answered_again(

@@ -172,6 +172,7 @@ class TerminalSink:
         self.last_heard = time.monotonic()
         self._answer: Answer | None = None
         self._stdin: StdinLines | None = None
+        self._announced: set[str] = set()  # turns whose speaker was shown
 
     def _hear(self) -> None:
         self.heard.set()
@@ -251,6 +252,10 @@ class TerminalSink:
         if event.conversation_id != self.conversation_id:
             return
         self._hear()
+        if event.turn_id in self._announced:
+            return  # announced again, by a manager that restarted
+        if event.turn_id:
+            self._announced.add(event.turn_id)
         self._close_line()
         note = f" ({event.note})" if event.note else ""
         self._write(self._dim(f"· {event.speaker} speaks next{note}") + "\n")

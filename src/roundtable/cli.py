@@ -20,9 +20,10 @@ from pydantic import SecretStr, ValidationError
 
 from . import crashpoints
 from .config import AgentConfig, Config, ConfigError, ModelConfig, StoreUnavailable, check_address, load_config
-from .runtime import HostUnreachable, WorkerRuntime, setup_logging
+from .runtime import WorkerRuntime, setup_logging
 from .security import Security, load_security
 from .telemetry import setup_tracing, shutdown_tracing
+from .wire import HostUnreachable
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -165,11 +166,17 @@ def _host_address(args: argparse.Namespace, config: Config) -> str:
 
 
 async def _host(args: argparse.Namespace) -> int:
-    from .runtime import announce_ready, serve_until_signal, start_host
+    from .host import start_host
+    from .runtime import announce_ready, serve_until_signal
 
     config = load_config(args.config)
     address = check_address(args.address, "--address") if args.address else config.host.address
-    host = await start_host(address, security=security_from(args, config), queue_limit=config.host.client_queue_limit)
+    host = await start_host(
+        address,
+        security=security_from(args, config),
+        queue_limit=config.host.client_queue_limit,
+        queue_bytes=config.host.client_queue_bytes,
+    )
     print(f"Host started at {address}", flush=True)
     announce_ready(f"host on {address}")
     await serve_until_signal()

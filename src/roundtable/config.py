@@ -262,6 +262,7 @@ class HostConfig(_Model):
     address: str = DEFAULT_HOST_ADDRESS
     connect_timeout: float = Field(default=10.0, gt=0)
     client_queue_limit: int = Field(default=10_000, gt=0)  # messages the host keeps for one slow client
+    client_queue_bytes: int = Field(default=32 * 1024 * 1024, gt=0)  # bytes the host keeps for one slow client
     heartbeat: float = Field(default=2.0, gt=0)  # seconds between participants' "I am here"; 3 missed = unreachable
     security: SecurityConfig = Field(default_factory=SecurityConfig)
 

@@ -53,9 +53,10 @@ from .messages import (
     turn_topic_type,
 )
 from .models import describe_model_error
-from .runtime import UNKNOWN_SENDER, WorkerRuntime, forget
+from .runtime import WorkerRuntime, forget
 from .store import ENDED_TOOL_STATES, RAN_TOOL_STATES, StoredToolCall, TranscriptStore, call_key
 from .telemetry import span
+from .wire import UNKNOWN_SENDER
 
 log = logging.getLogger("roundtable.manager")
 
@@ -357,7 +358,6 @@ class GroupChatManager(RoutedAgent):
         )
         self._adopt(conv)
         log.info("conversation %s resumed at message %d", conv.id, len(conv.transcript))
-        await self._republish(conv)
         if stored.pending_speaker and stored.pending_turn_id:
             conv.pending = RequestToSpeak(
                 conversation_id=conv.id,
@@ -365,6 +365,8 @@ class GroupChatManager(RoutedAgent):
                 speaker=stored.pending_speaker,
                 history=conv.transcript,
             )
+        await self._republish(conv)
+        if conv.pending is not None:
             await self._ask(conv)
             return
         reason = termination_reason(conv, self._settings)
@@ -380,6 +382,11 @@ class GroupChatManager(RoutedAgent):
             await self._publish(stored_message)
         for call in await self._store.tool_calls(conv.id):
             await self._publish(tool_event(call, self._approval_timeout(call)))
+        if conv.pending is not None:  # its announcement may have died with an earlier manager
+            pending = conv.pending
+            await self._publish(
+                SpeakerSelected(conversation_id=conv.id, speaker=pending.speaker, turn_id=pending.turn_id)
+            )
 
     async def nudge(self, speaker: str | None = None, republish: bool = False) -> None:
         """Ask again for a turn that may have been lost: the speaker came back, or we did."""
@@ -739,7 +746,9 @@ class GroupChatManager(RoutedAgent):
         """Announce the (stored) next speaker and ask it."""
         conv.pending = request
         conv.last_sign_of_life = 0.0
-        await self._publish(SpeakerSelected(conversation_id=conv.id, speaker=request.speaker, note=note))
+        await self._publish(
+            SpeakerSelected(conversation_id=conv.id, speaker=request.speaker, note=note, turn_id=request.turn_id)
+        )
         conv.attempts = 0
         await self._ask(conv)
 

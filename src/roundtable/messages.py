@@ -137,6 +137,9 @@ class SpeakerSelected(_Wire):
     conversation_id: str
     speaker: str
     note: str = ""
+    #: The turn it announces. A manager that restarts announces its pending turn again, and
+    #: the page and the terminal show each turn's once.
+    turn_id: str = ""
 
 
 class Usage(BaseModel):

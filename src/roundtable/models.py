@@ -44,24 +44,21 @@ def _sampling(cfg: ModelConfig) -> dict[str, Any]:
     return args
 
 
-def _model_info_for(model: str) -> ModelInfo | None:
-    """None when AutoGen knows the model already; otherwise a plain, capability-free info."""
-    from autogen_ext.models.openai import _model_info
-
+def _known_or_plain(make: Callable[..., ChatCompletionClient], **kwargs: Any) -> ChatCompletionClient:
+    """AutoGen's client knows OpenAI's own models by name; any other gets a plain, capability-free
+    info (AutoGen's client refuses to be made for a name it does not know without one)."""
     try:
-        _model_info.get_info(model)
-    except (KeyError, ValueError):
-        return PLAIN_MODEL_INFO
-    return None
+        return make(**kwargs)
+    except ValueError as error:
+        if "model_info" not in str(error):
+            raise
+        return make(**kwargs, model_info=PLAIN_MODEL_INFO)
 
 
 def _openai_client(**kwargs: Any) -> ChatCompletionClient:
     from autogen_ext.models.openai import OpenAIChatCompletionClient
 
-    info = _model_info_for(kwargs["model"])
-    if info is not None:
-        kwargs["model_info"] = info
-    return OpenAIChatCompletionClient(**kwargs)
+    return _known_or_plain(OpenAIChatCompletionClient, **kwargs)
 
 
 def local_client(cfg: ModelConfig, local: LocalModelConfig) -> ChatCompletionClient:
@@ -123,10 +120,7 @@ def azure_client(cfg: ModelConfig, local: LocalModelConfig) -> ChatCompletionCli
         **auth,
         **_sampling(cfg),
     }
-    info = _model_info_for(model)
-    if info is not None:
-        kwargs["model_info"] = info
-    return AzureOpenAIChatCompletionClient(**kwargs)
+    return _known_or_plain(AzureOpenAIChatCompletionClient, **kwargs)
 
 
 def scripted_client(cfg: ModelConfig, local: LocalModelConfig) -> ChatCompletionClient:

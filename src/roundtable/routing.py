@@ -42,19 +42,22 @@ class Routes:
         """How many topics' recipients are kept now (of any generation)."""
         return len(self._cache)
 
-    async def add_subscription(self, subscription: Subscription) -> None:
+    def add(self, subscription: Subscription) -> None:
         if any(existing == subscription for existing in self._subscriptions):
             raise ValueError("Subscription already exists")
         self._subscriptions.append(subscription)
         self._generation += 1
 
-    async def remove_subscription(self, id: str) -> None:
-        if not any(existing.id == id for existing in self._subscriptions):
-            raise ValueError("Subscription does not exist")
-        self._subscriptions = [existing for existing in self._subscriptions if existing.id != id]
+    def remove(self, id: str) -> bool:
+        """Remove the subscription `id`; False if there was none."""
+        kept = [existing for existing in self._subscriptions if existing.id != id]
+        if len(kept) == len(self._subscriptions):
+            return False
+        self._subscriptions = kept
         self._generation += 1
+        return True
 
-    async def get_subscribed_recipients(self, topic: TopicId) -> list[AgentId]:
+    def recipients(self, topic: TopicId) -> list[AgentId]:
         kept = self._cache.get(topic)
         if kept is not None:
             self._cache.move_to_end(topic)
@@ -65,3 +68,15 @@ class Routes:
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return recipients
+
+    # The SubscriptionManager's own names, for the AutoGen worker runtime that calls them.
+
+    async def add_subscription(self, subscription: Subscription) -> None:
+        self.add(subscription)
+
+    async def remove_subscription(self, id: str) -> None:
+        if not self.remove(id):
+            raise ValueError("Subscription does not exist")
+
+    async def get_subscribed_recipients(self, topic: TopicId) -> list[AgentId]:
+        return self.recipients(topic)

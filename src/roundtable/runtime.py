@@ -14,29 +14,26 @@ import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
 import grpc
-from autogen_core import AgentId, RoutedAgent, TopicId
+from autogen_core import AgentId, RoutedAgent
 from autogen_core._serialization import try_get_known_serializers_for_type
-from autogen_ext.runtimes.grpc import GrpcWorkerAgentRuntime, GrpcWorkerAgentRuntimeHostServicer
-from autogen_ext.runtimes.grpc._worker_runtime_host_servicer import CallbackChannelConnection
+from autogen_ext.runtimes.grpc import GrpcWorkerAgentRuntime
 from autogen_ext.runtimes.grpc.protos import agent_worker_pb2, agent_worker_pb2_grpc, cloudevent_pb2
-from autogen_ext.runtimes.grpc.protos.agent_worker_pb2_grpc import add_AgentRpcServicer_to_server
 
 from . import telemetry
 from .messages import WIRE_TYPES
 from .routing import Routes
-from .security import (
-    Security,
-    TokenInterceptor,
-    channel_credentials,
-    channel_options,
-    check_listen_address,
-    server_credentials,
-    token_metadata,
+from .security import Security, channel_credentials, channel_options, token_metadata
+from .wire import (
+    CLIENT_ID_KEY,
+    HOST_RECEIVE_LIMIT,
+    MAX_GRPC_MESSAGE_BYTES,
+    SCHEMA,
+    HostUnreachable,
 )
 
 log = logging.getLogger("roundtable")
@@ -44,10 +41,9 @@ log = logging.getLogger("roundtable")
 #: Printed once a process is connected and serving; `roundtable up` waits for it.
 READY_MARKER = "roundtable ready:"
 
-#: gRPC message size limit, the same on host and worker so neither side kills the other's stream.
-MAX_GRPC_MESSAGE_BYTES = 16 * 1024 * 1024
+#: A worker sends no more than the host accepts, and accepts what the host may send.
 GRPC_OPTIONS = [
-    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", HOST_RECEIVE_LIMIT),
     ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
 ]
 
@@ -69,32 +65,13 @@ WORKER_KEEPALIVE = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 500),
 ]
-HOST_KEEPALIVE = [
-    ("grpc.http2.min_ping_interval_without_data_ms", 4_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    # gRPC binds with SO_REUSEPORT by default: a second host on the same port would start
-    # "fine" and take a random half of the connections. One port, one host.
-    ("grpc.so_reuseport", 0),
-]
 OUTBOX_LIMIT = 10_000
-CLIENT_QUEUE_LIMIT = 10_000  # messages waiting for one client on the host before it is cut off
-HELD_BYTES_LIMIT = 8 * 1024 * 1024  # events a freshly started host keeps for late subscribers
-SENDER_TYPE = "agagentsendertype"
-#: The sender of a message published by no agent (a page, a terminal), or by one a client does not own.
-UNKNOWN_SENDER = "unknown"
-SCHEMA = "dataschema"
-STREAM_WAIT_STEPS = 200  # x 10 ms
 TRACE_KEYS = ("traceparent", "tracestate")
-SENDER_KEY = "agagentsenderkey"
 RECONNECT_MAX_DELAY = 0.5
 #: The last message handed to a stream that broke is sent again on the next one, unless it
 #: is older than this: a keepalive ping was then answered after it, so it was delivered (TCP
 #: keeps order). Without the bound, a reconnect repeated a message sent minutes before.
 RESEND_WINDOW = (KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS) / 1000
-
-
-class HostUnreachable(Exception):
-    """The gRPC host could not be reached; the message says where and what to check."""
 
 
 def setup_logging(role: str, level: str = "INFO") -> None:
@@ -115,12 +92,7 @@ def announce_ready(what: str) -> None:
     print(f"{READY_MARKER} {what}", flush=True)
 
 
-# ---------------------------------------------------------------- the host
-#
-# AutoGen's GrpcWorkerAgentRuntimeHost has no hook for how events are routed, so we run
-# our own grpc.aio server around a subclass of its servicer. The subclass reads the
-# servicer's private routing tables; this section and the worker's below are the only
-# places in roundtable that touch AutoGen's private state.
+# ---------------------------------------------------------------- the worker
 
 
 def use_routes(runtime: object) -> Routes:
@@ -133,263 +105,6 @@ def use_routes(runtime: object) -> Routes:
     routes = Routes()
     runtime._subscription_manager = routes  # type: ignore[attr-defined]
     return routes
-
-
-class _Close:
-    """Put on a client's send queue to end its stream (it fell too far behind)."""
-
-
-CLOSE = _Close()
-
-
-async def _client_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    metadata = dict(context.invocation_metadata() or ())
-    client_id = metadata.get("client-id")
-    if not isinstance(client_id, str) or not client_id:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "client-id metadata not found")
-    return str(client_id)
-
-
-class _QuietConnection(CallbackChannelConnection[agent_worker_pb2.Message, agent_worker_pb2.Message]):
-    """AutoGen's stream connection without its per-message log line (formatted even when off)."""
-
-    async def _receive_messages(
-        self, client_id: str, request_iterator: AsyncIterator[agent_worker_pb2.Message]
-    ) -> None:
-        async for message in request_iterator:
-            await self._handle_message(message)
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("the host could not route a message: %s", task.exception())
-
-
-class RoutingServicer(GrpcWorkerAgentRuntimeHostServicer):
-    """AutoGen's host servicer, made safe to share with clients that are broken or hostile,
-    and kind to clients that reconnect.
-
-    - A client id belongs to the connection that opened its stream: another stream with
-      the same id is refused, and registrations, subscriptions and removals must come
-      over that same connection (the stock servicer lets anyone who learns an id take
-      over its messages, and register without a stream, which breaks delivery).
-    - The duplicate-registration error no longer reveals the owner's client id.
-    - A client may only remove its own subscriptions.
-    - The sender of an event is checked against what the client registered; a claimed
-      sender it does not own is replaced by "unknown".
-    - Each client's send queue is bounded. When a client stops reading and its queue is
-      full, what else is meant for it is dropped, and its stream is ended as soon as it
-      reads again: it has missed messages, so it must reconnect (ours do, and the manager
-      then publishes the open transcripts again). The host's memory stays bounded.
-    - A freshly started host has no subscriptions until the workers reconnect, and the
-      stock servicer drops what they publish meanwhile. For `grace` seconds after start,
-      events are kept (up to 8 MB), and an agent type that subscribes late gets those meant
-      for it that it has not had (a type already served never gets one twice).
-    """
-
-    def __init__(
-        self, grace: float = 10.0, held_bytes_limit: int = HELD_BYTES_LIMIT, queue_limit: int = CLIENT_QUEUE_LIMIT
-    ) -> None:
-        super().__init__()
-        self.routes = use_routes(self)
-        self._started = time.monotonic()
-        self._grace = grace
-        self._held: list[tuple[cloudevent_pb2.CloudEvent, set[str]]] = []
-        self._held_bytes = 0
-        self._held_bytes_limit = held_bytes_limit
-        self._queue_limit = queue_limit
-        self._peers: dict[str, str] = {}
-        self._cut_off: set[str] = set()
-
-    def _in_grace(self) -> bool:
-        return time.monotonic() - self._started < self._grace
-
-    async def _caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
-        """The client id of a unary call, which must come over that client's own stream connection."""
-        client_id = await _client_id(context)
-        # The stream is opened first, but its handler may start a moment after this call arrives.
-        for _ in range(STREAM_WAIT_STEPS):
-            if client_id in self._data_connections:
-                break
-            await asyncio.sleep(0.01)
-        else:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "open a stream before registering")
-        if self._peers.get(client_id) != context.peer():
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this client id belongs to another connection")
-        return client_id
-
-    async def OpenChannel(
-        self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[agent_worker_pb2.Message]:
-        client_id = await _client_id(context)
-        if client_id in self._data_connections:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, "a stream with this client id is already open")
-        self._peers[client_id] = context.peer()
-
-        async def handle(message: agent_worker_pb2.Message) -> None:
-            await self._receive_message(client_id, message)
-
-        connection = _QuietConnection(request_iterator, client_id, handle_callback=handle)
-        self._data_connections[client_id] = connection
-        try:
-            async for message in connection:
-                if message is CLOSE:
-                    log.warning("a client stopped reading; closing its stream")
-                    break
-                yield message
-        finally:
-            # As the stock servicer does when a stream ends, plus our own bookkeeping.
-            del self._data_connections[client_id]
-            for future in self._pending_responses.pop(client_id, {}).values():
-                future.cancel()
-            await self._on_client_disconnect(client_id)
-            self._peers.pop(client_id, None)
-            self._cut_off.discard(client_id)
-
-    async def _receive_message(self, client_id: str, message: agent_worker_pb2.Message) -> None:
-        # The stock version formats every message into a log line at INFO, whatever the log
-        # level: on a busy host that was a third of its time.
-        kind = message.WhichOneof("message")
-        work: Coroutine[Any, Any, None]
-        if kind == "cloudEvent":
-            attributes = message.cloudEvent.attributes
-            claimed = attributes[SENDER_TYPE].ce_string if SENDER_TYPE in attributes else ""
-            if claimed and self._agent_type_to_client_id.get(claimed) != client_id:
-                attributes[SENDER_TYPE].ce_string = UNKNOWN_SENDER
-                if SENDER_KEY in attributes:
-                    attributes[SENDER_KEY].ce_string = UNKNOWN_SENDER
-            work = self._process_event(message.cloudEvent)
-        elif kind == "request":
-            work = self._process_request(message.request, client_id)
-        elif kind == "response":
-            work = self._process_response(message.response, client_id)
-        else:
-            return
-        task = asyncio.create_task(work)
-        self._background_tasks.add(task)
-        task.add_done_callback(self._background_tasks.discard)
-        task.add_done_callback(_log_failure)
-
-    async def _deliver(self, event: cloudevent_pb2.CloudEvent, served: set[str]) -> set[str]:
-        """Send `event` to the clients of its subscribed agent types, except the types in
-        `served`; return the types it reached (a client cut off for not reading counts)."""
-        recipients = await self.routes.get_subscribed_recipients(TopicId(event.type, event.source))
-        by_client: dict[str, set[str]] = {}
-        async with self._agent_type_to_client_id_lock:
-            for recipient in recipients:
-                client_id = self._agent_type_to_client_id.get(recipient.type)
-                if client_id is not None and recipient.type not in served:
-                    by_client.setdefault(client_id, set()).add(recipient.type)
-        reached: set[str] = set()
-        for client_id, agent_types in by_client.items():
-            connection = self._data_connections.get(client_id)
-            if connection is None:
-                continue
-            queue = connection._send_queue
-            if queue.qsize() >= self._queue_limit:
-                if client_id not in self._cut_off:
-                    self._cut_off.add(client_id)
-                    log.warning("a client has %d messages waiting; dropping more for it", queue.qsize())
-                    queue.put_nowait(CLOSE)  # type: ignore[arg-type]
-            else:
-                await connection.send(agent_worker_pb2.Message(cloudEvent=event))
-            reached |= agent_types
-        return reached
-
-    async def _process_event(self, event: cloudevent_pb2.CloudEvent) -> None:
-        reached = await self._deliver(event, set())
-        if self._in_grace():
-            size = event.ByteSize()
-            if self._held_bytes + size <= self._held_bytes_limit:  # bounded: a flood can't fill memory
-                self._held.append((event, reached))
-                self._held_bytes += size
-
-    async def RegisterAgent(
-        self, request: agent_worker_pb2.RegisterAgentTypeRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> agent_worker_pb2.RegisterAgentTypeResponse:
-        client_id = await self._caller(context)
-        async with self._agent_type_to_client_id_lock:
-            if request.type in self._agent_type_to_client_id:
-                await context.abort(
-                    grpc.StatusCode.ALREADY_EXISTS, f"agent type {request.type} is already registered by another client"
-                )
-            self._agent_type_to_client_id[request.type] = client_id
-        return agent_worker_pb2.RegisterAgentTypeResponse()
-
-    async def AddSubscription(
-        self, request: agent_worker_pb2.AddSubscriptionRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> agent_worker_pb2.AddSubscriptionResponse:
-        await self._caller(context)
-        response = await super().AddSubscription(request, context)
-        if self._held and not self._in_grace():
-            self._held.clear()
-            self._held_bytes = 0
-        for event, reached in self._held:
-            # An agent type that comes back gets what it missed; one that was served, nothing twice.
-            reached |= await self._deliver(event, reached)
-        return response
-
-    async def RemoveSubscription(
-        self, request: agent_worker_pb2.RemoveSubscriptionRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> agent_worker_pb2.RemoveSubscriptionResponse:
-        client_id = await self._caller(context)
-        owned = self._client_id_to_subscription_id_mapping.get(client_id, set())
-        if request.id not in owned:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not your subscription")
-        owned.discard(request.id)
-        return await super().RemoveSubscription(request, context)
-
-    async def GetSubscriptions(
-        self, request: agent_worker_pb2.GetSubscriptionsRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> agent_worker_pb2.GetSubscriptionsResponse:
-        await self._caller(context)
-        return await super().GetSubscriptions(request, context)
-
-
-class Host:
-    """The gRPC host: our own server around the routing servicer, with TLS and the token
-    check when configured. Off loopback it refuses to listen without both."""
-
-    def __init__(
-        self,
-        address: str,
-        grace: float = 10.0,
-        security: Security | None = None,
-        queue_limit: int = CLIENT_QUEUE_LIMIT,
-    ) -> None:
-        security = security or Security()
-        check_listen_address(address, security)
-        self.address = address
-        self.servicer = RoutingServicer(grace, queue_limit=queue_limit)
-        interceptors = [TokenInterceptor(security.token)] if security.token else []
-        self._server = grpc.aio.server(options=GRPC_OPTIONS + HOST_KEEPALIVE, interceptors=interceptors)
-        add_AgentRpcServicer_to_server(self.servicer, self._server)
-        try:
-            if security.tls:
-                self._server.add_secure_port(address, server_credentials(security))
-            else:
-                self._server.add_insecure_port(address)
-        except RuntimeError:
-            raise HostUnreachable(
-                f"cannot listen on {address}: the port is in use, or the address is not one of this machine's"
-            ) from None
-
-    async def start(self) -> None:
-        await self._server.start()
-
-    async def stop(self, grace: float = 1.0) -> None:
-        await self._server.stop(grace)
-
-
-async def start_host(
-    address: str, grace: float = 10.0, security: Security | None = None, queue_limit: int = CLIENT_QUEUE_LIMIT
-) -> Host:
-    host = Host(address, grace, security, queue_limit)
-    await host.start()
-    return host
-
-
-# ---------------------------------------------------------------- the worker
 
 
 class _StubProxy:
@@ -464,7 +179,7 @@ class ResilientConnection:
 
     @property
     def metadata(self) -> list[tuple[str, str]]:
-        return [("client-id", self._client_id), *token_metadata(self._security)]
+        return [(CLIENT_ID_KEY, self._client_id), *token_metadata(self._security)]
 
     @property
     def connected(self) -> bool:
@@ -611,7 +326,7 @@ class ResilientConnection:
 
     async def send(self, message: agent_worker_pb2.Message) -> None:
         size = message.ByteSize()
-        if size > MAX_GRPC_MESSAGE_BYTES:
+        if size > HOST_RECEIVE_LIMIT:
             # Sent, it would kill our stream (gRPC's limit) and everything registered on it.
             event = message.cloudEvent
             log.error(
@@ -619,7 +334,7 @@ class ResilientConnection:
                 size,
                 event.attributes[SCHEMA].ce_string if SCHEMA in event.attributes else "rpc",
                 event.type or "?",
-                MAX_GRPC_MESSAGE_BYTES,
+                HOST_RECEIVE_LIMIT,
             )
             return
         if message.WhichOneof("message") == "cloudEvent":

@@ -141,7 +141,8 @@ def mcp_workbench(server: McpServerConfig) -> Workbench:
     else:
         assert server.url is not None  # the config checks one of the two is set
         params = StreamableHttpServerParams(url=server.url, headers=server.headers or None, timeout=server.timeout)
-    logging.getLogger("autogen_ext.tools.mcp._actor").addFilter(_MCP_SESSION_LOG)  # a logger keeps one of each
+    for handler in logging.getLogger().handlers:  # where autogen-ext's MCP records end up; one of each
+        handler.addFilter(_MCP_SESSION_LOG)
     return McpWorkbench(server_params=params)
 
 
@@ -211,7 +212,7 @@ class _McpSessionLog(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if error is None:
+        if error is None or not record.name.startswith("autogen_ext.tools.mcp"):
             return True
         session = _mcp_session.get()
         if session is not None and not session.listed:

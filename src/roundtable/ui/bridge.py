@@ -361,8 +361,13 @@ class Tab:
         await message.send()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
 
     async def speaker(self, event: SpeakerSelected) -> None:
+        line = f"speaker:{event.turn_id}" if event.turn_id else None
+        if line is not None:
+            if step_id(self.session.thread_id, line) in self.on_page:
+                return  # announced again, by a manager that restarted
+            self.on_page.add(step_id(self.session.thread_id, line))
         note = f" ({event.note})" if event.note else ""
-        await self.say(f"**{event.speaker}** speaks next{note}", stop_button=True)
+        await self.say(f"**{event.speaker}** speaks next{note}", stop_button=True, message_id=line)
 
     async def ended(self, event: ConversationEnded) -> None:
         self.running = False
@@ -382,9 +387,10 @@ class Tab:
         # One end line per conversation, by which a page process taken up later knows it has ended.
         end = f"end:{event.conversation_id}"
         if event.ok:
-            await self.say(f"Conversation ended: {event.reason}. Type a new task to start another one.{used}", end=end)
+            line = f"Conversation ended: {event.reason}. Type a new task to start another one.{used}"
+            await self.say(line, message_id=end)
         else:
-            await self.say(f"Conversation ended with an error: {event.reason}{used}", error=True, end=end)
+            await self.say(f"Conversation ended with an error: {event.reason}{used}", error=True, message_id=end)
 
     async def show_usage(self, event: UsageUpdate) -> None:
         """What each agent has used so far, on one quiet line that moves down to the latest turn,
@@ -418,10 +424,12 @@ class Tab:
 
     # ---------------------------------------------------------------- the page's own lines
 
-    async def say(self, content: str, error: bool = False, stop_button: bool = False, end: str | None = None) -> None:
+    async def say(
+        self, content: str, error: bool = False, stop_button: bool = False, message_id: str | None = None
+    ) -> None:
         if stop_button:
             await self._drop_stop_button()
-        message = self._message(content, STATUS_AUTHOR, end)
+        message = self._message(content, STATUS_AUTHOR, message_id)
         message.is_error = error
         if stop_button and self.running:
             # The button travels with the latest line, so it stays next to what is happening.

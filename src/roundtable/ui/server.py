@@ -22,8 +22,9 @@ from typing import Any
 
 from ..chat import START_TIMEOUT
 from ..config import Config, ConfigError
-from ..runtime import HostUnreachable, announce_ready, connect_worker, shutdown_on_signal, stop_worker
+from ..runtime import announce_ready, connect_worker, shutdown_on_signal, stop_worker
 from ..security import Security, load_security
+from ..wire import HostUnreachable
 
 log = logging.getLogger("roundtable.ui")
 

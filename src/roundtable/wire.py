@@ -1,0 +1,29 @@
+"""AutoGen's gRPC wire contract as roundtable uses it: metadata and attribute names, size limits.
+
+The host and the workers both follow these, so neither side can kill the other's stream.
+"""
+
+from __future__ import annotations
+
+
+class HostUnreachable(Exception):
+    """The gRPC host could not be reached; the message says where and what to check."""
+
+
+#: gRPC's message size limit: what a host sends and a worker accepts.
+MAX_GRPC_MESSAGE_BYTES = 16 * 1024 * 1024
+#: Room the host keeps to rewrite what it forwards (a spoofed sender, a call's own id).
+HOST_HEADROOM_BYTES = 64 * 1024
+#: What a host accepts and a worker sends: less than the host sends, by the headroom.
+HOST_RECEIVE_LIMIT = MAX_GRPC_MESSAGE_BYTES - HOST_HEADROOM_BYTES
+
+CLIENT_ID_KEY = "client-id"  # gRPC metadata: which client a call comes from
+SENDER_TYPE = "agagentsendertype"  # CloudEvent attributes: who published an event
+SENDER_KEY = "agagentsenderkey"
+SCHEMA = "dataschema"  # CloudEvent attributes: the message type's name, its encoding, and
+CONTENT_TYPE = "datacontenttype"
+MESSAGE_KIND = "agmsgkind"  # ... what kind of message it is (always PUBLISH for an event)
+PUBLISH = "publish"
+TRACE_KEYS = ("traceparent", "tracestate")  # W3C trace context, carried as attributes
+#: The sender of a message published by no agent (a page, a terminal), or by one a client does not own.
+UNKNOWN_SENDER = "unknown"

@@ -104,8 +104,8 @@ async def refused_without_token(address: str, security: Any) -> str:
     """Proof that the host checks the token: the same TLS connection without it must fail."""
     from dataclasses import replace
 
-    from roundtable.runtime import connect_worker, stop_worker
     from roundtable.wire import HostUnreachable
+    from roundtable.worker import connect_worker, stop_worker
 
     try:
         runtime = await connect_worker(address, 10, replace(security, token=None))
@@ -125,7 +125,8 @@ async def connect(variant: str, address: str, ca: str | None = None) -> AgentRun
             runtime.add_message_serializer(try_get_known_serializers_for_type(message_type))
         await asyncio.wait_for(runtime.start(), 30)
         return runtime
-    from roundtable.runtime import connect_worker, setup_logging
+    from roundtable.runtime import setup_logging
+    from roundtable.worker import connect_worker
 
     setup_logging("bench", "WARNING")  # what every roundtable process does
     runtime = await connect_worker(address, 30, security_for(variant, ca))

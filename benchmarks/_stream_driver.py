@@ -25,7 +25,8 @@ from roundtable.messages import (
     turn_topic_type,
 )
 from roundtable.observer import register_observer
-from roundtable.runtime import connect_worker, setup_logging
+from roundtable.runtime import setup_logging
+from roundtable.worker import connect_worker
 
 from ._control import serve_commands
 from ._sink import QuietSink

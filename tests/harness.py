@@ -15,7 +15,9 @@ from typing import Any
 
 import yaml
 
-READY = "roundtable ready:"
+from roundtable.runtime import READY_MARKER
+
+READY = READY_MARKER  # what every process prints once it serves
 REPO = Path(__file__).resolve().parent.parent
 
 

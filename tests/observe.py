@@ -23,7 +23,7 @@ from roundtable.messages import (
     topic,
 )
 from roundtable.observer import register_observer
-from roundtable.runtime import connect_worker, stop_worker
+from roundtable.worker import connect_worker, stop_worker
 
 
 @dataclass

@@ -30,8 +30,8 @@ from harness import (
 )
 
 from roundtable.messages import RequestToSpeak, new_id, topic, turn_topic_type
-from roundtable.runtime import connect_worker, stop_worker
 from roundtable.store import StoredConversation, TranscriptStore
+from roundtable.worker import connect_worker, stop_worker
 
 # Twenty words at 40 ms each: a turn takes about a second, long enough to kill something mid-turn.
 LONG = " ".join(f"w{i}" for i in range(20))

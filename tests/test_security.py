@@ -26,9 +26,9 @@ from harness import READY, Procs, free_port, processes, scripted_agent, start_cl
 
 from roundtable.config import SecurityConfig
 from roundtable.messages import StreamChunk
-from roundtable.runtime import connect_worker, stop_worker
 from roundtable.security import Security, channel_credentials, load_security, write_dev_certificates
 from roundtable.wire import HOST_RECEIVE_LIMIT, MAX_GRPC_MESSAGE_BYTES
+from roundtable.worker import connect_worker, stop_worker
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 

@@ -33,8 +33,8 @@ from .messages import (
     topic,
 )
 from .observer import register_observer
-from .runtime import connect_worker, stop_worker
 from .security import Security
+from .worker import connect_worker, stop_worker
 
 #: How long to wait for the manager to take a new conversation before giving up.
 START_TIMEOUT = 15.0

@@ -20,10 +20,11 @@ from pydantic import SecretStr, ValidationError
 
 from . import crashpoints
 from .config import AgentConfig, Config, ConfigError, ModelConfig, StoreUnavailable, check_address, load_config
-from .runtime import WorkerRuntime, setup_logging
+from .runtime import setup_logging
 from .security import Security, load_security
 from .telemetry import setup_tracing, shutdown_tracing
 from .wire import HostUnreachable
+from .worker import WorkerRuntime
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -105,7 +106,7 @@ def security_from(args: argparse.Namespace, config: Config) -> Security:
 
 
 async def _connect(args: argparse.Namespace, config: Config) -> WorkerRuntime:
-    from .runtime import connect_worker
+    from .worker import connect_worker
 
     return await connect_worker(_host_address(args, config), config.host.connect_timeout, security_from(args, config))
 
@@ -214,8 +215,9 @@ async def _agent(args: argparse.Namespace) -> int:
     from .models import build_client
     from .outbox import Outbox
     from .participant import check_factory, register_participant
-    from .runtime import announce_ready, serve_until_signal, stop_worker
+    from .runtime import announce_ready, serve_until_signal
     from .tools import AgentTools, ToolsUnavailable
+    from .worker import stop_worker
 
     config = load(args)
     settings, model = agent_settings(args, config)
@@ -288,8 +290,9 @@ def _require_agents(config: Config, source: str | None) -> None:
 async def _manager(args: argparse.Namespace) -> int:
     from .manager import register_manager
     from .models import build_client
-    from .runtime import announce_ready, serve_until_signal, stop_worker
+    from .runtime import announce_ready, serve_until_signal
     from .store import TranscriptStore
+    from .worker import stop_worker
 
     config = manager_config(args, load(args))
     _require_agents(config, args.config)

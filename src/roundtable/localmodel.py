@@ -28,12 +28,13 @@ from typing import Any
 from tqdm import tqdm
 
 from .engine import REBUILD_HINT, describe_engine_crash, installed_is_ours
+from .runtime import READY_MARKER
 
 log = logging.getLogger("roundtable.localmodel")
 
 GGUF_MAGIC = b"GGUF"
 CACHE_ENV = "ROUNDTABLE_MODEL_CACHE"
-READY_LINE = "roundtable ready: model server on {url}"
+READY_LINE = READY_MARKER + " model server on {url}"
 INSTALL_HINT = "scripts/setup"
 SMOKE_PROMPT = "The capital of France is"
 SMOKE_TOKENS = 4

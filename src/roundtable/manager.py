@@ -53,10 +53,10 @@ from .messages import (
     turn_topic_type,
 )
 from .models import describe_model_error
-from .runtime import WorkerRuntime, forget
 from .store import ENDED_TOOL_STATES, RAN_TOOL_STATES, StoredToolCall, TranscriptStore, call_key
 from .telemetry import span
 from .wire import UNKNOWN_SENDER
+from .worker import WorkerRuntime, forget
 
 log = logging.getLogger("roundtable.manager")
 

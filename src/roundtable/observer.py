@@ -27,7 +27,7 @@ from .messages import (
     ToolCallEvent,
     UsageUpdate,
 )
-from .runtime import forget
+from .worker import forget
 
 
 class Sink(Protocol):

@@ -57,9 +57,9 @@ from .messages import (
 from .models import explain_model_error
 from .outbox import Outbox
 from .replies import FinishReasonRecorder, finish_reply
-from .runtime import WorkerRuntime, forget
 from .telemetry import span
 from .tools import AgentContext, AgentTools, Journal, journaled, load_object
+from .worker import WorkerRuntime, forget
 
 log = logging.getLogger("roundtable.participant")
 

@@ -15,10 +15,10 @@ from sqlalchemy.exc import DBAPIError
 from .config import StoreUnavailable
 from .manager import MANAGER_TYPE, PRESENCE_TYPE
 from .messages import SEED_TOPIC, TURN_PREFIX
-from .runtime import connect_worker, stop_worker
 from .security import Security
 from .store import StoredConversation, TranscriptStore
 from .wire import HostUnreachable
+from .worker import connect_worker, stop_worker
 
 TASK_CHARS = 60
 

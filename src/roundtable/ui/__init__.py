@@ -30,7 +30,8 @@ def serve_ui(
     the host's token) to its `host.security`. With `seed`, every tab follows the tutorial's writer
     and editor (seed mode, no manager) instead of running conversations of its own.
     """
-    from .server import EXIT_BAD_INPUT, fail, page_settings, run
+    from .server import EXIT_BAD_INPUT, fail, run
+    from .settings import page_settings
 
     try:
         settings = page_settings(config, host_address, port, host, seed, security)

@@ -45,7 +45,7 @@ from ..messages import (
     topic,
 )
 from .avatars import ensure_avatar
-from .server import PageSettings
+from .settings import PageSettings
 
 log = logging.getLogger("roundtable.ui")
 

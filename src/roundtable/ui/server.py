@@ -16,15 +16,13 @@ import shutil
 import socket
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..chat import START_TIMEOUT
-from ..config import Config, ConfigError
-from ..runtime import announce_ready, connect_worker, shutdown_on_signal, stop_worker
-from ..security import Security, load_security
+from ..runtime import announce_ready, shutdown_on_signal
 from ..wire import HostUnreachable
+from ..worker import connect_worker, stop_worker
+from .settings import PageSettings
 
 log = logging.getLogger("roundtable.ui")
 
@@ -33,48 +31,6 @@ APP_FILE = PACKAGE_DIR / "app.py"
 SECRET_FILE = "ui_auth_secret"
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
-
-
-@dataclass(frozen=True)
-class PageSettings:
-    """Everything the Chainlit app needs to know; it reaches the app as a module-level object."""
-
-    host_address: str
-    bind_host: str
-    port: int
-    app_root: Path
-    database_url: str
-    seed: bool = False
-    auth: bool = False
-    users: dict[str, str] = field(default_factory=dict, repr=False)  # name -> password: never printed
-    connect_timeout: float = 10.0
-    security: Security | None = None  # TLS and the host's token, as every worker has them
-    start_timeout: float = START_TIMEOUT
-
-
-def page_settings(
-    config: Config,
-    host_address: str,
-    port: int | None = None,
-    host: str | None = None,
-    seed: bool = False,
-    security: Security | None = None,
-) -> PageSettings:
-    if config.ui.auth and not config.ui.users:
-        raise ConfigError("ui.auth is on but ui.users is empty: add `ui.users: {name: password}` or turn auth off")
-    data = config.data_path
-    return PageSettings(
-        host_address=host_address,
-        bind_host=host or config.ui.host,
-        port=port or config.ui.port,
-        app_root=data / "ui",
-        database_url=config.ui.database or f"sqlite+aiosqlite:///{data / 'ui.db'}",
-        seed=seed,
-        auth=config.ui.auth,
-        users=dict(config.ui.users),
-        connect_timeout=config.host.connect_timeout,
-        security=security or load_security(config.host.security),
-    )
 
 
 # ---------------------------------------------------------------- the app directory

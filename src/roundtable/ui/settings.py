@@ -1,0 +1,52 @@
+"""What the page process needs to know, from the config and the command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..chat import START_TIMEOUT
+from ..config import Config, ConfigError
+from ..security import Security, load_security
+
+
+@dataclass(frozen=True)
+class PageSettings:
+    """Everything the Chainlit app needs to know; it reaches the app as a module-level object."""
+
+    host_address: str
+    bind_host: str
+    port: int
+    app_root: Path
+    database_url: str
+    seed: bool = False
+    auth: bool = False
+    users: dict[str, str] = field(default_factory=dict, repr=False)  # name -> password: never printed
+    connect_timeout: float = 10.0
+    security: Security | None = None  # TLS and the host's token, as every worker has them
+    start_timeout: float = START_TIMEOUT
+
+
+def page_settings(
+    config: Config,
+    host_address: str,
+    port: int | None = None,
+    host: str | None = None,
+    seed: bool = False,
+    security: Security | None = None,
+) -> PageSettings:
+    if config.ui.auth and not config.ui.users:
+        raise ConfigError("ui.auth is on but ui.users is empty: add `ui.users: {name: password}` or turn auth off")
+    data = config.data_path
+    return PageSettings(
+        host_address=host_address,
+        bind_host=host or config.ui.host,
+        port=port or config.ui.port,
+        app_root=data / "ui",
+        database_url=config.ui.database or f"sqlite+aiosqlite:///{data / 'ui.db'}",
+        seed=seed,
+        auth=config.ui.auth,
+        users=dict(config.ui.users),
+        connect_timeout=config.host.connect_timeout,
+        security=security or load_security(config.host.security),
+    )

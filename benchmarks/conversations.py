@@ -15,7 +15,7 @@ import yaml
 
 from roundtable.messages import STREAM
 
-from . import _profile
+from . import _profile, agentchat
 from ._procs import CpuMeter, Proc, Procs, free_port, memory_kb, processes
 from ._stats import summary
 from .settings import Settings
@@ -132,6 +132,8 @@ def run(settings: Settings, log_dir: Path, profile: bool = False) -> dict[str, A
             else:
                 procs.stop(manager)
             procs.stop(driver)
+    # The same turns in AgentChat's own group chat, in this process, once ours have finished.
+    out["agentchat"] = agentchat.run(settings, PAIRS["sentence"], TASK)
     return out
 
 

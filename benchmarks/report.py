@@ -164,6 +164,34 @@ def turn_table(turns: dict[str, Any]) -> str:
     return table("2. Turn overhead: scripted agents that answer at once (one long conversation)", header, rows)
 
 
+def agentchat_ratio(conversations: dict[str, Any], mode: str = "streaming") -> float | None:
+    """Our turn p50 (14-word replies) over AgentChat's in-process one, same run, same replies."""
+    ours = (conversations.get("turns") or {}).get("sentence")
+    theirs = (conversations.get("agentchat") or {}).get(mode)
+    if not ours or not theirs or not theirs.get("p50"):
+        return None
+    return float(ours["turn_ms"]["p50"]) / float(theirs["p50"])
+
+
+def agentchat_table(conversations: dict[str, Any]) -> str:
+    ours = conversations["turns"]["sentence"]["turn_ms"]
+    theirs = conversations["agentchat"]
+    rows = [
+        ["roundtable, distributed (processes, gRPC host)", _ms(ours["p50"]), _ms(ours["p99"]), "-"],
+        *[
+            [
+                f"AgentChat RoundRobinGroupChat, one process, {mode.replace('_', ' ')}",
+                _ms(theirs[mode]["p50"]),
+                _ms(theirs[mode]["p99"]),
+                _x(agentchat_ratio(conversations, mode)),
+            ]
+            for mode in ("streaming", "not_streaming")
+        ],
+    ]
+    header = ["14-word scripted replies, same run", "turn p50", "turn p99", "roundtable p50 / this"]
+    return table("2b. Turn overhead against AutoGen AgentChat's in-process group chat", header, rows)
+
+
 def concurrent_table(concurrent: dict[str, Any]) -> str:
     rounds = concurrent["rounds"]
     rows = []
@@ -409,6 +437,14 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
         p99 = t["turn_ms"]["p99"] if t else None
         add(f"turn overhead p50, {label}", p50, "<= 2 ms", None if p50 is None else p50 <= 2.0, _ms(p50))
         add(f"turn overhead p99, {label}", p99, "<= 10 ms", None if p99 is None else p99 <= 10.0, _ms(p99))
+    value = agentchat_ratio(results.get("conversations") or {})
+    add(
+        "turn p50 / AgentChat in-process (streaming)",
+        value,
+        "<= 1.0x",
+        None if value is None else value <= 1.0,
+        _x(value),
+    )
     hop = results.get("hop")
     for p in ("p50", "p99"):
         value = hop["ratio_roundtable_over_bare"].get(f"hop_{p}") if hop and "error" not in hop else None
@@ -500,6 +536,8 @@ def render(results: dict[str, Any]) -> str:
     conversations = results.get("conversations")
     if conversations and "error" not in conversations:
         parts.append(turn_table(conversations["turns"]))
+        if "agentchat" in conversations and "sentence" in conversations["turns"]:
+            parts.append(agentchat_table(conversations))
         parts.append(concurrent_table(conversations["concurrent"]) + _load_note(conversations))
         parts += diagnostics(conversations)
     for stream in results.get("streaming") or []:

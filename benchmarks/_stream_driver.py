@@ -11,10 +11,11 @@ import json
 import time
 from typing import Any
 
-from autogen_core import MessageContext, RoutedAgent, TypeSubscription, message_handler
+from autogen_core import AgentId, MessageContext, RoutedAgent, TypeSubscription, message_handler
 
 from roundtable.messages import (
     CONTROL,
+    MANAGER_TYPE,
     AgentReply,
     ChatMessage,
     RequestToSpeak,
@@ -89,8 +90,9 @@ async def main() -> None:
     clock = TokenClock()
     replies: dict[str, asyncio.Future[AgentReply]] = {}
     await register_observer(runtime, "bench_stream_observer", clock)
-    await ReplyCatcher.register(runtime, "bench_reply_catcher", lambda: ReplyCatcher(replies))
-    await runtime.add_subscription(TypeSubscription(CONTROL, "bench_reply_catcher"))
+    # It stands in for the manager, under the manager's type: agents take turns only from it.
+    await ReplyCatcher.register(runtime, MANAGER_TYPE, lambda: ReplyCatcher(replies))
+    await runtime.add_subscription(TypeSubscription(CONTROL, MANAGER_TYPE))
 
     async def handle(command: dict[str, Any]) -> dict[str, Any]:
         if command["cmd"] == "http":
@@ -104,7 +106,8 @@ async def main() -> None:
         replies[request.turn_id] = future
         clock.tokens[conversation_id] = []
         start = time.monotonic()
-        await runtime.publish_message(request, topic(turn_topic_type(command["agent"]), conversation_id))
+        speaker_topic = topic(turn_topic_type(command["agent"]), conversation_id)
+        await runtime.publish_message(request, speaker_topic, sender=AgentId(MANAGER_TYPE, conversation_id))
         try:
             reply = await asyncio.wait_for(future, float(command["timeout"]))
         finally:

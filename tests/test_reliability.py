@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from autogen_core import AgentId
 from fakeopenai import FakeOpenAI
 from harness import (
     READY,
@@ -29,7 +30,9 @@ from harness import (
     write_config,
 )
 
-from roundtable.messages import RequestToSpeak, new_id, topic, turn_topic_type
+from roundtable.config import load_config
+from roundtable.manager import register_manager
+from roundtable.messages import MANAGER_TYPE, RequestToSpeak, new_id, topic, turn_topic_type
 from roundtable.store import StoredConversation, TranscriptStore
 from roundtable.worker import connect_worker, stop_worker
 
@@ -178,17 +181,28 @@ def test_a_turn_that_is_no_longer_open_is_not_answered(tmp_path: Path) -> None:
         assert len(before) == 1  # the editor's one turn
 
         async def ask_late() -> None:
-            runtime = await connect_worker(yaml.safe_load(cfg.read_text())["host"]["address"], 10)
+            # The manager, in this process instead of its own, sends a "your turn" for a turn it
+            # has stored (as a restarted host once passed one on), then answers the agent's check.
+            settings = load_config(cfg)
+            store_url = f"sqlite+aiosqlite:///{tmp_path / 'data' / 'transcripts.db'}"  # as the processes have it
+            runtime = await connect_worker(settings.host.address, 10)
+            store = TranscriptStore(store_url)
+            await store.open()
             try:
+                watcher = await register_manager(runtime, settings.agents, settings.manager, store)
                 late = RequestToSpeak(
                     conversation_id=conversation.id, turn_id=new_id(), speaker="editor", history=conversation.transcript
                 )
-                await runtime.publish_message(late, topic(turn_topic_type("editor"), conversation.id))
+                turn = topic(turn_topic_type("editor"), conversation.id)
+                await runtime.publish_message(late, turn, sender=AgentId(MANAGER_TYPE, conversation.id))
+                await asyncio.to_thread(started["editor"].wait_for, "is no longer open; not answering it", 30)
+                watcher.cancel()
             finally:
                 await stop_worker(runtime)
+                await store.close()
 
+        started["manager"].stop()
         asyncio.run(ask_late())
-        started["editor"].wait_for("is no longer open; not answering it", timeout=30)
         assert calls.read_text().splitlines() == before
     [after] = stored(tmp_path)
     assert after.transcript == conversation.transcript

@@ -25,7 +25,7 @@ from autogen_ext.runtimes.grpc.protos import agent_worker_pb2, agent_worker_pb2_
 from harness import READY, Procs, free_port, processes, scripted_agent, start_cluster, write_config
 
 from roundtable.config import SecurityConfig
-from roundtable.messages import StreamChunk
+from roundtable.messages import RequestToSpeak, StreamChunk
 from roundtable.security import Security, channel_credentials, load_security, write_dev_certificates
 from roundtable.wire import HOST_RECEIVE_LIMIT, MAX_GRPC_MESSAGE_BYTES
 from roundtable.worker import connect_worker, stop_worker
@@ -494,6 +494,22 @@ async def test_an_oversized_message_is_refused_locally_and_the_stream_stays_up(
     finally:
         await listener.close()
         await stop_worker(runtime)
+
+
+async def test_a_turn_request_from_anyone_but_the_manager_is_ignored(cluster: tuple[Path, Procs], certs: Path) -> None:
+    cfg, procs = cluster
+    attacker = RawClient(address_of(cfg), security_of(certs))
+    await attacker.open()
+    try:
+        # Claiming to be the manager: the host rewrites the sender, and the writer refuses it.
+        forged = RequestToSpeak(conversation_id="forged", speaker="writer", history=[])
+        attacker.publish("turn.writer", forged.model_dump_json().encode(), "roundtable_manager", "RequestToSpeak")
+        writer = next(p for p in procs.all if p.name == "agent-writer")
+        ignored = "ignored a RequestToSpeak from 'unknown': only the manager sends those"
+        await asyncio.to_thread(writer.wait_for, ignored, 10)  # the loop runs on, so the attacker's stream sends
+    finally:
+        await attacker.close()
+    await asyncio.to_thread(assert_chat_still_works, cfg)
 
 
 # ---------------------------------------------------------------- hostile input

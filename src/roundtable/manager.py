@@ -25,7 +25,9 @@ from .crashpoints import crash_point
 from .messages import (
     CONTROL,
     GROUP_CHAT,
+    MANAGER_TYPE,
     PRESENCE,
+    PRESENCE_TYPE,
     AgentOnline,
     AgentReply,
     AgentStatus,
@@ -59,9 +61,6 @@ from .wire import UNKNOWN_SENDER
 from .worker import WorkerRuntime, forget
 
 log = logging.getLogger("roundtable.manager")
-
-MANAGER_TYPE = "roundtable_manager"
-PRESENCE_TYPE = "roundtable_presence"
 
 
 @dataclass
@@ -429,6 +428,11 @@ class GroupChatManager(RoutedAgent):
 
     @message_handler
     async def on_reply(self, message: AgentReply, ctx: MessageContext) -> None:
+        if ctx.sender is None or ctx.sender.type != message.author:
+            log.warning(
+                "refused a reply for %r sent by %r", message.author[:80], ctx.sender.type if ctx.sender else None
+            )
+            return
         async with self._lock:
             conv = self._conv
             if conv is None or conv.ended or conv.pending is None or conv.pending.turn_id != message.turn_id:

@@ -28,6 +28,11 @@ SEED_TOPIC = "conversation_topic"  # every seed-mode agent, ours or stock -> the
 SEED_SOURCE = "default"
 SEED_HELLO = "seed_hello"  # our seed-mode agents -> each other: SeedHello, to find each other
 SEED_OPENER = "user"  # a TextMessage from this source opens a new exchange
+
+#: The manager's agent types. The host lets one client register each, and vouches for the sender
+#: of every message, so a participant can tell the manager's word from anyone else's.
+MANAGER_TYPE = "roundtable_manager"
+PRESENCE_TYPE = "roundtable_presence"
 SEED_TURN_KEY = "turn"  # TextMessage.metadata: the turn our agents give their reply
 
 #: A reasonable ceiling for one chat message; bigger ones are refused before sending.

@@ -31,6 +31,7 @@ from .config import AgentConfig, ConfigError, SeedConfig
 from .crashpoints import crash_point
 from .messages import (
     CONTROL,
+    MANAGER_TYPE,
     PRESENCE,
     PRESENCE_SOURCE,
     SEED_HELLO,
@@ -233,6 +234,8 @@ class Participant(RoutedAgent):
 
     @message_handler
     async def on_request_to_speak(self, message: RequestToSpeak, ctx: MessageContext) -> None:
+        if not from_manager(ctx, message):
+            return
         reply_topic = topic(CONTROL, message.conversation_id)
         if message.turn_id in self._answering:
             return
@@ -284,6 +287,8 @@ class Participant(RoutedAgent):
 
     @message_handler
     async def on_turn_state(self, message: TurnState, ctx: MessageContext) -> None:
+        if not from_manager(ctx, message):
+            return
         answer = self._checks.get(message.turn_id)
         if answer is not None and not answer.done():
             answer.set_result(message.open)
@@ -361,14 +366,35 @@ class Participant(RoutedAgent):
     @message_handler
     async def on_tool_decision(self, message: ToolCallDecision, ctx: MessageContext) -> None:
         """The manager's word on a tool call this agent is about to make (or has made)."""
+        if not from_manager(ctx, message):
+            return
         self._journal.on_decision(message)
 
     @message_handler
     async def on_ended(self, message: ConversationEnded, ctx: MessageContext) -> None:
+        if not from_manager(ctx, message):
+            return
         log.info("%s: conversation %s ended: %s", self.name, message.conversation_id, message.reason)
         if self._outbox is not None:
             self._outbox.drop(message.conversation_id)
         forget(self)
+
+
+#: (message type, claimed sender) already warned about: a flood of forgeries is one line each.
+_WARNED: set[tuple[str, str]] = set()
+
+
+def from_manager(ctx: MessageContext, message: object) -> bool:
+    """Whether the manager sent this. Only the manager asks for turns, answers turn checks, rules
+    on tool calls and ends conversations. The host vouches for every sender (one it cannot vouch
+    for arrives as "unknown"), so anything else that sends these is refused, with a warning once."""
+    if ctx.sender is not None and ctx.sender.type == MANAGER_TYPE:
+        return True
+    sender = ctx.sender.type if ctx.sender is not None else "no sender"
+    if (type(message).__name__, sender) not in _WARNED:
+        _WARNED.add((type(message).__name__, sender))
+        log.warning("ignored a %s from %r: only the manager sends those", type(message).__name__, sender[:80])
+    return False
 
 
 def make_agent(

@@ -13,8 +13,7 @@ from autogen_ext.runtimes.grpc.protos import agent_worker_pb2
 from sqlalchemy.exc import DBAPIError
 
 from .config import StoreUnavailable
-from .manager import MANAGER_TYPE, PRESENCE_TYPE
-from .messages import SEED_TOPIC, TURN_PREFIX
+from .messages import MANAGER_TYPE, PRESENCE_TYPE, SEED_TOPIC, TURN_PREFIX
 from .security import Security
 from .store import StoredConversation, TranscriptStore
 from .wire import HostUnreachable

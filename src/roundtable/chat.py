@@ -16,7 +16,7 @@ from typing import TextIO
 
 from autogen_core import AgentRuntime
 
-from .config import ConfigError
+from .config import CONNECT_TIMEOUT, ConfigError
 from .messages import (
     CONTROL,
     MAX_CONTENT_CHARS,
@@ -318,22 +318,33 @@ class TerminalSink:
         self.ended.set_result(Outcome(event.reason, event.ok, list(self.messages)))
 
 
+async def publish_until_heard(
+    runtime: AgentRuntime, message: StartConversation | ResumeConversation, heard: asyncio.Event, timeout: float
+) -> bool:
+    """Publish a start (or an ask to send a conversation again) to the manager every
+    START_RETRY_EVERY s until `heard` is set, for at most `timeout` s: publishing has no
+    acknowledgement, and a manager may be starting. Whether it was heard. (The terminal's and
+    the page's one loop.)"""
+    deadline = time.monotonic() + timeout
+    while not heard.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        await runtime.publish_message(message, topic(CONTROL, message.conversation_id))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(heard.wait(), min(START_RETRY_EVERY, left))
+    return True
+
+
 async def start_and_follow(
     runtime: AgentRuntime, task: str, sink: TerminalSink, timeout: float, start_timeout: float = START_TIMEOUT
 ) -> Outcome:
     """Publish the start until the manager answers, then wait for the end. Every wait is bounded."""
     start = StartConversation(conversation_id=sink.conversation_id, task=task)
-    deadline = time.monotonic() + start_timeout
-    while not sink.heard.is_set():
-        if time.monotonic() >= deadline:
-            raise TimeoutError(
-                f"no manager took the conversation within {start_timeout:g} s: is `roundtable manager` running?"
-            )
-        await runtime.publish_message(start, topic(CONTROL, sink.conversation_id))
-        try:
-            await asyncio.wait_for(sink.heard.wait(), START_RETRY_EVERY)
-        except asyncio.TimeoutError:
-            pass
+    if not await publish_until_heard(runtime, start, sink.heard, start_timeout):
+        raise TimeoutError(
+            f"no manager took the conversation within {start_timeout:g} s: is `roundtable manager` running?"
+        )
     deadline = time.monotonic() + timeout
     while not sink.ended.done():
         left = deadline - time.monotonic()
@@ -353,7 +364,7 @@ async def run_chat(
     host: str,
     task: str,
     timeout: float,
-    connect_timeout: float = 10.0,
+    connect_timeout: float = CONNECT_TIMEOUT,
     start_timeout: float = START_TIMEOUT,
     out: TextIO | None = None,
     security: Security | None = None,

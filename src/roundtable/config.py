@@ -16,6 +16,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+#: Seconds a process keeps trying to reach the host (or a store) before it says it cannot.
+CONNECT_TIMEOUT = 10.0
+
 PROVIDERS = ("local", "openai", "azure", "openai-compatible", "scripted")
 STRATEGIES = ("round_robin", "random", "selector", "graph")
 # Agent names become AutoGen agent types and AssistantAgent names, which must be identifiers.
@@ -260,7 +263,7 @@ class SecurityConfig(_Model):
 
 class HostConfig(_Model):
     address: str = DEFAULT_HOST_ADDRESS
-    connect_timeout: float = Field(default=10.0, gt=0)
+    connect_timeout: float = Field(default=CONNECT_TIMEOUT, gt=0)
     client_queue_limit: int = Field(default=10_000, gt=0)  # messages the host keeps for one slow client
     client_queue_bytes: int = Field(default=32 * 1024 * 1024, gt=0)  # bytes the host keeps for one slow client
     heartbeat: float = Field(default=2.0, gt=0)  # seconds between participants' "I am here"; 3 missed = unreachable

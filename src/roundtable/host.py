@@ -62,6 +62,7 @@ CLIENT_QUEUE_LIMIT = 10_000  # messages waiting for one client before it is cut 
 CLIENT_QUEUE_BYTES = 32 * 1024 * 1024  # bytes waiting for one client before it is cut off
 TOTAL_QUEUE_BYTES = 256 * 1024 * 1024  # bytes waiting for all clients; past it, the worst reader is cut off
 HELD_BYTES_LIMIT = 8 * 1024 * 1024  # events a freshly started host keeps for late subscribers
+HOLD_AFTER_START = 10.0  # s: ... and for how long after its start
 CALLS_IN_FLIGHT_LIMIT = 1_000  # calls one client may have waiting for an answer
 AGENT_TYPES_LIMIT = 1_000  # agent types one client may register
 SUBSCRIPTIONS_LIMIT = 10_000  # subscriptions one client may hold
@@ -182,7 +183,7 @@ class HostServicer(agent_worker_pb2_grpc.AgentRpcServicer):
 
     def __init__(
         self,
-        grace: float = 10.0,
+        grace: float = HOLD_AFTER_START,
         queue_limit: int = CLIENT_QUEUE_LIMIT,
         queue_bytes: int = CLIENT_QUEUE_BYTES,
         total_bytes: int = TOTAL_QUEUE_BYTES,
@@ -461,7 +462,7 @@ class Host:
     def __init__(
         self,
         address: str,
-        grace: float = 10.0,
+        grace: float = HOLD_AFTER_START,
         security: Security | None = None,
         queue_limit: int = CLIENT_QUEUE_LIMIT,
         queue_bytes: int = CLIENT_QUEUE_BYTES,
@@ -492,7 +493,7 @@ class Host:
 
 async def start_host(
     address: str,
-    grace: float = 10.0,
+    grace: float = HOLD_AFTER_START,
     security: Security | None = None,
     queue_limit: int = CLIENT_QUEUE_LIMIT,
     queue_bytes: int = CLIENT_QUEUE_BYTES,

@@ -42,7 +42,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from .config import ConfigError, StoreUnavailable
+from .config import CONNECT_TIMEOUT, ConfigError, StoreUnavailable
 from .messages import ChatMessage
 
 metadata = MetaData()
@@ -162,7 +162,7 @@ def store_url(raw: str) -> URL:
 
 
 class TranscriptStore:
-    def __init__(self, url: str, connect_timeout: float = 10.0) -> None:
+    def __init__(self, url: str, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self.url = store_url(url)  # str() of a URL hides its password, so it is safe to show
         self._backend = self.url.get_backend_name()
         self._insert_or_skip = _INSERT_OR_SKIP[self._backend]

@@ -44,6 +44,7 @@ from autogen_core import (
 from autogen_ext.runtimes.grpc.protos import agent_worker_pb2, agent_worker_pb2_grpc, cloudevent_pb2
 
 from . import telemetry
+from .config import CONNECT_TIMEOUT
 from .messages import WIRE_TYPES
 from .routing import Routes
 from .security import Security, channel_credentials, channel_options, token_metadata
@@ -396,7 +397,9 @@ class WorkerRuntime(AgentRuntime):
     lost fail at once: the host forgets them with the connection.
     """
 
-    def __init__(self, address: str, connect_timeout: float = 10.0, security: Security | None = None) -> None:
+    def __init__(
+        self, address: str, connect_timeout: float = CONNECT_TIMEOUT, security: Security | None = None
+    ) -> None:
         self.connection = ResilientConnection(address, connect_timeout, security)
         self.routes = Routes()
         self._factories: dict[str, Callable[[], Awaitable[Agent]]] = {}
@@ -739,7 +742,9 @@ async def _handle(agent: Agent, message: Any, context: MessageContext) -> Any:
         return await agent.on_message(message, ctx=context)
 
 
-async def connect_worker(address: str, timeout: float = 10.0, security: Security | None = None) -> WorkerRuntime:
+async def connect_worker(
+    address: str, timeout: float = CONNECT_TIMEOUT, security: Security | None = None
+) -> WorkerRuntime:
     """A started worker runtime that knows every roundtable message type."""
     runtime = WorkerRuntime(address, timeout, security)
     await runtime.start()

@@ -25,7 +25,7 @@ from chainlit.types import ThreadDict
 from chainlit.utils import utc_now
 from pydantic import ValidationError
 
-from ..chat import QUIET_RESUME, START_RETRY_EVERY, usage_line
+from ..chat import QUIET_RESUME, publish_until_heard, usage_line
 from ..messages import (
     CONTROL,
     MAX_CONTENT_CHARS,
@@ -691,15 +691,8 @@ class Bridge:
     async def _announce(self, tab: Tab, start: StartConversation | ResumeConversation) -> None:
         """Publish the start (or the ask to send a conversation again) until the manager answers:
         publishing has no acknowledgement."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.start_timeout
-        while not tab.heard.is_set() and loop.time() < deadline:
-            await self.runtime.publish_message(start, topic(CONTROL, start.conversation_id))
-            try:
-                await asyncio.wait_for(tab.heard.wait(), START_RETRY_EVERY)
-            except asyncio.TimeoutError:
-                pass
-        if not tab.heard.is_set() and tab.conversation_id == start.conversation_id:
+        heard = await publish_until_heard(self.runtime, start, tab.heard, self.settings.start_timeout)
+        if not heard and tab.conversation_id == start.conversation_id:
             tab.running = False
             self._routes.pop(start.conversation_id, None)
             await tab.say(

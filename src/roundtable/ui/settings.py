@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..chat import START_TIMEOUT
-from ..config import Config, ConfigError
+from ..config import CONNECT_TIMEOUT, Config, ConfigError
 from ..security import Security, load_security
 
 
@@ -22,7 +22,7 @@ class PageSettings:
     seed: bool = False
     auth: bool = False
     users: dict[str, str] = field(default_factory=dict, repr=False)  # name -> password: never printed
-    connect_timeout: float = 10.0
+    connect_timeout: float = CONNECT_TIMEOUT
     security: Security | None = None  # TLS and the host's token, as every worker has them
     start_timeout: float = START_TIMEOUT
 

@@ -253,9 +253,10 @@ class HostServicer(agent_worker_pb2_grpc.AgentRpcServicer):
                 del self._owners[agent_type]
         for subscription_id in client.subscriptions:
             self.routes.remove(f"{client.key}:{subscription_id}")
+        gone = "the agent's worker disconnected before it answered"
         for request_id, call in list(self._calls.items()):
             if call.answerer is client:
-                self._fail(call, "the agent's worker disconnected before it answered")
+                self._settle(call, agent_worker_pb2.RpcResponse(error=gone))
             if call.caller is client or call.answerer is client:
                 del self._calls[request_id]
 
@@ -311,41 +312,39 @@ class HostServicer(agent_worker_pb2_grpc.AgentRpcServicer):
     def _request(self, caller: Client, request: agent_worker_pb2.RpcRequest) -> None:
         answerer = self._owners.get(request.target.type)
         if request.HasField("source") and request.source.type not in caller.agent_types:
-            self._refuse(caller, request, f"the sender {shown(request.source.type)} is not an agent type of yours")
+            why = f"the sender {shown(request.source.type)} is not an agent type of yours"
         elif answerer is None:
-            self._refuse(caller, request, f"no worker serves agent type {shown(request.target.type)}")
+            why = f"no worker serves agent type {shown(request.target.type)}"
         elif caller.calls_in_flight >= CALLS_IN_FLIGHT_LIMIT:
-            self._refuse(caller, request, f"more than {CALLS_IN_FLIGHT_LIMIT} calls are waiting for an answer")
+            why = f"more than {CALLS_IN_FLIGHT_LIMIT} calls are waiting for an answer"
         else:
             call = Call(caller, request.request_id, answerer)
             request.request_id = uuid.uuid4().hex  # the host's own: a caller-chosen id could be guessed
             message = agent_worker_pb2.Message(request=request)
-            if not self._send(answerer, message, message.ByteSize()):
-                self._fail(call, "the agent's worker is not reading")
+            if self._send(answerer, message, message.ByteSize()):
+                self._calls[request.request_id] = call
+                caller.calls_in_flight += 1
                 return
-            self._calls[request.request_id] = call
-            caller.calls_in_flight += 1
+            request.request_id = call.request_id
+            why = "the agent's worker is not reading"
+        self._respond(caller, agent_worker_pb2.RpcResponse(request_id=request.request_id, error=why))
 
     def _answer(self, client: Client, response: agent_worker_pb2.RpcResponse) -> None:
         call = self._calls.get(response.request_id)
         if call is None or call.answerer is not client:
             return  # not a call this client was asked: late, or someone else's
         del self._calls[response.request_id]
+        self._settle(call, response)
+
+    def _settle(self, call: Call, response: agent_worker_pb2.RpcResponse) -> None:
+        """Give a call's caller its answer, under the caller's own request id."""
         call.caller.calls_in_flight -= 1
         response.request_id = call.request_id
-        message = agent_worker_pb2.Message(response=response)
-        self._send(call.caller, message, message.ByteSize())
+        self._respond(call.caller, response)
 
-    def _refuse(self, caller: Client, request: agent_worker_pb2.RpcRequest, why: str) -> None:
-        response = agent_worker_pb2.RpcResponse(request_id=request.request_id, error=why)
+    def _respond(self, caller: Client, response: agent_worker_pb2.RpcResponse) -> None:
         message = agent_worker_pb2.Message(response=response)
         self._send(caller, message, message.ByteSize())
-
-    def _fail(self, call: Call, why: str) -> None:
-        call.caller.calls_in_flight -= 1
-        response = agent_worker_pb2.RpcResponse(request_id=call.request_id, error=why)
-        message = agent_worker_pb2.Message(response=response)
-        self._send(call.caller, message, message.ByteSize())
 
     # ------------------------------------------------------------ registration
 

@@ -25,7 +25,7 @@ ROUTE_CACHE_SIZE = 8192
 
 
 class Routes:
-    """A drop-in for AutoGen's SubscriptionManager (the same four members)."""
+    """The host's and the worker's routing table; it answers as AutoGen's SubscriptionManager does."""
 
     def __init__(self, cache_size: int = ROUTE_CACHE_SIZE) -> None:
         self._subscriptions: list[Subscription] = []
@@ -69,7 +69,7 @@ class Routes:
             self._cache.popitem(last=False)
         return recipients
 
-    # The SubscriptionManager's own names, for the AutoGen worker runtime that calls them.
+    # AutoGen's SubscriptionManager's names, so a test can check both give the same answers.
 
     async def add_subscription(self, subscription: Subscription) -> None:
         self.add(subscription)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr, ValidationError
 
@@ -24,7 +24,9 @@ from .runtime import setup_logging
 from .security import Security, load_security
 from .telemetry import setup_tracing, shutdown_tracing
 from .wire import HostUnreachable
-from .worker import WorkerRuntime
+
+if TYPE_CHECKING:
+    from .worker import WorkerRuntime
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1

@@ -62,6 +62,9 @@ from .worker import WorkerRuntime, forget
 
 log = logging.getLogger("roundtable.manager")
 
+#: A restarted manager announces again the ends of conversations that ended this recently.
+ANNOUNCE_ENDS_WITHIN = 60.0
+
 
 @dataclass
 class Choice:
@@ -897,7 +900,10 @@ async def register_manager(
             await manager.nudge(republish=True)
 
     runtime.on_reconnect(after_reconnect)
-    for conversation_id in await store.open_ids():
+    # Open conversations carry on. Those that ended just now are sent again too: a manager that
+    # died after storing an end, but before announcing it, would leave their followers waiting.
+    just_ended = await store.recent(limit=1000, status="ended", since=time.time() - ANNOUNCE_ENDS_WITHIN)
+    for conversation_id in [*await store.open_ids(), *(c.id for c in just_ended)]:
         await runtime.publish_message(
             ResumeConversation(conversation_id=conversation_id), topic(CONTROL, conversation_id)
         )

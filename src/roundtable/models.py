@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
-import openai
 from autogen_core.models import ChatCompletionClient, ModelFamily, ModelInfo
 
 from .config import ConfigError, LocalModelConfig, ModelConfig
@@ -146,8 +146,17 @@ def build_client(cfg: ModelConfig, local: LocalModelConfig | None = None) -> Cha
     return FACTORIES[cfg.provider](cfg, local or LocalModelConfig())
 
 
+def _openai_errors() -> Any:
+    """The openai package, if a client has loaded it; its errors cannot happen otherwise. Importing
+    it takes about a second, which a manager or a scripted agent need not spend at every start."""
+    return sys.modules.get("openai")
+
+
 def describe_model_error(error: BaseException) -> str:
     """One line saying what went wrong with the model, without secrets or a traceback."""
+    openai = _openai_errors()
+    if openai is None:
+        return _plain_model_error(error)
     if isinstance(error, openai.AuthenticationError):
         return "the model server rejected the API key (401): check the key"
     if isinstance(error, openai.PermissionDeniedError):
@@ -162,6 +171,10 @@ def describe_model_error(error: BaseException) -> str:
         return f"cannot reach the model server: {_known_model_state() or 'is it running, and is the URL right?'}"
     if isinstance(error, openai.APIStatusError):
         return f"the model server answered with HTTP {error.status_code}"
+    return _plain_model_error(error)
+
+
+def _plain_model_error(error: BaseException) -> str:
     return f"the model failed: {type(error).__name__}: {error}".splitlines()[0]
 
 
@@ -169,7 +182,8 @@ async def explain_model_error(error: BaseException, wait: float = 3.0) -> str:
     """describe_model_error, but when the model server could not be reached and `roundtable up`
     runs it, first give up a moment (bounded by `wait`) to learn why: a crash is only known to
     `up` a fraction of a second after the connection broke."""
-    if isinstance(error, openai.APIConnectionError) and not isinstance(error, openai.APITimeoutError):
+    openai = _openai_errors()
+    if openai and isinstance(error, openai.APIConnectionError) and not isinstance(error, openai.APITimeoutError):
         if os.environ.get(MODEL_STATE_ENV):
             deadline = asyncio.get_running_loop().time() + wait
             while not _known_model_state() and asyncio.get_running_loop().time() < deadline:

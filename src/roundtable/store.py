@@ -423,9 +423,11 @@ class TranscriptStore:
             )
             return [r.id for r in rows]
 
-    async def recent(self, limit: int = 20, status: str | None = None) -> list[StoredConversation]:
-        """The latest conversations (only those with `status`, if given), most recently active
-        first, with their message counts but without their transcripts."""
+    async def recent(
+        self, limit: int = 20, status: str | None = None, since: float | None = None
+    ) -> list[StoredConversation]:
+        """The latest conversations (only those with `status`, or active `since` a Unix time, if
+        given), most recently active first, with their message counts but not their transcripts."""
         count = (
             select(func.count())
             .where(messages.c.conversation_id == conversations.c.id)
@@ -435,6 +437,8 @@ class TranscriptStore:
         query = select(conversations, count).order_by(conversations.c.updated_at.desc()).limit(limit)
         if status is not None:
             query = query.where(conversations.c.status == status)
+        if since is not None:
+            query = query.where(conversations.c.updated_at >= since)
         async with self._engine.connect() as conn:
             return [_conversation(r._mapping) for r in await conn.execute(query)]
 

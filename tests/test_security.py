@@ -137,8 +137,11 @@ class RawClient:
             id=str(uuid.uuid4()),
             typeSubscription=agent_worker_pb2.TypeSubscription(topic_type=topic_type, agent_type=agent_type),
         )
-        await self.call("AddSubscription", agent_worker_pb2.AddSubscriptionRequest(subscription=subscription))
+        await self.add(subscription)
         return subscription.id
+
+    async def add(self, subscription: agent_worker_pb2.Subscription) -> Any:
+        return await self.call("AddSubscription", agent_worker_pb2.AddSubscriptionRequest(subscription=subscription))
 
     def publish(self, topic_type: str, data: bytes, sender_type: str = "x", schema: str = "x.Y") -> None:
         def attr(value: str) -> cloudevent_pb2.CloudEvent.CloudEventAttributeValue:
@@ -407,9 +410,7 @@ async def test_no_one_can_subscribe_for_an_agent_type_they_did_not_register(
             id=str(uuid.uuid4()),
             typeSubscription=agent_worker_pb2.TypeSubscription(topic_type="group_chat", agent_type="writer"),
         )
-        error = await rpc_error(
-            squatter.call("AddSubscription", agent_worker_pb2.AddSubscriptionRequest(subscription=subscription))
-        )
+        error = await rpc_error(squatter.add(subscription))
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
         assert error.details() == "register agent type 'writer' before subscribing it"
         # The control channel, which let one client write to another's, is not served.

@@ -20,10 +20,11 @@ from pydantic import SecretStr, ValidationError
 
 from . import crashpoints
 from .config import AgentConfig, Config, ConfigError, ModelConfig, StoreUnavailable, check_address, load_config
+from .identities import CLIENT_IDENTITY, MANAGER_IDENTITY, PAGE_IDENTITY
 from .runtime import setup_logging
 from .security import Security, load_security
 from .telemetry import setup_tracing, shutdown_tracing
-from .wire import HostUnreachable
+from .wire import HostRefused, HostUnreachable
 
 if TYPE_CHECKING:
     from .worker import WorkerRuntime
@@ -42,7 +43,7 @@ def _run(coro_factory: Callable[[], Coroutine[Any, Any, int]]) -> int:
         return asyncio.run(coro_factory())
     except ConfigError as error:
         return _fail(str(error), EXIT_BAD_INPUT)
-    except (HostUnreachable, StoreUnavailable, TimeoutError) as error:
+    except (HostUnreachable, HostRefused, StoreUnavailable, TimeoutError) as error:
         return _fail(str(error), EXIT_FAILED)
     except KeyboardInterrupt:
         return 130
@@ -84,6 +85,8 @@ def _add_security(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tls-client-key", metavar="FILE", help="mutual TLS: the workers' private key")
     group.add_argument("--mutual-tls", action="store_true", default=None, help="require/present client certificates")
     group.add_argument("--token-file", metavar="FILE", help="read the bearer token from this file")
+    group.add_argument("--tokens", metavar="DIR", help="per-identity tokens: read DIR/tokens/<identity>.token")
+    group.add_argument("--identities", metavar="FILE", help="host: who may do what (see `roundtable certs --agents`)")
     group.add_argument("--server-name", help="the name in the host's certificate, if not the address")
 
 
@@ -99,12 +102,21 @@ def security_from(args: argparse.Namespace, config: Config) -> Security:
             ("tls_client_key", "client_key"),
             ("mutual_tls", "mutual"),
             ("token_file", "token_file"),
+            ("tokens", "tokens"),
+            ("identities", "identities"),
             ("server_name", "server_name"),
             ("insecure", "insecure"),
         )
         if getattr(args, flag, None) is not None
     }
-    return load_security(cfg.model_copy(update=updates))
+    return load_security(cfg.model_copy(update=updates), identity_of(args))
+
+
+def identity_of(args: argparse.Namespace) -> str | None:
+    """Whose token this process presents, with per-identity tokens (`security.tokens`)."""
+    if args.command == "agent":
+        return str(args.name)
+    return {"manager": MANAGER_IDENTITY, "ui": PAGE_IDENTITY}.get(args.command, CLIENT_IDENTITY)
 
 
 async def _connect(args: argparse.Namespace, config: Config) -> WorkerRuntime:
@@ -406,6 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument(
         "--name", action="append", dest="names", help="a host name or IP the host is reached by (repeatable)"
     )
+    certs.add_argument(
+        "--agents",
+        metavar="NAMES",
+        help="per-identity tokens instead of one shared token: for these agents (comma-separated), "
+        "the manager, the page and terminal clients; and identities.yaml for the host",
+    )
 
     agent = sub.add_parser("agent", help="run one participant")
     _add_host(agent)
@@ -498,12 +516,28 @@ def _engine(args: argparse.Namespace) -> int:
 
 
 def _certs(args: argparse.Namespace) -> int:
+    from .identities import write_identities
     from .security import write_dev_certificates
 
     names = args.names or ["localhost", "127.0.0.1"]
-    for path in write_dev_certificates(Path(args.directory), names):
+    directory = Path(args.directory)
+    agents = [name.strip() for name in (args.agents or "").split(",") if name.strip()]
+    try:
+        for agent in agents:
+            AgentConfig(name=agent)
+    except ValidationError:
+        return _fail(f"--agents: {agent!r} is not an agent name (letters, digits and underscores)", EXIT_BAD_INPUT)
+    if args.agents is not None and not agents:
+        return _fail("--agents: name at least one agent, e.g. --agents writer,editor", EXIT_BAD_INPUT)
+    written = write_dev_certificates(directory, names, shared_token=not agents)
+    if agents:
+        written += write_identities(directory, agents)
+    for path in written:
         print(path)
-    print(f"the host certificate is for: {', '.join(names)}; keep token and the .key files private")
+    secret = "the tokens/ directory" if agents else "token"
+    print(f"the host certificate is for: {', '.join(names)}; keep {secret} and the .key files private")
+    if agents:
+        print("give each process only its own token; the host reads identities.yaml (security.identities)")
     return 0
 
 

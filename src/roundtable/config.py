@@ -257,6 +257,8 @@ class SecurityConfig(_Model):
     client_key: str | None = None  # ... and its private key
     mutual: bool = False
     token_file: str | None = None
+    tokens: str | None = None  # per-identity tokens: each process reads tokens/<its identity>.token here
+    identities: str | None = None  # the host: who may do what (identities.yaml from `roundtable certs --agents`)
     server_name: str | None = None  # the name in the host's certificate, if not the address
     insecure: bool = False  # allow listening off loopback without TLS and a token
 

@@ -15,6 +15,8 @@ What it holds is bounded, and no client can act as another:
 - What waits for a client is bounded in bytes (and messages), per client and in total. A
   client that stops reading is cut off: its stream ends, so it knows it missed messages.
 - Names from clients are quoted and shortened in logs, so they cannot forge or flood lines.
+- With per-identity tokens (identities.py), each caller registers, subscribes and publishes
+  only what its role needs, makes no calls, and its events carry its own name as their sender.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ import grpc
 from autogen_core import Subscription, TopicId, TypePrefixSubscription, TypeSubscription
 from autogen_ext.runtimes.grpc.protos import agent_worker_pb2, agent_worker_pb2_grpc, cloudevent_pb2
 
+from .identities import Authority, Grant, load_authority
 from .routing import Routes
-from .security import Security, TokenInterceptor, check_listen_address, server_credentials
+from .security import Security, TokenInterceptor, authorization, check_listen_address, server_credentials
 from .wire import (
     CLIENT_ID_KEY,
     HOST_RECEIVE_LIMIT,
@@ -68,6 +71,7 @@ AGENT_TYPES_LIMIT = 1_000  # agent types one client may register
 SUBSCRIPTIONS_LIMIT = 10_000  # subscriptions one client may hold
 STREAM_WAIT = 2.0  # s a unary call waits for its client's stream, opened first but maybe not yet served
 SHOWN_CHARS = 80  # of a client-given name, in a log line
+WARNINGS_LIMIT = 100  # kinds of problem logged for one client
 
 
 def shown(name: str) -> str:
@@ -99,8 +103,11 @@ class Budget:
 class Client:
     """One connected client: its stream, what it registered, and what waits for it."""
 
-    def __init__(self, client_id: str, peer: str, budget: Budget, queue_limit: int, queue_bytes: int) -> None:
+    def __init__(
+        self, client_id: str, peer: str, budget: Budget, queue_limit: int, queue_bytes: int, grant: Grant | None = None
+    ) -> None:
         self.id = client_id
+        self.grant = grant  # what its identity may do; None: anything (the shared token, or none)
         self.key = uuid.uuid4().hex  # this connection's, never reused: it names its subscriptions
         self.peer = peer
         self.agent_types: set[str] = set()
@@ -188,7 +195,9 @@ class HostServicer(agent_worker_pb2_grpc.AgentRpcServicer):
         queue_bytes: int = CLIENT_QUEUE_BYTES,
         total_bytes: int = TOTAL_QUEUE_BYTES,
         held_bytes_limit: int = HELD_BYTES_LIMIT,
+        authority: Authority | None = None,
     ) -> None:
+        self.authority = authority or Authority({})
         self.routes = Routes()
         self.budget = Budget(total_bytes)
         self._clients: dict[str, Client] = {}
@@ -208,9 +217,10 @@ class HostServicer(agent_worker_pb2_grpc.AgentRpcServicer):
         self, request_iterator: AsyncIterator[agent_worker_pb2.Message], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[agent_worker_pb2.Message]:
         client_id = await client_id_of(context)
+        grant = await self._grant(context)
         if client_id in self._clients:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, "a stream with this client id is already open")
-        client = Client(client_id, context.peer(), self.budget, self._queue_limit, self._queue_bytes)
+        client = Client(client_id, context.peer(), self.budget, self._queue_limit, self._queue_bytes, grant)
         self._clients[client_id] = client
         reader = asyncio.create_task(self._read(client, request_iterator))
         try:
@@ -240,9 +250,8 @@ class HostServicer(agent_worker_pb2_grpc.AgentRpcServicer):
             self._request(client, message.request)
         elif kind == "response":
             self._answer(client, message.response)
-        elif str(kind) not in client.warned:  # once per client and kind: a flood stays one line
-            client.warned.add(str(kind))
-            log.warning("a client (%s) sent a message of a kind the host does not route: %s", client.peer, kind)
+        else:
+            self._warn_once(client, f"kind:{kind}", f"a message of a kind the host does not route: {kind}")
 
     def _forget(self, client: Client) -> None:
         client.close()
@@ -265,16 +274,27 @@ class HostServicer(agent_worker_pb2_grpc.AgentRpcServicer):
     def _publish(self, client: Client, event: cloudevent_pb2.CloudEvent) -> None:
         attributes = event.attributes
         claimed = attributes[SENDER_TYPE].ce_string if SENDER_TYPE in attributes else ""
-        if claimed and claimed not in client.agent_types:
+        own = client.grant.sender if client.grant is not None else None
+        if own is not None and (not claimed or claimed not in client.agent_types):
+            # An identity's events carry its own name, whatever it claims (or if it claims none).
+            attributes[SENDER_TYPE].ce_string = own
+            key = attributes[SENDER_KEY].ce_string if claimed else ""
+            attributes[SENDER_KEY].ce_string = key or "default"
+        elif claimed and claimed not in client.agent_types:
             attributes[SENDER_TYPE].ce_string = UNKNOWN_SENDER
             if SENDER_KEY in attributes:
                 attributes[SENDER_KEY].ce_string = UNKNOWN_SENDER
         try:
             topic = TopicId(event.type, event.source)
         except ValueError:
-            if "topic" not in client.warned:
-                client.warned.add("topic")
-                log.warning("dropped an event on an invalid topic %s from %s", shown(event.type), client.peer)
+            self._warn_once(client, "topic", f"dropped an event on an invalid topic {shown(event.type)}")
+            return
+        if client.grant is not None and not client.grant.may_publish(event.type):
+            self._warn_once(
+                client,
+                f"publish:{event.type}",
+                f"dropped an event on topic {shown(event.type)}: {shown(client.grant.identity)} may not publish there",
+            )
             return
         reached = self._deliver(topic, event, set())
         if time.monotonic() - self._started < self._grace:
@@ -282,6 +302,13 @@ class HostServicer(agent_worker_pb2_grpc.AgentRpcServicer):
             if self._held_bytes + size <= self._held_bytes_limit:  # bounded: a flood can't fill memory
                 self._held.append(Held(event, reached))
                 self._held_bytes += size
+
+    @staticmethod
+    def _warn_once(client: Client, what: str, line: str) -> None:
+        """One log line per client and kind of problem: a flood stays one line."""
+        if what not in client.warned and len(client.warned) < WARNINGS_LIMIT:
+            client.warned.add(what)
+            log.warning("%s (from %s)", line, client.peer)
 
     def _deliver(self, topic: TopicId, event: cloudevent_pb2.CloudEvent, served: set[str]) -> set[str]:
         """Send `event` to the clients of the agent types subscribed to `topic`, except the types in
@@ -311,7 +338,9 @@ class HostServicer(agent_worker_pb2_grpc.AgentRpcServicer):
 
     def _request(self, caller: Client, request: agent_worker_pb2.RpcRequest) -> None:
         answerer = self._owners.get(request.target.type)
-        if request.HasField("source") and request.source.type not in caller.agent_types:
+        if caller.grant is not None:
+            why = f"identity {shown(caller.grant.identity)} may not make calls"
+        elif request.HasField("source") and request.source.type not in caller.agent_types:
             why = f"the sender {shown(request.source.type)} is not an agent type of yours"
         elif answerer is None:
             why = f"no worker serves agent type {shown(request.target.type)}"
@@ -358,14 +387,24 @@ class HostServicer(agent_worker_pb2_grpc.AgentRpcServicer):
         if client is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "open a stream before registering")
         assert client is not None
-        if client.peer != context.peer():
+        if client.peer != context.peer() or await self._grant(context) != client.grant:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this client id belongs to another connection")
         return client
+
+    async def _grant(self, context: grpc.aio.ServicerContext[Any, Any]) -> Grant | None:
+        """What the caller's identity may do (None: anything). The token was checked already."""
+        grant = self.authority.lookup(authorization(context.invocation_metadata()))
+        if grant is False:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
+        return grant or None
 
     async def RegisterAgent(
         self, request: agent_worker_pb2.RegisterAgentTypeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> agent_worker_pb2.RegisterAgentTypeResponse:
         client = await self._caller(context)
+        if client.grant is not None and not client.grant.may_register(request.type):
+            refused = f"identity {shown(client.grant.identity)} may not register agent type {shown(request.type)}"
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
         owner = self._owners.get(request.type)
         if owner is not None and owner is not client:
             taken = f"agent type {shown(request.type)} is already registered by another client"
@@ -391,6 +430,11 @@ class HostServicer(agent_worker_pb2_grpc.AgentRpcServicer):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, f"register agent type {shown(agent_type)} before subscribing it"
             )
+        prefix = isinstance(subscription, TypePrefixSubscription)
+        topic_type = str(getattr(subscription, "topic_type_prefix" if prefix else "topic_type", ""))
+        if client.grant is not None and not client.grant.may_subscribe(topic_type, prefix, agent_type):
+            refused = f"identity {shown(client.grant.identity)} may not subscribe to topic {shown(topic_type)}"
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
         if wire.id in client.subscriptions or len(client.subscriptions) >= SUBSCRIPTIONS_LIMIT:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, "this subscription id is taken, or there are too many")
         try:
@@ -469,8 +513,11 @@ class Host:
         security = security or Security()
         check_listen_address(address, security)
         self.address = address
-        self.servicer = HostServicer(grace, queue_limit=queue_limit, queue_bytes=queue_bytes)
-        interceptors = [TokenInterceptor(security.token)] if security.token else []
+        authority = load_authority(security.identities, security.token)
+        self.servicer = HostServicer(grace, queue_limit=queue_limit, queue_bytes=queue_bytes, authority=authority)
+        interceptors = [TokenInterceptor(authority)] if authority.checks_tokens else []
+        if authority.per_identity and security.token:
+            log.warning("the shared token is set too: whoever holds it may act as any agent (a development shortcut)")
         self._server = grpc.aio.server(options=HOST_OPTIONS, interceptors=interceptors)
         agent_worker_pb2_grpc.add_AgentRpcServicer_to_server(self.servicer, self._server)
         try:

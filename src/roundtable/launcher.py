@@ -24,6 +24,7 @@ from typing import Any, TextIO
 
 from .config import Config
 from .engine import describe_exit, signal_of
+from .identities import CLIENT_IDENTITY
 from .models import MODEL_STATE_ENV
 from .runtime import READY_MARKER, shutdown_on_signal
 from .security import load_security
@@ -297,7 +298,7 @@ async def run_up(
                         task,
                         chat_timeout,
                         config.host.connect_timeout,
-                        security=load_security(config.host.security),
+                        security=load_security(config.host.security, CLIENT_IDENTITY),
                     )
                 )
                 stopped = asyncio.ensure_future(stop.wait())

@@ -300,6 +300,8 @@ class GroupChatManager(RoutedAgent):
 
     @message_handler
     async def on_start(self, message: StartConversation, ctx: MessageContext) -> None:
+        if not from_a_person(ctx, message):
+            return
         async with self._lock:
             if self._conv is not None or await self._store.get(message.conversation_id) is not None:
                 return  # a repeated start (the client retries until it hears back)
@@ -412,12 +414,16 @@ class GroupChatManager(RoutedAgent):
 
     @message_handler
     async def on_stop(self, message: StopConversation, ctx: MessageContext) -> None:
+        if not from_a_person(ctx, message):
+            return
         async with self._lock:
             if self._conv is not None and not self._conv.ended:
                 await self._end(self._conv, message.reason)
 
     @message_handler
     async def on_human(self, message: HumanMessage, ctx: MessageContext) -> None:
+        if not from_a_person(ctx, message):
+            return
         async with self._lock:
             conv = self._conv
             if conv is None or conv.ended or any(m.id == message.id for m in conv.transcript):
@@ -615,11 +621,7 @@ class GroupChatManager(RoutedAgent):
     @message_handler
     async def on_tool_approval(self, message: ToolApproval, ctx: MessageContext) -> None:
         """A person's answer to a call awaiting approval: the first answer counts."""
-        if ctx.sender is not None and ctx.sender.type != UNKNOWN_SENDER:
-            # Pages and terminals publish as clients, with no agent as sender; an agent does not
-            # get to approve calls, least of all its own. (This guards against a model, not
-            # against a hostile process: that can run what it likes on its own machine.)
-            log.warning("refused an approval sent by the agent %s", ctx.sender.type)
+        if not from_a_person(ctx, message):
             return
         async with self._lock:
             if self._conv is None:
@@ -858,6 +860,17 @@ class Presence:
                     log.warning("%s is unreachable: no heartbeat for %.0f s", name, now - seen)
                     for manager in list(self._registry.values()):
                         await manager.announce_status(name, reachable=False)
+
+
+def from_a_person(ctx: MessageContext, message: object) -> bool:
+    """Starting, stopping, joining in and approving calls are a person's: pages and terminals
+    publish as clients, with no agent as sender. An agent does not get to do them, least of all
+    approve its own calls. With per-identity tokens the host vouches for every agent's sender, so
+    this holds against a hostile agent process too; with the shared token, against a model."""
+    if ctx.sender is None or ctx.sender.type == UNKNOWN_SENDER:
+        return True
+    log.warning("refused a %s sent by the agent %s", type(message).__name__, ctx.sender.type[:80])
+    return False
 
 
 class PresenceWatcher(RoutedAgent):

@@ -7,7 +7,6 @@ it in a server interceptor before a request body is parsed.
 from __future__ import annotations
 
 import datetime
-import hmac
 import ipaddress
 import os
 import secrets
@@ -19,6 +18,7 @@ from typing import Any
 import grpc
 
 from .config import ConfigError, SecurityConfig
+from .identities import Authority, token_path
 
 TOKEN_ENV = "ROUNDTABLE_TOKEN"
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
@@ -37,6 +37,7 @@ class Security:
     mutual: bool = False
     server_name: str | None = None
     insecure: bool = False
+    identities: str | None = None  # the host's identities file: a token per identity, each with its role
 
     @property
     def tls(self) -> bool:
@@ -55,13 +56,23 @@ def _read(path: str | None, what: str) -> bytes | None:
         raise ConfigError(f"cannot read the {what} {path}: {error.strerror}") from None
 
 
-def load_security(cfg: SecurityConfig) -> Security:
+def load_security(cfg: SecurityConfig, identity: str | None = None) -> Security:
+    """What a process presents to the host. Its token: ROUNDTABLE_TOKEN, else `token_file`, else
+    its own in `tokens` (DIR/tokens/<identity>.token, see identities.py)."""
     token = os.environ.get(TOKEN_ENV) or None
-    if token is None and cfg.token_file:
-        raw = _read(cfg.token_file, "token file")
+    token_file = cfg.token_file
+    if token is None and token_file is None and cfg.tokens and identity is not None:
+        token_file = str(token_path(cfg.tokens, identity))
+        if not Path(token_file).is_file():
+            raise ConfigError(
+                f"no token for {identity!r}: {token_file} does not exist "
+                "(`roundtable certs DIR --agents NAMES` makes one for each agent, the manager, ui and client)"
+            )
+    if token is None and token_file:
+        raw = _read(token_file, "token file")
         token = raw.decode().strip() if raw else None
         if not token:
-            raise ConfigError(f"the token file {cfg.token_file} is empty")
+            raise ConfigError(f"the token file {token_file} is empty")
     return Security(
         token=token,
         ca=_read(cfg.ca, "CA certificate"),
@@ -72,6 +83,7 @@ def load_security(cfg: SecurityConfig) -> Security:
         mutual=cfg.mutual,
         server_name=cfg.server_name,
         insecure=cfg.insecure,
+        identities=cfg.identities,
     )
 
 
@@ -87,9 +99,10 @@ def is_loopback(address: str) -> bool:
 
 def check_listen_address(address: str, security: Security) -> None:
     """Off loopback, anyone who can reach the port could read and inject: insist on TLS and a token."""
-    if is_loopback(address) or security.insecure or (security.tls and security.token):
+    tokens = bool(security.token or security.identities)
+    if is_loopback(address) or security.insecure or (security.tls and tokens):
         return
-    missing = " and ".join(w for w, ok in (("TLS", security.tls), ("a token", security.token)) if not ok)
+    missing = " and ".join(w for w, ok in (("TLS", security.tls), ("a token", tokens)) if not ok)
     raise ConfigError(
         f"refusing to listen on {address} without {missing}: set security.cert/key and {TOKEN_ENV} "
         "(see `roundtable certs`), or pass --insecure if you really mean it"
@@ -139,21 +152,25 @@ def token_metadata(security: Security) -> list[tuple[str, str]]:
 
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Rejects every call without the right bearer token, before its body is read."""
+    """Rejects every call without a known bearer token, before its body is read."""
 
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+    def __init__(self, authority: Authority) -> None:
+        self._authority = authority
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        presented = str(metadata.get("authorization", "")).encode()
-        if hmac.compare_digest(presented, self._expected):
+        if self._authority.admits(authorization(handler_call_details.invocation_metadata)):
             return await continuation(handler_call_details)
         return _deny(handler_call_details.method or "")
+
+
+def authorization(metadata: Any) -> str:
+    """The `authorization` value in a call's metadata, or ''."""
+    value = dict(metadata or ()).get("authorization", "")
+    return value if isinstance(value, str) else ""
 
 
 def _deny(method: str) -> grpc.RpcMethodHandler:
@@ -171,8 +188,9 @@ def _deny(method: str) -> grpc.RpcMethodHandler:
 # ---------------------------------------------------------------- development certificates
 
 
-def write_dev_certificates(directory: Path, hosts: list[str], days: int = 365) -> list[Path]:
-    """A development CA, a server certificate for `hosts`, a client certificate, and a token."""
+def write_dev_certificates(directory: Path, hosts: list[str], days: int = 365, shared_token: bool = True) -> list[Path]:
+    """A development CA, a server certificate for `hosts`, a client certificate, and (unless
+    per-identity tokens are made instead, see identities.py) one shared token."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -242,8 +260,9 @@ def write_dev_certificates(directory: Path, hosts: list[str], days: int = 365) -
         "server.key": pem_key(server_key),
         "client.pem": client_cert.public_bytes(serialization.Encoding.PEM),
         "client.key": pem_key(client_key),
-        "token": (secrets.token_urlsafe(32) + "\n").encode(),
     }
+    if shared_token:
+        files["token"] = (secrets.token_urlsafe(32) + "\n").encode()
     written = []
     for filename, data in files.items():
         path = directory / filename

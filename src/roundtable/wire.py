@@ -10,6 +10,10 @@ class HostUnreachable(Exception):
     """The gRPC host could not be reached; the message says where and what to check."""
 
 
+class HostRefused(Exception):
+    """The host refused a registration or subscription: not this identity's, or already taken."""
+
+
 #: gRPC's message size limit: what a host sends and a worker accepts.
 MAX_GRPC_MESSAGE_BYTES = 16 * 1024 * 1024
 #: Room the host keeps to rewrite what it forwards (a spoofed sender, a call's own id).

@@ -59,6 +59,7 @@ from .wire import (
     SENDER_KEY,
     SENDER_TYPE,
     TRACE_KEYS,
+    HostRefused,
     HostUnreachable,
 )
 
@@ -95,6 +96,13 @@ RECONNECT_MAX_DELAY = 0.5
 #: The last message handed to a stream that broke is sent again on the next one, unless it
 #: is older than this: a keepalive ping was then answered after it, so it was delivered (TCP
 #: keeps order). Without the bound, a reconnect repeated a message sent minutes before.
+#: How the host says no to a registration or subscription (see host.py).
+REFUSALS = {
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.UNAUTHENTICATED,
+}
 RESEND_WINDOW = (KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS) / 1000
 
 
@@ -282,14 +290,24 @@ class ResilientConnection:
 
     async def register(self, agent_type: str) -> None:
         """Register an agent type with the host, now and after every reconnect."""
-        await self.call("RegisterAgent", agent_worker_pb2.RegisterAgentTypeRequest(type=agent_type))
+        request = agent_worker_pb2.RegisterAgentTypeRequest(type=agent_type)
+        await self._ask_host(f"register agent type {agent_type!r}", "RegisterAgent", request)
         self.agent_types.append(agent_type)
 
     async def subscribe(self, subscription: agent_worker_pb2.Subscription) -> None:
         """Subscribe with the host, now and after every reconnect."""
         request = agent_worker_pb2.AddSubscriptionRequest(subscription=subscription)
-        await self.call("AddSubscription", request)
+        await self._ask_host("subscribe", "AddSubscription", request)
         self.subscriptions[subscription.id] = request
+
+    async def _ask_host(self, what: str, method: str, request: Any) -> None:
+        """A registration or subscription; the host's refusal becomes one line (HostRefused)."""
+        try:
+            await self.call(method, request)
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in REFUSALS:
+                raise
+            raise HostRefused(f"the host at {self.address} refused to {what}: {error.details()}") from None
 
     async def unsubscribe(self, subscription_id: str) -> None:
         self.subscriptions.pop(subscription_id, None)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..chat import START_TIMEOUT
 from ..config import CONNECT_TIMEOUT, Config, ConfigError
+from ..identities import PAGE_IDENTITY
 from ..security import Security, load_security
 
 
@@ -48,5 +49,5 @@ def page_settings(
         auth=config.ui.auth,
         users=dict(config.ui.users),
         connect_timeout=config.host.connect_timeout,
-        security=security or load_security(config.host.security),
+        security=security or load_security(config.host.security, PAGE_IDENTITY),
     )

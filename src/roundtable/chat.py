@@ -16,6 +16,7 @@ from typing import TextIO
 
 from autogen_core import AgentRuntime
 
+from . import clock
 from .config import CONNECT_TIMEOUT, ConfigError
 from .messages import (
     CONTROL,
@@ -34,7 +35,7 @@ from .messages import (
 )
 from .observer import register_observer
 from .security import Security
-from .worker import connect_worker, stop_worker
+from .worker import WorkerRuntime, connect_worker, stop_worker
 
 #: How long to wait for the manager to take a new conversation before giving up.
 START_TIMEOUT = 15.0
@@ -169,14 +170,14 @@ class TerminalSink:
         self._streaming_author = ""
         self._line_open = False
         self._asking: dict[tuple[str, str, int], asyncio.Task[None]] = {}
-        self.last_heard = time.monotonic()
+        self.last_heard = clock.monotonic()
         self._answer: Answer | None = None
         self._stdin: StdinLines | None = None
         self._announced: set[str] = set()  # turns whose speaker was shown
 
     def _hear(self) -> None:
         self.heard.set()
-        self.last_heard = time.monotonic()
+        self.last_heard = clock.monotonic()
 
     def take_answers(self, stdin: StdinLines, answer: Answer) -> None:
         """Ask a person at this terminal about calls awaiting approval."""
@@ -325,9 +326,9 @@ async def publish_until_heard(
     START_RETRY_EVERY s until `heard` is set, for at most `timeout` s: publishing has no
     acknowledgement, and a manager may be starting. Whether it was heard. (The terminal's and
     the page's one loop.)"""
-    deadline = time.monotonic() + timeout
+    deadline = clock.monotonic() + timeout
     while not heard.is_set():
-        left = deadline - time.monotonic()
+        left = deadline - clock.monotonic()
         if left <= 0:
             return False
         await runtime.publish_message(message, topic(CONTROL, message.conversation_id))
@@ -345,14 +346,14 @@ async def start_and_follow(
         raise TimeoutError(
             f"no manager took the conversation within {start_timeout:g} s: is `roundtable manager` running?"
         )
-    deadline = time.monotonic() + timeout
+    deadline = clock.monotonic() + timeout
     while not sink.ended.done():
-        left = deadline - time.monotonic()
+        left = deadline - clock.monotonic()
         if left <= 0:
             raise TimeoutError(f"the conversation did not end within {timeout:g} s")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(sink.ended), min(left, QUIET_RESUME))
-        if not sink.ended.done() and time.monotonic() - sink.last_heard >= QUIET_RESUME:
+        if not sink.ended.done() and clock.monotonic() - sink.last_heard >= QUIET_RESUME:
             # Nothing for a while: ask for the conversation again. A manager that died after
             # storing the end, but before announcing it, announces it then; we drop repeats.
             resume = ResumeConversation(conversation_id=sink.conversation_id)
@@ -368,14 +369,17 @@ async def run_chat(
     start_timeout: float = START_TIMEOUT,
     out: TextIO | None = None,
     security: Security | None = None,
+    runtime: WorkerRuntime | None = None,
 ) -> Outcome:
+    """Start a conversation and print it until it ends; on `runtime`, a started worker, if given
+    (the in-memory transport's, say), else on a new connection to `host`. Stops the runtime."""
     if not task.strip():
         raise ConfigError("the task is empty: say what the agents should work on")
     if len(task) > MAX_CONTENT_CHARS:
         raise ConfigError(f"the task is too long: {len(task)} characters (the limit is {MAX_CONTENT_CHARS})")
     out = out or sys.stdout
     sink = TerminalSink(new_id(), out, color=out.isatty())
-    runtime = await connect_worker(host, connect_timeout, security)
+    runtime = runtime or await connect_worker(host, connect_timeout, security)
     # Our own warnings (a lost host, a reconnect) go between the messages, not through them.
     handler = _NoticeHandler(sink)
     roundtable_log = logging.getLogger("roundtable")

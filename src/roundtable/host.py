@@ -26,9 +26,9 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from autogen_core import Subscription, TopicId, TypePrefixSubscription, TypeSubscription
@@ -48,6 +48,7 @@ from .wire import (
 )
 
 log = logging.getLogger("roundtable")
+T = TypeVar("T")
 
 HOST_OPTIONS = [
     ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
@@ -179,9 +180,19 @@ class Held:
     reached: set[str] = field(default_factory=set)
 
 
-class HostServicer(agent_worker_pb2_grpc.AgentRpcServicer):
-    """AutoGen's `AgentRpc` service, made safe to share with clients that are broken or hostile,
-    and kind to clients that reconnect.
+class Refused(Exception):
+    """The host says no to a client's request: a gRPC status code and a one-line reason."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class Router:
+    """What the host does, without the transport: clients, their agent types and subscriptions,
+    routing events, and calls. The gRPC service below drives it; so does the in-memory
+    transport (memory.py), which runs the same routing in one process for tests.
 
     A freshly started host has no subscriptions until the workers reconnect. For `grace` seconds
     after start it keeps events (up to 8 MB), and an agent type that subscribes late gets those
@@ -206,31 +217,26 @@ class HostServicer(agent_worker_pb2_grpc.AgentRpcServicer):
         self._queue_limit = queue_limit
         self._queue_bytes = queue_bytes
         self._started = time.monotonic()
-        self._grace = grace
+        self.grace = grace
         self._held: list[Held] = []
         self._held_bytes = 0
         self._held_bytes_limit = held_bytes_limit
 
-    # ------------------------------------------------------------ the stream
+    # ------------------------------------------------------------ clients
 
-    async def OpenChannel(
-        self, request_iterator: AsyncIterator[agent_worker_pb2.Message], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[agent_worker_pb2.Message]:
-        client_id = await client_id_of(context)
-        grant = await self._grant(context)
+    def open(self, client_id: str, peer: str, grant: Grant | None) -> Client:
+        """A client's stream opens: `peer` names its connection, `grant` what it may do."""
         if client_id in self._clients:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, "a stream with this client id is already open")
-        client = Client(client_id, context.peer(), self.budget, self._queue_limit, self._queue_bytes, grant)
+            raise Refused(grpc.StatusCode.ALREADY_EXISTS, "a stream with this client id is already open")
+        client = Client(client_id, peer, self.budget, self._queue_limit, self._queue_bytes, grant)
         self._clients[client_id] = client
-        reader = asyncio.create_task(self._read(client, request_iterator))
-        try:
-            while (message := await client.next()) is not None:
-                yield message
-        finally:
-            reader.cancel()
-            self._forget(client)
+        return client
 
-    async def _read(self, client: Client, messages: AsyncIterator[agent_worker_pb2.Message]) -> None:
+    def client(self, client_id: str) -> Client | None:
+        return self._clients.get(client_id)
+
+    async def read(self, client: Client, messages: AsyncIterator[agent_worker_pb2.Message]) -> None:
+        """Route what a client sends until its stream ends; then it is closed."""
         try:
             async for message in messages:
                 self.receive(client, message)
@@ -253,7 +259,8 @@ class HostServicer(agent_worker_pb2_grpc.AgentRpcServicer):
         else:
             self._warn_once(client, f"kind:{kind}", f"a message of a kind the host does not route: {kind}")
 
-    def _forget(self, client: Client) -> None:
+    def forget(self, client: Client) -> None:
+        """A client's stream has ended: what it registered, subscribed and was asked goes."""
         client.close()
         if self._clients.get(client.id) is client:
             del self._clients[client.id]
@@ -297,7 +304,7 @@ class HostServicer(agent_worker_pb2_grpc.AgentRpcServicer):
             )
             return
         reached = self._deliver(topic, event, set())
-        if time.monotonic() - self._started < self._grace:
+        if time.monotonic() - self._started < self.grace:
             size = event.ByteSize()
             if self._held_bytes + size <= self._held_bytes_limit:  # bounded: a flood can't fill memory
                 self._held.append(Held(event, reached))
@@ -377,13 +384,98 @@ class HostServicer(agent_worker_pb2_grpc.AgentRpcServicer):
 
     # ------------------------------------------------------------ registration
 
+    def register(self, client: Client, agent_type: str) -> None:
+        if client.grant is not None and not client.grant.may_register(agent_type):
+            refused = f"identity {shown(client.grant.identity)} may not register agent type {shown(agent_type)}"
+            raise Refused(grpc.StatusCode.PERMISSION_DENIED, refused)
+        owner = self._owners.get(agent_type)
+        if owner is not None and owner is not client:
+            taken = f"agent type {shown(agent_type)} is already registered by another client"
+            raise Refused(grpc.StatusCode.ALREADY_EXISTS, taken)
+        if not agent_type or len(client.agent_types) >= AGENT_TYPES_LIMIT:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "an empty agent type, or too many for one client")
+        self._owners[agent_type] = client
+        client.agent_types.add(agent_type)
+
+    def subscribe(self, client: Client, wire: agent_worker_pb2.Subscription) -> None:
+        try:
+            subscription = subscription_from_wire(wire, f"{client.key}:{wire.id}")
+        except ValueError as error:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"not a subscription the host can route: {error}") from None
+        agent_type = getattr(subscription, "agent_type", "")
+        if agent_type not in client.agent_types:
+            why = f"register agent type {shown(agent_type)} before subscribing it"
+            raise Refused(grpc.StatusCode.PERMISSION_DENIED, why)
+        prefix = isinstance(subscription, TypePrefixSubscription)
+        topic_type = str(getattr(subscription, "topic_type_prefix" if prefix else "topic_type", ""))
+        if client.grant is not None and not client.grant.may_subscribe(topic_type, prefix, agent_type):
+            refused = f"identity {shown(client.grant.identity)} may not subscribe to topic {shown(topic_type)}"
+            raise Refused(grpc.StatusCode.PERMISSION_DENIED, refused)
+        if wire.id in client.subscriptions or len(client.subscriptions) >= SUBSCRIPTIONS_LIMIT:
+            raise Refused(grpc.StatusCode.ALREADY_EXISTS, "this subscription id is taken, or there are too many")
+        try:
+            self.routes.add(subscription)
+        except ValueError:
+            raise Refused(grpc.StatusCode.ALREADY_EXISTS, "this client already has that subscription") from None
+        client.subscriptions[wire.id] = wire
+        self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Give the agent types that subscribed late what they missed in the grace period."""
+        if not self._held:
+            return
+        if time.monotonic() - self._started >= self.grace:
+            self._held.clear()
+            self._held_bytes = 0
+            return
+        for held in self._held:
+            held.reached |= self._deliver(TopicId(held.event.type, held.event.source), held.event, held.reached)
+
+    def unsubscribe(self, client: Client, subscription_id: str) -> None:
+        if subscription_id not in client.subscriptions:
+            raise Refused(grpc.StatusCode.PERMISSION_DENIED, "not your subscription")
+        del client.subscriptions[subscription_id]
+        self.routes.remove(f"{client.key}:{subscription_id}")
+
+    def subscriptions(self, client: Client) -> list[agent_worker_pb2.Subscription]:
+        """Who is connected, for `roundtable status`; another client's subscription ids are not shown."""
+        listed = []
+        for other in self._clients.values():
+            for wire in other.subscriptions.values():
+                if other is not client:
+                    anonymous = agent_worker_pb2.Subscription()
+                    anonymous.CopyFrom(wire)
+                    anonymous.ClearField("id")
+                    wire = anonymous
+                listed.append(wire)
+        return listed
+
+
+class HostServicer(Router, agent_worker_pb2_grpc.AgentRpcServicer):
+    """AutoGen's `AgentRpc` service around the `Router`: safe to share with clients that are
+    broken or hostile, and kind to clients that reconnect."""
+
+    async def OpenChannel(
+        self, request_iterator: AsyncIterator[agent_worker_pb2.Message], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[agent_worker_pb2.Message]:
+        client_id = await client_id_of(context)
+        grant = await self._grant(context)
+        client = await refusing(context, lambda: self.open(client_id, context.peer(), grant))
+        reader = asyncio.create_task(self.read(client, request_iterator))
+        try:
+            while (message := await client.next()) is not None:
+                yield message
+        finally:
+            reader.cancel()
+            self.forget(client)
+
     async def _caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Client:
         """The client making a unary call, which must come over its own stream's connection."""
         client_id = await client_id_of(context)
         deadline = time.monotonic() + STREAM_WAIT
-        while client_id not in self._clients and time.monotonic() < deadline:
+        while self.client(client_id) is None and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        client = self._clients.get(client_id)
+        client = self.client(client_id)
         if client is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "open a stream before registering")
         assert client is not None
@@ -402,85 +494,28 @@ class HostServicer(agent_worker_pb2_grpc.AgentRpcServicer):
         self, request: agent_worker_pb2.RegisterAgentTypeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> agent_worker_pb2.RegisterAgentTypeResponse:
         client = await self._caller(context)
-        if client.grant is not None and not client.grant.may_register(request.type):
-            refused = f"identity {shown(client.grant.identity)} may not register agent type {shown(request.type)}"
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
-        owner = self._owners.get(request.type)
-        if owner is not None and owner is not client:
-            taken = f"agent type {shown(request.type)} is already registered by another client"
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, taken)
-        if not request.type or len(client.agent_types) >= AGENT_TYPES_LIMIT:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an empty agent type, or too many for one client")
-        self._owners[request.type] = client
-        client.agent_types.add(request.type)
+        await refusing(context, lambda: self.register(client, request.type))
         return agent_worker_pb2.RegisterAgentTypeResponse()
 
     async def AddSubscription(
         self, request: agent_worker_pb2.AddSubscriptionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> agent_worker_pb2.AddSubscriptionResponse:
         client = await self._caller(context)
-        wire = request.subscription
-        try:
-            subscription = subscription_from_wire(wire, f"{client.key}:{wire.id}")
-        except ValueError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a subscription the host can route: {error}")
-            raise
-        agent_type = getattr(subscription, "agent_type", "")
-        if agent_type not in client.agent_types:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, f"register agent type {shown(agent_type)} before subscribing it"
-            )
-        prefix = isinstance(subscription, TypePrefixSubscription)
-        topic_type = str(getattr(subscription, "topic_type_prefix" if prefix else "topic_type", ""))
-        if client.grant is not None and not client.grant.may_subscribe(topic_type, prefix, agent_type):
-            refused = f"identity {shown(client.grant.identity)} may not subscribe to topic {shown(topic_type)}"
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
-        if wire.id in client.subscriptions or len(client.subscriptions) >= SUBSCRIPTIONS_LIMIT:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, "this subscription id is taken, or there are too many")
-        try:
-            self.routes.add(subscription)
-        except ValueError:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, "this client already has that subscription")
-        client.subscriptions[wire.id] = wire
-        self._catch_up()
+        await refusing(context, lambda: self.subscribe(client, request.subscription))
         return agent_worker_pb2.AddSubscriptionResponse()
-
-    def _catch_up(self) -> None:
-        """Give the agent types that subscribed late what they missed in the grace period."""
-        if not self._held:
-            return
-        if time.monotonic() - self._started >= self._grace:
-            self._held.clear()
-            self._held_bytes = 0
-            return
-        for held in self._held:
-            held.reached |= self._deliver(TopicId(held.event.type, held.event.source), held.event, held.reached)
 
     async def RemoveSubscription(
         self, request: agent_worker_pb2.RemoveSubscriptionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> agent_worker_pb2.RemoveSubscriptionResponse:
         client = await self._caller(context)
-        if request.id not in client.subscriptions:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not your subscription")
-        del client.subscriptions[request.id]
-        self.routes.remove(f"{client.key}:{request.id}")
+        await refusing(context, lambda: self.unsubscribe(client, request.id))
         return agent_worker_pb2.RemoveSubscriptionResponse()
 
     async def GetSubscriptions(
         self, request: agent_worker_pb2.GetSubscriptionsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> agent_worker_pb2.GetSubscriptionsResponse:
         client = await self._caller(context)
-        # Who is connected, for `roundtable status`; another client's subscription ids are not shown.
-        listed = []
-        for other in self._clients.values():
-            for wire in other.subscriptions.values():
-                if other is not client:
-                    anonymous = agent_worker_pb2.Subscription()
-                    anonymous.CopyFrom(wire)
-                    anonymous.ClearField("id")
-                    wire = anonymous
-                listed.append(wire)
-        return agent_worker_pb2.GetSubscriptionsResponse(subscriptions=listed)
+        return agent_worker_pb2.GetSubscriptionsResponse(subscriptions=self.subscriptions(client))
 
     async def OpenControlChannel(
         self, requests: AsyncIterator[agent_worker_pb2.ControlMessage], context: grpc.aio.ServicerContext[Any, Any]
@@ -488,6 +523,15 @@ class HostServicer(agent_worker_pb2_grpc.AgentRpcServicer):
         # AutoGen's workers never open it; its stock form let one client write to another's.
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "roundtable's host has no control channel")
         yield agent_worker_pb2.ControlMessage()  # pragma: no cover (unreachable: abort raises)
+
+
+async def refusing(context: grpc.aio.ServicerContext[Any, Any], step: Callable[[], T]) -> T:
+    """Run one of the router's steps; its refusal becomes the call's gRPC status."""
+    try:
+        return step()
+    except Refused as refused:
+        await context.abort(refused.code, refused.details)
+        raise
 
 
 async def client_id_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:

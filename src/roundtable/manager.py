@@ -20,6 +20,7 @@ from typing import Literal, cast
 from autogen_core import MessageContext, RoutedAgent, TypeSubscription, message_handler
 from autogen_core.models import ChatCompletionClient, SystemMessage, UserMessage
 
+from . import clock
 from .config import AgentConfig, BudgetConfig, ManagerConfig, ToolConfig
 from .crashpoints import crash_point
 from .messages import (
@@ -550,7 +551,7 @@ class GroupChatManager(RoutedAgent):
         stored = await self._store.tool_call(*where)
         if stored is None and (over := await self._tool_budget_used(conv, message.agent)):
             return answer("skip", f"not run: {over}", True)
-        conv.last_sign_of_life = time.monotonic()
+        conv.last_sign_of_life = clock.monotonic()
         if stored is None:
             waits = policy.needs_approval(message.tool)
             record = message.model_dump(include={"attempt", "agent", "tool", "source", "arguments"})
@@ -673,7 +674,7 @@ class GroupChatManager(RoutedAgent):
                 crash_point("manager.tool.result_stored")
                 await self._publish_call(where)
             if self._conv is not None and self._conv.pending is not None:
-                self._conv.last_sign_of_life = time.monotonic()
+                self._conv.last_sign_of_life = clock.monotonic()
         confirm = ToolCallDecision(
             conversation_id=message.conversation_id,
             turn_id=message.turn_id,
@@ -780,7 +781,7 @@ class GroupChatManager(RoutedAgent):
             if conv is None or conv.last_sign_of_life == 0.0:
                 break
             # Counted from the speaker's last tool call or result, not from the ask.
-            wait = conv.last_sign_of_life + self._settings.turn_timeout - time.monotonic()
+            wait = conv.last_sign_of_life + self._settings.turn_timeout - clock.monotonic()
             if wait <= 0:
                 break
         async with self._lock:
@@ -839,7 +840,7 @@ class Presence:
         self._unreachable: set[str] = set()
 
     async def heard(self, online: AgentOnline) -> None:
-        self._last_seen[online.name] = time.monotonic()
+        self._last_seen[online.name] = clock.monotonic()
         back = online.name in self._unreachable
         if back:
             self._unreachable.discard(online.name)
@@ -853,7 +854,7 @@ class Presence:
     async def watch(self) -> None:
         while True:
             await asyncio.sleep(self._heartbeat)
-            now = time.monotonic()
+            now = clock.monotonic()
             for name, seen in list(self._last_seen.items()):
                 if name not in self._unreachable and now - seen > 3 * self._heartbeat:
                     self._unreachable.add(name)

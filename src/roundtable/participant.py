@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 
 from autogen_agentchat.agents import AssistantAgent, BaseChatAgent
@@ -27,6 +26,7 @@ from autogen_core.model_context import UnboundedChatCompletionContext
 from autogen_core.models import AssistantMessage, ChatCompletionClient, LLMMessage, UserMessage
 from autogen_core.tools import Workbench
 
+from . import clock
 from .config import AgentConfig, ConfigError, SeedConfig
 from .crashpoints import crash_point
 from .messages import (
@@ -125,7 +125,7 @@ class _ChunkSender:
         self._buffer += text
         if self._flush is not None:
             return  # a send is already due; this token goes with it
-        wait = self._last_sent + COALESCE_SECONDS - time.monotonic()
+        wait = self._last_sent + COALESCE_SECONDS - clock.monotonic()
         if wait <= 0:
             await self._send()
         else:
@@ -140,7 +140,7 @@ class _ChunkSender:
         text, self._buffer = self._buffer, ""
         if not text and not done:
             return
-        self._last_sent = time.monotonic()
+        self._last_sent = clock.monotonic()
         chunk = StreamChunk(
             conversation_id=self._conversation_id,
             message_id=self._message_id,

@@ -17,7 +17,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 from autogen_core import (
@@ -106,6 +106,31 @@ REFUSALS = {
 RESEND_WINDOW = (KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS) / 1000
 
 
+class Link(Protocol):
+    """One connection to a host: the `AgentRpc` stub's methods, and a way to close it. This is the
+    transport seam: `GrpcLink` goes over gRPC; `memory.MemoryLink` reaches a host's `Router` in
+    the same process (for tests). Reconnecting, the outbox and everything above stay the same."""
+
+    stub: Any
+
+    async def close(self) -> None: ...
+
+
+class GrpcLink:
+    """A gRPC channel to the host at `address`, with TLS and the token when configured."""
+
+    def __init__(self, address: str, security: Security) -> None:
+        options = GRPC_OPTIONS + WORKER_KEEPALIVE + channel_options(security)
+        if security.tls:
+            self._channel = grpc.aio.secure_channel(address, channel_credentials(security), options=options)
+        else:
+            self._channel = grpc.aio.insecure_channel(address, options=options)
+        self.stub = agent_worker_pb2_grpc.AgentRpcStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
 class ResilientConnection:
     """The worker's connection to the host, which survives a lost stream: it reconnects with
     exponential backoff and jitter, registers the agent types and subscriptions again, and
@@ -118,9 +143,11 @@ class ResilientConnection:
         connect_timeout: float,
         security: Security | None = None,
         outbox_limit: int = OUTBOX_LIMIT,
+        dial: Callable[[], Link] | None = None,
     ) -> None:
         self.address = address
         self._security = security or Security()
+        self._dial = dial or (lambda: GrpcLink(address, self._security))
         self.agent_types: list[str] = []
         self.subscriptions: dict[str, agent_worker_pb2.AddSubscriptionRequest] = {}
         self.reconnects = 0
@@ -135,8 +162,7 @@ class ResilientConnection:
         self._connected = asyncio.Event()
         self._generation = 0
         self._client_id = ""
-        self._stub: agent_worker_pb2_grpc.AgentRpcStub | None = None
-        self._channel: grpc.aio.Channel | None = None
+        self._link: Link | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._listeners: list[Callable[[], Awaitable[None]]] = []
@@ -148,6 +174,11 @@ class ResilientConnection:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def client_id(self) -> str:
+        """This connection's id with the host (a new one at every reconnect)."""
+        return self._client_id
 
     def on_reconnect(self, listener: Callable[[], Awaitable[None]]) -> None:
         self._listeners.append(listener)
@@ -167,7 +198,7 @@ class ResilientConnection:
                 if isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.UNAUTHENTICATED:
                     raise HostUnreachable(
                         f"the roundtable host at {self.address} rejected this process: missing or wrong token "
-                        "(set ROUNDTABLE_TOKEN or security.token_file)"
+                        "(set ROUNDTABLE_TOKEN, security.token_file or security.tokens)"
                     ) from None
                 delay = min(RECONNECT_MAX_DELAY, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
                 attempt += 1
@@ -184,16 +215,10 @@ class ResilientConnection:
         self._generation += 1
         generation = self._generation
         self._has_items.set()  # an older stream's reader, if still waiting, sees it is stale and ends
-        options = GRPC_OPTIONS + WORKER_KEEPALIVE + channel_options(self._security)
-        if self._security.tls:
-            credentials = channel_credentials(self._security)
-            self._channel = grpc.aio.secure_channel(self.address, credentials, options=options)
-        else:
-            self._channel = grpc.aio.insecure_channel(self.address, options=options)
-        self._stub = agent_worker_pb2_grpc.AgentRpcStub(self._channel)
+        self._link = self._dial()
         self._client_id = str(uuid.uuid4())  # a new id each time: the host may still be cleaning up the old one
         requests = _Requests(self, generation, self._in_flight)
-        call = self._stub.OpenChannel(requests, metadata=self.metadata)
+        call = self._link.stub.OpenChannel(requests, metadata=self.metadata)
         try:
             await asyncio.wait_for(call.wait_for_connection(), timeout or self._connect_timeout)
             # A stream is accepted before the host has checked anything; this call proves the
@@ -272,13 +297,13 @@ class ResilientConnection:
                 break
 
     async def _drop_channel(self) -> None:
-        if self._channel is not None:
-            channel, self._channel = self._channel, None
-            await channel.close()
+        if self._link is not None:
+            link, self._link = self._link, None
+            await link.close()
 
     async def _raw_call(self, method: str, request: Any) -> Any:
-        assert self._stub is not None
-        return await getattr(self._stub, method)(request, metadata=self.metadata, timeout=self._connect_timeout)
+        assert self._link is not None
+        return await getattr(self._link.stub, method)(request, metadata=self.metadata, timeout=self._connect_timeout)
 
     async def call(self, method: str, request: Any) -> Any:
         """A unary call, after waiting (bounded) for a live connection."""
@@ -416,9 +441,13 @@ class WorkerRuntime(AgentRuntime):
     """
 
     def __init__(
-        self, address: str, connect_timeout: float = CONNECT_TIMEOUT, security: Security | None = None
+        self,
+        address: str,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        security: Security | None = None,
+        dial: Callable[[], Link] | None = None,
     ) -> None:
-        self.connection = ResilientConnection(address, connect_timeout, security)
+        self.connection = ResilientConnection(address, connect_timeout, security, dial=dial)
         self.routes = Routes()
         self._factories: dict[str, Callable[[], Awaitable[Agent]]] = {}
         self._instance_types: dict[str, type[Agent]] = {}

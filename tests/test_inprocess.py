@@ -1,0 +1,170 @@
+"""The conversation logic in one process and one event loop: the host's router, the manager,
+the participants and the terminal, on the in-memory transport (roundtable/memory.py) instead
+of gRPC. Everything above the transport seam is the code the real processes run: the
+reconnecting connection and its outbox, presence, the turn check, the store (SQLite).
+
+These check logic: turns, timeouts, reconnects. The wiring (gRPC, TLS, processes, the browser)
+keeps its real-process tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from roundtable.chat import Outcome, run_chat
+from roundtable.config import AgentConfig, ManagerConfig, ModelConfig, TerminationConfig
+from roundtable.manager import register_manager
+from roundtable.memory import MemoryHost
+from roundtable.models import build_client
+from roundtable.participant import register_participant
+from roundtable.store import TranscriptStore
+from roundtable.worker import WorkerRuntime, stop_worker
+
+HEARTBEAT = 0.2
+
+
+def agent(name: str, *replies: str, delay: float = 0.0) -> AgentConfig:
+    model = ModelConfig(provider="scripted", model=name, script=list(replies), token_delay=delay)
+    return AgentConfig(name=name, description=f"the {name}", model=model)
+
+
+@dataclass
+class Room:
+    host: MemoryHost
+    store: TranscriptStore
+    agents: Sequence[AgentConfig]
+    manager: ManagerConfig
+    runtimes: dict[str, WorkerRuntime] = field(default_factory=dict)
+    beats: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start_manager(self) -> None:
+        runtime = await self._runtime("manager")
+        self.beats.append(await register_manager(runtime, self.agents, self.manager, self.store, None, HEARTBEAT))
+
+    async def start_agent(self, settings: AgentConfig) -> WorkerRuntime:
+        runtime = await self._runtime(settings.name)
+        assert settings.model is not None
+        beat = await register_participant(runtime, settings, build_client(settings.model), None, HEARTBEAT)
+        if beat is not None:
+            self.beats.append(beat)
+        return runtime
+
+    async def stop(self, name: str) -> None:
+        await stop_worker(self.runtimes.pop(name))
+
+    async def _runtime(self, name: str) -> WorkerRuntime:
+        runtime = self.host.worker(connect_timeout=5)
+        await runtime.start()
+        self.runtimes[name] = runtime
+        return runtime
+
+    async def chat(self, task: str, timeout: float = 30) -> tuple[Outcome, str]:
+        out = io.StringIO()
+        terminal = self.host.worker(connect_timeout=5)
+        await terminal.start()
+        outcome = await run_chat("memory", task, timeout, out=out, runtime=terminal)
+        return outcome, out.getvalue()
+
+
+@asynccontextmanager
+async def room(
+    tmp_path: Path, agents: Sequence[AgentConfig], absent: Sequence[str] = (), **manager: object
+) -> AsyncIterator[Room]:
+    """A manager that knows `agents`, and each of them running but the `absent` ones."""
+    store = TranscriptStore(f"sqlite+aiosqlite:///{tmp_path / 'transcripts.db'}")
+    await store.open()
+    settings = ManagerConfig.model_validate({"termination": TerminationConfig(max_rounds=4), **manager})
+    state = Room(MemoryHost(), store, agents, settings)
+    try:
+        await state.start_manager()
+        for settings_of in agents:
+            if settings_of.name not in absent:
+                await state.start_agent(settings_of)
+        yield state
+    finally:
+        for beat in state.beats:
+            beat.cancel()
+        for name in list(state.runtimes):
+            await state.stop(name)
+        await store.close()
+
+
+WRITER = agent("writer", "Draft {n}: rain on the roof")
+EDITOR = agent("editor", "Feedback {n}: shorter")
+
+
+async def test_a_conversation_runs_in_one_process_and_is_stored_once_in_order(tmp_path: Path) -> None:
+    async with room(tmp_path, [WRITER, EDITOR]) as state:
+        outcome, shown = await state.chat("Write about rain")
+        stored = await state.store.get(outcome.messages[0].conversation_id)
+    assert outcome.ok and outcome.reason == "max_rounds reached (4 rounds)", outcome
+    assert stored is not None
+    assert [(m.seq, m.author) for m in stored.transcript] == [
+        (1, "user"),
+        (2, "writer"),
+        (3, "editor"),
+        (4, "writer"),
+        (5, "editor"),
+    ]
+    assert shown.count("writer: Draft") == 2 and shown.count("editor: Feedback") == 2, shown
+
+
+async def test_a_stream_cut_mid_conversation_reconnects_and_nothing_is_lost_or_doubled(tmp_path: Path) -> None:
+    slow_writer = agent("writer", "Draft {n}: " + " ".join(f"w{i}" for i in range(30)), delay=0.01)
+    async with room(tmp_path, [slow_writer, EDITOR]) as state:
+        chat = asyncio.create_task(state.chat("Write about rain"))
+        writer = state.runtimes["writer"]
+        while not any("Draft" in m.content for m in await _stored(state)):
+            await asyncio.sleep(0.01)
+        state.host.cut(writer)  # mid-way through its turns: it reconnects and carries on
+        state.host.cut(state.runtimes["manager"])
+        outcome, shown = await chat
+        assert writer.connection.reconnects == 1
+    assert outcome.ok, outcome
+    authors = [m.author for m in outcome.messages]
+    assert authors == ["user", "writer", "editor", "writer", "editor"], authors
+    assert shown.count("· conversation ended") == 1, shown
+
+
+async def test_the_host_going_down_and_up_again_loses_no_turn(tmp_path: Path) -> None:
+    async with room(tmp_path, [WRITER, EDITOR]) as state:
+        chat = asyncio.create_task(state.chat("Write about rain"))
+        while len(await _stored(state)) < 2:
+            await asyncio.sleep(0.01)
+        state.host.down()
+        await asyncio.sleep(0.3)
+        state.host.up()
+        outcome, _ = await chat
+    assert outcome.ok, outcome
+    assert [m.author for m in outcome.messages] == ["user", "writer", "editor", "writer", "editor"]
+
+
+async def test_a_silent_agent_is_asked_again_then_passed_over_with_a_note(tmp_path: Path) -> None:
+    """The editor never comes: each of its turns waits turn_timeout, is asked again, waits
+    again, and is skipped with a note; the writer carries on."""
+    async with room(tmp_path, [WRITER, EDITOR], absent=["editor"], turn_timeout=0.3, turn_retries=1) as state:
+        outcome, shown = await state.chat("Write about rain")
+    # Each time the editor was due: asked, asked again, skipped; the note reaches the terminal.
+    assert [m.author for m in outcome.messages] == ["user", "writer", "writer", "writer", "writer"]
+    assert shown.count("writer speaks next (editor did not answer within 0.3 s; skipped)") == 3, shown
+    assert outcome.reason == "max_rounds reached (4 rounds)", outcome
+
+
+async def _stored(state: Room) -> list[object]:
+    conversations = await state.store.recent(limit=1)
+    if not conversations:
+        return []
+    found = await state.store.get(conversations[0].id)
+    return list(found.transcript) if found else []
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("WARNING")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from roundtable.chat import Outcome, run_chat
-from roundtable.config import AgentConfig, ManagerConfig, ModelConfig, TerminationConfig
+from roundtable.config import AgentConfig, ManagerConfig, ModelConfig
 from roundtable.manager import register_manager
 from roundtable.memory import MemoryHost
 from roundtable.models import build_client
@@ -30,9 +30,19 @@ from roundtable.worker import WorkerRuntime, stop_worker
 HEARTBEAT = 0.2
 
 
-def agent(name: str, *replies: str, delay: float = 0.0) -> AgentConfig:
-    model = ModelConfig(provider="scripted", model=name, script=list(replies), token_delay=delay)
-    return AgentConfig(name=name, description=f"the {name}", model=model)
+def agent(name: str, *replies: str, delay: float = 0.0, **model: object) -> AgentConfig:
+    settings = ModelConfig.model_validate(
+        {"provider": "scripted", "model": name, "script": list(replies), "token_delay": delay, **model}
+    )
+    return AgentConfig(name=name, description=f"the {name}", model=settings)
+
+
+def scripted(*replies: str) -> dict[str, object]:
+    return {"provider": "scripted", "script": list(replies)}
+
+
+def speakers(outcome: Outcome) -> list[str]:
+    return [m.author for m in outcome.messages if m.kind == "agent"]
 
 
 @dataclass
@@ -46,7 +56,8 @@ class Room:
 
     async def start_manager(self) -> None:
         runtime = await self._runtime("manager")
-        self.beats.append(await register_manager(runtime, self.agents, self.manager, self.store, None, HEARTBEAT))
+        selector = build_client(self.manager.model) if self.manager.model is not None else None
+        self.beats.append(await register_manager(runtime, self.agents, self.manager, self.store, selector, HEARTBEAT))
 
     async def start_agent(self, settings: AgentConfig) -> WorkerRuntime:
         runtime = await self._runtime(settings.name)
@@ -80,7 +91,7 @@ async def room(
     """A manager that knows `agents`, and each of them running but the `absent` ones."""
     store = TranscriptStore(f"sqlite+aiosqlite:///{tmp_path / 'transcripts.db'}")
     await store.open()
-    settings = ManagerConfig.model_validate({"termination": TerminationConfig(max_rounds=4), **manager})
+    settings = ManagerConfig.model_validate({"termination": {"max_rounds": 4}, **manager})
     state = Room(MemoryHost(), store, agents, settings)
     try:
         await state.start_manager()
@@ -168,3 +179,68 @@ async def _stored(state: Room) -> list[object]:
 @pytest.fixture(autouse=True)
 def _quiet_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("WARNING")
+
+
+# ---------------------------------------------------------------- who speaks, and when it ends
+
+LAST_WRITER = agent("writer", "Draft {n} about: {last}")
+LAST_EDITOR = agent("editor", "Feedback {n}: more colour please, on {last}")
+
+
+async def test_text_mention_ends_the_chat_early(tmp_path: Path) -> None:
+    editor = agent("editor", "Needs work.", "Much better. APPROVE")
+    termination = {"max_rounds": 20, "text_mention": "APPROVE"}
+    async with room(tmp_path, [LAST_WRITER, editor], termination=termination) as state:
+        outcome, _ = await state.chat("Write a haiku")
+    assert speakers(outcome) == ["writer", "editor", "writer", "editor"]
+    assert outcome.reason == "'APPROVE' mentioned by editor"
+
+
+async def test_a_selector_that_answers_garbage_falls_back_and_finishes(tmp_path: Path) -> None:
+    manager = {"strategy": "selector", "model": scripted("banana"), "termination": {"max_rounds": 3}}
+    async with room(tmp_path, [LAST_WRITER, LAST_EDITOR], **manager) as state:
+        outcome, shown = await state.chat("Write a slogan")
+    assert speakers(outcome) == ["writer", "editor", "writer"]
+    assert "speaks next (selector named nobody ('banana'); falling back to round robin)" in shown, shown
+
+
+async def test_a_selector_picks_the_speaker_it_names(tmp_path: Path) -> None:
+    manager = {"strategy": "selector", "model": scripted("I think editor should go."), "termination": {"max_rounds": 2}}
+    async with room(tmp_path, [LAST_WRITER, LAST_EDITOR], **manager) as state:
+        outcome, _ = await state.chat("Review this")
+    assert speakers(outcome) == ["editor", "editor"]
+
+
+async def test_the_graph_strategy_follows_allowed_transitions(tmp_path: Path) -> None:
+    graph = {"writer": ["critic"], "critic": ["editor"], "editor": ["writer"]}
+    agents = [LAST_WRITER, LAST_EDITOR, agent("critic", "Critique {n}")]
+    async with room(tmp_path, agents, strategy="graph", graph=graph, termination={"max_rounds": 6}) as state:
+        outcome, _ = await state.chat("Write a poem")
+    assert speakers(outcome) == ["writer", "critic", "editor", "writer", "critic", "editor"]
+
+
+@pytest.mark.parametrize("strategy", ["round_robin", "random"])
+async def test_every_strategy_finishes(tmp_path: Path, strategy: str) -> None:
+    async with room(tmp_path, [LAST_WRITER, LAST_EDITOR], strategy=strategy, termination={"max_rounds": 3}) as state:
+        outcome, _ = await state.chat("Go")
+    assert len(speakers(outcome)) == 3 and outcome.ok
+
+
+async def test_the_timeout_ends_a_conversation_that_would_run_on(tmp_path: Path) -> None:
+    slow = agent("writer", "a b c d e f g h i j k l m n o p q r s t", delay=0.02)
+    termination = {"max_rounds": 100, "timeout": 1}
+    async with room(tmp_path, [slow, LAST_EDITOR], termination=termination) as state:
+        outcome, _ = await state.chat("Go on and on")
+    assert outcome.reason == "timeout after 1 s"
+    assert 1 <= len(speakers(outcome)) < 100
+
+
+async def test_a_reply_that_runs_out_of_tokens_ends_at_its_last_full_sentence(tmp_path: Path) -> None:
+    """The scripted model counts words as tokens: 12 words with max_tokens 8 stop mid-sentence."""
+    writer = agent("writer", "A lamp turns. The sea is dark and the keeper counts ships", max_tokens=8)
+    async with room(tmp_path, [writer, LAST_EDITOR], termination={"max_rounds": 2}) as state:
+        outcome, _ = await state.chat("Write about a lighthouse")
+    assert [m.content for m in outcome.messages if m.kind == "agent"] == [
+        "A lamp turns.",
+        "Feedback 1: more colour please, on A lamp turns.",
+    ]

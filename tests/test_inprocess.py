@@ -11,20 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from fakeopenai import FakeOpenAI
+from test_tools import counted, counting_writer
 
 from roundtable.chat import Outcome, run_chat
-from roundtable.config import AgentConfig, ManagerConfig, ModelConfig
+from roundtable.config import AgentConfig, BudgetConfig, ManagerConfig, ModelConfig
 from roundtable.manager import register_manager
 from roundtable.memory import MemoryHost
 from roundtable.models import build_client
+from roundtable.outbox import Outbox
 from roundtable.participant import register_participant
 from roundtable.store import TranscriptStore
+from roundtable.tools import AgentTools
 from roundtable.worker import WorkerRuntime, stop_worker
 
 HEARTBEAT = 0.2
@@ -51,8 +56,10 @@ class Room:
     store: TranscriptStore
     agents: Sequence[AgentConfig]
     manager: ManagerConfig
+    data: Path
     runtimes: dict[str, WorkerRuntime] = field(default_factory=dict)
     beats: list[asyncio.Task[None]] = field(default_factory=list)
+    tools: list[AgentTools] = field(default_factory=list)
 
     async def start_manager(self) -> None:
         runtime = await self._runtime("manager")
@@ -60,9 +67,14 @@ class Room:
         self.beats.append(await register_manager(runtime, self.agents, self.manager, self.store, selector, HEARTBEAT))
 
     async def start_agent(self, settings: AgentConfig) -> WorkerRuntime:
-        runtime = await self._runtime(settings.name)
         assert settings.model is not None
-        beat = await register_participant(runtime, settings, build_client(settings.model), None, HEARTBEAT)
+        tools = AgentTools.from_config(settings)
+        await tools.start()
+        self.tools.append(tools)
+        outbox = Outbox.at(self.data / "agents" / settings.name / "replies")
+        runtime = await self._runtime(settings.name)
+        client = build_client(settings.model)
+        beat = await register_participant(runtime, settings, client, None, HEARTBEAT, tools, outbox)
         if beat is not None:
             self.beats.append(beat)
         return runtime
@@ -92,7 +104,7 @@ async def room(
     store = TranscriptStore(f"sqlite+aiosqlite:///{tmp_path / 'transcripts.db'}")
     await store.open()
     settings = ManagerConfig.model_validate({"termination": {"max_rounds": 4}, **manager})
-    state = Room(MemoryHost(), store, agents, settings)
+    state = Room(MemoryHost(), store, agents, settings, tmp_path / "data")
     try:
         await state.start_manager()
         for settings_of in agents:
@@ -104,6 +116,8 @@ async def room(
             beat.cancel()
         for name in list(state.runtimes):
             await state.stop(name)
+        for tools in state.tools:
+            await tools.stop()
         await store.close()
 
 
@@ -244,3 +258,75 @@ async def test_a_reply_that_runs_out_of_tokens_ends_at_its_last_full_sentence(tm
         "A lamp turns.",
         "Feedback 1: more colour please, on A lamp turns.",
     ]
+
+
+# ---------------------------------------------------------------- budgets
+
+TEN_WORDS = "one two three four five six seven eight nine ten"
+
+
+async def test_an_agent_over_its_token_budget_is_left_out_and_the_others_carry_on(tmp_path: Path) -> None:
+    writer = agent("writer", TEN_WORDS).model_copy(update={"budget": BudgetConfig(tokens=10)})
+    async with room(tmp_path, [writer, LAST_EDITOR]) as state:
+        outcome, shown = await state.chat("Count the ships")
+    assert speakers(outcome) == ["writer", "editor", "editor", "editor"], shown
+    assert re.search(r"· editor speaks next \(writer is left out: it used its budget \(\d+ of 10 tokens\)\)", shown)
+    assert re.search(r"· used: writer \d+ tokens, 0 tool calls; editor \d+ tokens, 0 tool calls", shown), shown
+
+
+async def test_an_agent_whose_tool_budget_runs_out_ends_the_conversation_when_so_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COUNTER_FILE", str(tmp_path / "counter.jsonl"))
+    writer = AgentConfig.model_validate(
+        {
+            **counting_writer('CALL count {"label": "eels"}', "Counted: {last}"),
+            "budget": {"tool_calls": 1, "on_exceeded": "end"},
+        }
+    )
+    async with room(tmp_path, [writer, LAST_EDITOR], termination={"max_rounds": 6}) as state:
+        outcome, shown = await state.chat("Count the eels")
+    assert outcome.reason == "writer used its budget (1 of 1 tool calls)", shown
+    assert [e["label"] for e in counted(tmp_path)] == ["eels"]
+
+
+async def test_the_conversation_ends_when_all_agents_together_reach_its_budget(tmp_path: Path) -> None:
+    writer = agent("writer", "a b c d e")
+    manager = {"termination": {"max_rounds": 20}, "budget": {"tokens": 40}}
+    async with room(tmp_path, [writer, LAST_EDITOR], **manager) as state:
+        outcome, _ = await state.chat("Go")
+    assert re.fullmatch(r"the conversation used its budget \(\d+ of 40 tokens\)", outcome.reason), outcome.reason
+    assert len(speakers(outcome)) < 20
+
+
+# ---------------------------------------------------------------- a model that fails
+
+
+async def test_a_rate_limited_model_is_retried_then_succeeds(tmp_path: Path) -> None:
+    with FakeOpenAI(status=429, fail_first=2) as fake:
+        writer = agent("writer", base_url=fake.base_url, provider="openai-compatible", model="m", max_retries=3)
+        async with room(tmp_path, [writer, LAST_EDITOR], termination={"max_rounds": 2}) as state:
+            outcome, _ = await state.chat("hello")
+        assert len(fake.requests) == 3
+    assert outcome.ok and outcome.messages[1].content == "Reply 3 from the writer model.", outcome
+
+
+async def test_a_rejected_key_fails_fast_without_retries(tmp_path: Path) -> None:
+    with FakeOpenAI(status=401) as fake:
+        writer = agent("writer", base_url=fake.base_url, provider="openai-compatible", model="m", max_retries=3)
+        async with room(tmp_path, [writer, LAST_EDITOR], termination={"max_rounds": 2}) as state:
+            outcome, _ = await state.chat("hello")
+        assert len(fake.requests) == 1
+    assert not outcome.ok
+    assert outcome.reason == "writer: the model server rejected the API key (401): check the key", outcome.reason
+
+
+async def test_a_model_that_never_answers_ends_the_conversation_at_its_timeout(tmp_path: Path) -> None:
+    with FakeOpenAI(hang=True) as fake:
+        writer = agent(
+            "writer", base_url=fake.base_url, provider="openai-compatible", model="m", timeout=1, max_retries=1
+        )
+        async with room(tmp_path, [writer, LAST_EDITOR], termination={"max_rounds": 2}) as state:
+            outcome, _ = await state.chat("hello")
+    assert not outcome.ok
+    assert outcome.reason == "writer: the model server did not answer in time", outcome.reason

@@ -9,15 +9,12 @@ import os
 import random
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 from autogen_core import AgentId
-from fakeopenai import FakeOpenAI
 from harness import (
     READY,
     Proc,
@@ -206,59 +203,6 @@ def test_a_turn_that_is_no_longer_open_is_not_answered(tmp_path: Path) -> None:
         assert calls.read_text().splitlines() == before
     [after] = stored(tmp_path)
     assert after.transcript == conversation.transcript
-
-
-def run_chat_with_model(tmp_path: Path, model: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    cfg = write_config(
-        tmp_path / "roundtable.yaml",
-        {
-            "host": {"address": f"127.0.0.1:{free_port()}"},
-            "agents": [{"name": "writer", "model": model}, scripted_agent("editor", "ok")],
-            "manager": {"termination": {"max_rounds": 2}},
-        },
-    )
-    with processes(tmp_path) as procs:
-        start_cluster(procs, cfg, ["writer", "editor"])
-        return subprocess.run(
-            [sys.executable, "-m", "roundtable", "chat", "hello", "--config", str(cfg), "--timeout", "60"],
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
-
-
-def test_rate_limited_model_is_retried_then_succeeds(tmp_path: Path) -> None:
-    with FakeOpenAI(status=429, fail_first=2) as fake:
-        model = {"provider": "openai-compatible", "base_url": fake.base_url, "model": "m", "max_retries": 3}
-        result = run_chat_with_model(tmp_path, model)
-        assert len(fake.requests) == 3
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "writer: Reply 3 from the writer model." in result.stdout
-
-
-def test_rejected_key_fails_fast_without_retries(tmp_path: Path) -> None:
-    with FakeOpenAI(status=401) as fake:
-        model = {"provider": "openai-compatible", "base_url": fake.base_url, "model": "m", "max_retries": 3}
-        result = run_chat_with_model(tmp_path, model)
-        assert len(fake.requests) == 1
-    assert result.returncode == 1
-    assert "conversation ended: writer: the model server rejected the API key (401)" in result.stdout
-
-
-def test_model_that_never_answers_ends_the_conversation_in_bounded_time(tmp_path: Path) -> None:
-    with FakeOpenAI(hang=True) as fake:
-        model = {
-            "provider": "openai-compatible",
-            "base_url": fake.base_url,
-            "model": "m",
-            "timeout": 2,
-            "max_retries": 1,
-        }
-        started = time.monotonic()
-        result = run_chat_with_model(tmp_path, model)
-    assert result.returncode == 1
-    assert "writer: the model server did not answer in time" in result.stdout
-    assert time.monotonic() - started < 60
 
 
 def test_a_silent_agent_is_shown_unreachable_then_back(tmp_path: Path) -> None:

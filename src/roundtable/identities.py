@@ -33,18 +33,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import NAME_PATTERN, ConfigError
-from .messages import (
-    CONTROL,
-    GROUP_CHAT,
-    MANAGER_TYPE,
-    PRESENCE,
-    PRESENCE_TYPE,
-    SEED_HELLO,
-    SEED_TOPIC,
-    STREAM,
-    TURN_PREFIX,
-    turn_topic_type,
-)
 
 Role = Literal["agent", "manager", "page"]
 #: The identities every deployment has besides its agents, and their roles.
@@ -89,6 +77,20 @@ class Grant:
 
 
 def grant(identity: str, role: Role) -> Grant:
+    # Imported here: the host needs them only with per-identity tokens, and they bring AgentChat.
+    from .messages import (
+        CONTROL,
+        GROUP_CHAT,
+        MANAGER_TYPE,
+        PRESENCE,
+        PRESENCE_TYPE,
+        SEED_HELLO,
+        SEED_TOPIC,
+        STREAM,
+        TURN_PREFIX,
+        turn_topic_type,
+    )
+
     if role == "agent":
         return Grant(
             identity,

@@ -87,6 +87,9 @@ class Conversation:
     # The speaker's last tool call or result (monotonic): a turn is timed from its last sign
     # of life, so a call that waits for a person's approval does not run the turn out.
     last_sign_of_life: float = 0.0
+    # Whether the store may hold tool calls of this conversation: not for one started here until
+    # an agent starts a call; always for one resumed. Usage is counted without a query otherwise.
+    may_have_tool_calls: bool = True
 
     @property
     def last_speaker(self) -> str | None:
@@ -306,7 +309,7 @@ class GroupChatManager(RoutedAgent):
         async with self._lock:
             if self._conv is not None or await self._store.get(message.conversation_id) is not None:
                 return  # a repeated start (the client retries until it hears back)
-            conv = Conversation(id=message.conversation_id, task=message.task)
+            conv = Conversation(id=message.conversation_id, task=message.task, may_have_tool_calls=False)
             task = ChatMessage(
                 conversation_id=conv.id,
                 id=message.message_id,
@@ -538,6 +541,7 @@ class GroupChatManager(RoutedAgent):
         conv = self._conv
         if conv is None or conv.ended:
             return answer("skip", "not run: the conversation has ended", True)
+        conv.may_have_tool_calls = True
         if ctx.sender is None or ctx.sender.type != message.agent:
             return answer("skip", "not run: the call did not come from that agent", True)
         pending = conv.pending
@@ -714,7 +718,8 @@ class GroupChatManager(RoutedAgent):
         tokens: Counter[str] = Counter()
         for m in conv.transcript:
             tokens[m.author] += m.tokens
-        calls = Counter(c.agent for c in await self._store.tool_calls(conv.id) if c.status in RAN_TOOL_STATES)
+        stored = await self._store.tool_calls(conv.id) if conv.may_have_tool_calls else []
+        calls = Counter(c.agent for c in stored if c.status in RAN_TOOL_STATES)
         return {a.name: Usage(tokens=tokens[a.name], tool_calls=calls[a.name]) for a in self._agents}
 
     async def _budget(self, conv: Conversation) -> Budget:

@@ -19,7 +19,16 @@ from typing import TYPE_CHECKING, Any
 from pydantic import SecretStr, ValidationError
 
 from . import crashpoints
-from .config import AgentConfig, Config, ConfigError, ModelConfig, StoreUnavailable, check_address, load_config
+from .config import (
+    NATS_SCHEMES,
+    AgentConfig,
+    Config,
+    ConfigError,
+    ModelConfig,
+    StoreUnavailable,
+    check_address,
+    load_config,
+)
 from .identities import CLIENT_IDENTITY, MANAGER_IDENTITY, PAGE_IDENTITY
 from .runtime import setup_logging
 from .security import Security, load_security
@@ -72,7 +81,12 @@ def load(args: argparse.Namespace) -> Config:
 
 
 def _add_host(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", metavar="ADDR", help="the gRPC host, e.g. 127.0.0.1:50051 (default: from the config)")
+    parser.add_argument(
+        "--host",
+        "--bus",
+        metavar="ADDR",
+        help="the gRPC host, e.g. 127.0.0.1:50051, or a NATS bus, nats://127.0.0.1:4222 (default: from the config)",
+    )
     _add_security(parser)
 
 
@@ -180,12 +194,24 @@ def _host_address(args: argparse.Namespace, config: Config) -> str:
 # ---------------------------------------------------------------- commands
 
 
+async def _bus(args: argparse.Namespace) -> int:
+    from .natsbus import serve_bus
+
+    config = load_config(args.config)
+    address = check_address(args.address, "--address") if args.address else config.host.address
+    if not address.startswith(NATS_SCHEMES):
+        raise ConfigError(f"the bus address {address!r} is not a NATS URL: set `bus: nats://HOST:PORT` or --address")
+    return await serve_bus(address, config.data_path / "nats")
+
+
 async def _host(args: argparse.Namespace) -> int:
     from .host import start_host
     from .runtime import announce_ready, serve_until_signal
 
     config = load_config(args.config)
     address = check_address(args.address, "--address") if args.address else config.host.address
+    if address.startswith(NATS_SCHEMES):
+        raise ConfigError(f"{address} is a NATS bus: there is no gRPC host to run (`roundtable bus` runs NATS)")
     host = await start_host(
         address,
         security=security_from(args, config),
@@ -413,6 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_security(host)
     _add_config(host)
 
+    bus = sub.add_parser("bus", help="run a NATS server on this machine for the NATS bus (from `bus:` in the config)")
+    bus.add_argument("--address", help="nats://HOST:PORT to serve (default: the config's bus)")
+    _add_config(bus)
+
     certs = sub.add_parser("certs", help="write a development CA, host and client certificates, and a token")
     certs.add_argument("directory", help="where to write ca.pem, server.pem/.key, client.pem/.key and token")
     certs.add_argument(
@@ -552,6 +582,7 @@ BLOCKING: dict[str, Callable[[argparse.Namespace], int]] = {
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "host": _host,
+    "bus": _bus,
     "agent": _agent,
     "manager": _manager,
     "chat": _chat,

@@ -33,8 +33,24 @@ class ConfigError(Exception):
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?$")
 
 
+NATS_SCHEMES = ("nats://", "tls://")
+
+
 def address_problem(address: str) -> str | None:
-    """Why `address` is not a usable HOST:PORT for gRPC, or None if it is."""
+    """Why `address` is not a usable HOST:PORT for gRPC, nor a NATS bus (nats://HOST:PORT,...),
+    or None if it is."""
+    if address.startswith(NATS_SCHEMES):
+        servers = [s.strip() for s in address.split(",") if s.strip()]
+        for server in servers:
+            scheme = next((p for p in NATS_SCHEMES if server.startswith(p)), "")
+            problem = _host_port_problem(server.removeprefix(scheme))
+            if problem is not None:
+                return f"NATS server {server!r}: {problem.replace('50051', '4222')}"
+        return None if servers else "expected nats://HOST:PORT[,nats://HOST:PORT...]"
+    return _host_port_problem(address)
+
+
+def _host_port_problem(address: str) -> str | None:
     host, colon, port = address.rpartition(":")
     if not colon or not host:
         return "expected HOST:PORT, e.g. 127.0.0.1:50051"
@@ -317,9 +333,15 @@ class Config(_Model):
     store: StoreConfig = Field(default_factory=StoreConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     data_dir: str | None = None
+    bus: str | None = None  # nats://HOST:PORT[,...]: the NATS bus instead of the gRPC host (host.address)
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
+        if self.bus is not None:
+            problem = address_problem(self.bus)
+            if problem is not None or not self.bus.startswith(NATS_SCHEMES):
+                raise ValueError(f"bus {self.bus!r}: {problem or 'expected nats://HOST:PORT[,nats://HOST:PORT...]'}")
+            self.host = self.host.model_copy(update={"address": self.bus})
         names = [agent.name for agent in self.agents]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from .config import Config
+from .config import NATS_SCHEMES, Config
 from .engine import describe_exit, signal_of
 from .identities import CLIENT_IDENTITY
 from .models import MODEL_STATE_ENV
@@ -247,7 +247,8 @@ def plan(config: Config, config_path: str | None, with_ui: bool) -> list[list[Ro
     """The processes to start, in stages: each stage waits for the one before."""
     me = [sys.executable, "-m", "roundtable"]
     cfg = ["--config", config_path] if config_path else []
-    stages: list[list[Role]] = [[Role("host", [*me, "host", *cfg])]]
+    on_nats = config.host.address.startswith(NATS_SCHEMES)
+    stages: list[list[Role]] = [[Role("bus", [*me, "bus", *cfg]) if on_nats else Role("host", [*me, "host", *cfg])]]
     workers = [Role("manager", [*me, "manager", *cfg])]
     workers += [Role(agent.name, [*me, "agent", "--name", agent.name, *cfg]) for agent in config.agents]
     if config.uses_local_model:

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -28,7 +28,7 @@ from typing import Any
 from tqdm import tqdm
 
 from .engine import REBUILD_HINT, describe_engine_crash, installed_is_ours
-from .runtime import READY_MARKER
+from .runtime import READY_MARKER, child_setup
 
 log = logging.getLogger("roundtable.localmodel")
 
@@ -558,35 +558,6 @@ def _check_port_free(host: str, port: int) -> None:
             raise ModelError(f"port {port} on {host} is already in use: stop what runs there or choose another port")
 
 
-def _child_setup() -> Callable[[], None] | None:
-    """A preexec_fn for the server: its own process group, and on Linux a SIGKILL when we die.
-
-    Own group: a terminal's Ctrl-C then reaches only us and we stop the server with one
-    SIGTERM. uvicorn re-raises a SIGINT it caught, which ends in a KeyboardInterrupt
-    traceback, and a second SIGINT (ours plus the terminal's) makes it skip its shutdown.
-    Parent-death signal: even a SIGKILLed roundtable leaves no 1 GB model server behind.
-    """
-    if sys.platform == "win32":
-        return None
-    prctl: Callable[..., int] | None = None
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(OSError, AttributeError):
-            prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork, not in the child
-    parent = os.getpid()
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        os.setpgid(0, 0)
-        if prctl is not None:
-            prctl(pr_set_pdeathsig, signal.SIGKILL)
-            if os.getppid() != parent:  # we died before prctl took effect
-                os._exit(1)
-
-    return preexec
-
-
 def stop_process(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
     """Terminate, then kill after `timeout`; every wait bounded."""
     if process.poll() is None:
@@ -629,7 +600,7 @@ def serve(
         port,
     )
     # Same session (start_new_session=False) so it stays tied to our terminal; see
-    # _child_setup for its process group. Its stdout goes to our stderr: the server prints
+    # child_setup for its process group. Its stdout goes to our stderr: the server prints
     # there (e.g. "disconnected"), and our stdout carries only the ready line.
     process = subprocess.Popen(
         argv,
@@ -637,7 +608,7 @@ def serve(
         stdin=subprocess.DEVNULL,
         stdout=2,
         start_new_session=False,
-        preexec_fn=_child_setup(),
+        preexec_fn=child_setup(),
     )
     stopping: list[int] = []
 

@@ -35,6 +35,12 @@ MANAGER_TYPE = "roundtable_manager"
 PRESENCE_TYPE = "roundtable_presence"
 SEED_TURN_KEY = "turn"  # TextMessage.metadata: the turn our agents give their reply
 
+#: Message types that one replica of an agent type takes: a bus that runs several processes per
+#: agent type (NATS) hands each to one of them. Every other message on an agent's topic (the
+#: turn's state, tool-call rulings, the end) reaches each replica; those not handling that turn
+#: ignore it.
+TAKEN_BY_ONE_REPLICA = frozenset({"RequestToSpeak"})
+
 #: A reasonable ceiling for one chat message; bigger ones are refused before sending.
 MAX_CONTENT_CHARS = 200_000
 

@@ -5,10 +5,12 @@ waits for, and shutdown on a signal on every platform. (The host is host.py, the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 log = logging.getLogger("roundtable")
@@ -59,3 +61,32 @@ async def serve_until_signal() -> None:
     stop = asyncio.Event()
     with shutdown_on_signal(stop):
         await stop.wait()
+
+
+def child_setup() -> Callable[[], None] | None:
+    """A preexec_fn for a server we run (the model's, NATS): its own process group, and on Linux a SIGKILL when we die.
+
+    Own group: a terminal's Ctrl-C then reaches only us and we stop the server with one
+    SIGTERM. uvicorn re-raises a SIGINT it caught, which ends in a KeyboardInterrupt
+    traceback, and a second SIGINT (ours plus the terminal's) makes it skip its shutdown.
+    Parent-death signal: even a SIGKILLed roundtable leaves no server behind.
+    """
+    if sys.platform == "win32":
+        return None
+    prctl: Callable[..., int] | None = None
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork, not in the child
+    parent = os.getpid()
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        os.setpgid(0, 0)
+        if prctl is not None:
+            prctl(pr_set_pdeathsig, signal.SIGKILL)
+            if os.getppid() != parent:  # we died before prctl took effect
+                os._exit(1)
+
+    return preexec

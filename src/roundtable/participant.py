@@ -67,6 +67,8 @@ log = logging.getLogger("roundtable.participant")
 #: Before it calls the model, a participant asks the manager whether the turn is still open,
 #: every TURN_CHECK_RESEND s; with no answer within TURN_CHECK_TIMEOUT it speaks anyway (what it
 #: says is kept, so a manager that comes back later gets it without a second model call).
+#: This process, among those serving the same agent (see AgentOnline.replica).
+REPLICA = new_id()[:12]
 TURN_CHECK_RESEND = 1.0
 TURN_CHECK_TIMEOUT = 3.0
 
@@ -263,7 +265,9 @@ class Participant(RoutedAgent):
     async def _turn_open(self, message: RequestToSpeak) -> bool:
         """The manager's word on whether the turn still waits for this agent; True without one."""
         loop = asyncio.get_running_loop()
-        check = TurnCheck(conversation_id=message.conversation_id, turn_id=message.turn_id, agent=self.name)
+        check = TurnCheck(
+            conversation_id=message.conversation_id, turn_id=message.turn_id, agent=self.name, replica=REPLICA
+        )
         answer: asyncio.Future[bool] = loop.create_future()
         self._checks[message.turn_id] = answer
         deadline = loop.time() + TURN_CHECK_TIMEOUT
@@ -460,7 +464,7 @@ async def register_participant(
         await runtime.add_subscription(TypeSubscription(turn_topic_type(settings.name), settings.name))
 
         async def announce(fresh: bool = True) -> None:
-            online = AgentOnline(name=settings.name, fresh=fresh)
+            online = AgentOnline(name=settings.name, fresh=fresh, replica=REPLICA)
             await runtime.publish_message(online, topic(PRESENCE, PRESENCE_SOURCE))
 
         async def beat() -> None:

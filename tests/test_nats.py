@@ -57,6 +57,10 @@ def start_on_nats(procs: Procs, cfg: Path, writers: int = 1, crash: dict[str, st
     return started
 
 
+def roundtable(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "roundtable", *args], capture_output=True, text=True, timeout=60)
+
+
 def assert_one_complete(tmp_path: Path, terminal: Proc, rounds: int) -> None:
     """The terminal's conversation ends well, stored and shown whole, each turn once."""
     assert terminal.wait_exit(120) == 0, terminal.output
@@ -81,6 +85,9 @@ def test_writer_replicas_share_the_turns_and_a_dead_ones_turn_goes_to_the_other_
     cfg = nats_config(tmp_path, rounds=6, turn_timeout=600)
     with processes(tmp_path) as procs:
         started = start_on_nats(procs, cfg, writers=2, crash={"writer1": "agent.turn.begun:2"})
+        status = roundtable("status", "--config", str(cfg))  # it listens to the heartbeats
+        assert status.returncode == 0, status.stderr
+        assert "participants: editor, writer (2 processes)" in status.stdout, status.stdout
         terminals = [chat(procs, cfg, name=f"chat{i}", task=f"Topic {i}") for i in range(6)]
         for terminal in terminals:
             assert terminal.wait_exit(120) == 0, terminal.output
@@ -125,19 +132,12 @@ def test_up_runs_a_conversation_on_the_bus(tmp_path: Path) -> None:
 
 def test_a_bad_bus_and_a_host_on_a_bus_are_one_clear_line(tmp_path: Path) -> None:
     cfg = nats_config(tmp_path)
-    host = subprocess.run(
-        [sys.executable, "-m", "roundtable", "host", "--config", str(cfg)], capture_output=True, text=True, timeout=60
-    )
+    host = roundtable("host", "--config", str(cfg))
     assert host.returncode == 2 and "is a NATS bus: there is no gRPC host to run" in host.stderr, host.stderr
     bad = yaml.safe_load(cfg.read_text())
     bad["bus"] = "nats://127.0.0.1:99999"
     write_config(cfg, bad)
-    result = subprocess.run(
-        [sys.executable, "-m", "roundtable", "manager", "--config", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = roundtable("manager", "--config", str(cfg))
     assert result.returncode == 2, result.stderr
     assert "bus 'nats://127.0.0.1:99999': NATS server 'nats://127.0.0.1:99999'" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -418,7 +418,11 @@ async def _status(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     status = await gather_status(
-        _host_address(args, config), config.store_url, config.host.connect_timeout, security_from(args, config)
+        _host_address(args, config),
+        config.store_url,
+        config.host.connect_timeout,
+        security_from(args, config),
+        heartbeat=config.host.heartbeat,
     )
     print(format_status(status))
     return 0

@@ -9,17 +9,19 @@ import time
 from dataclasses import dataclass, field
 
 import grpc
+from autogen_core import MessageContext, RoutedAgent, TypeSubscription, message_handler
 from autogen_ext.runtimes.grpc.protos import agent_worker_pb2
 from sqlalchemy.exc import DBAPIError
 
-from .config import StoreUnavailable
-from .messages import MANAGER_TYPE, PRESENCE_TYPE, SEED_TOPIC, TURN_PREFIX
+from .config import NATS_SCHEMES, StoreUnavailable
+from .messages import MANAGER_TYPE, PRESENCE, PRESENCE_TYPE, SEED_TOPIC, TURN_PREFIX, AgentOnline, new_id
 from .security import Security
 from .store import StoredConversation, TranscriptStore
 from .wire import HostUnreachable
 from .worker import connect_worker, stop_worker
 
 TASK_CHARS = 60
+HEARD_LIMIT = 1_000  # agents listed from heartbeats, at most
 
 
 @dataclass
@@ -32,13 +34,26 @@ class Status:
     tool_calls: dict[str, dict[str, int]] = field(default_factory=dict)  # agent -> status -> calls, all time
     tokens: dict[str, int] = field(default_factory=dict)  # agent -> model tokens, all time
     at: float = field(default_factory=time.time)  # when this was gathered; idle times count from here
+    # On a NATS bus, which no one routes: the processes heard from (their heartbeats), per agent.
+    replicas: dict[str, int] | None = None
 
 
 async def gather_status(
-    host_address: str, store_url: str, timeout: float, security: Security | None = None, limit: int = 20
+    host_address: str,
+    store_url: str,
+    timeout: float,
+    security: Security | None = None,
+    limit: int = 20,
+    heartbeat: float = 2.0,
 ) -> Status:
-    """Ask the host and the store; HostUnreachable or StoreUnavailable (one line each) if one can't answer."""
-    agent_types, participants = await _connected(host_address, timeout, security)
+    """Ask the host and the store; HostUnreachable or StoreUnavailable (one line each) if one can't
+    answer. On a NATS bus, listen to the agents' heartbeats instead of asking a host."""
+    replicas = None
+    if host_address.startswith(NATS_SCHEMES):
+        replicas = await _heard(host_address, timeout, security, heartbeat)
+        agent_types, participants = sorted(replicas), sorted(replicas)
+    else:
+        agent_types, participants = await _connected(host_address, timeout, security)
     store = TranscriptStore(store_url, connect_timeout=timeout)
     try:
         conversations = await asyncio.wait_for(_open_conversations(store, limit), timeout)
@@ -48,7 +63,36 @@ async def gather_status(
         raise StoreUnavailable(f"the transcript store at {store.url} did not answer within {timeout:g} s") from None
     finally:
         await store.close()
-    return Status(host_address, agent_types, participants, str(store.url), conversations, tool_calls, tokens)
+    return Status(
+        host_address, agent_types, participants, str(store.url), conversations, tool_calls, tokens, replicas=replicas
+    )
+
+
+class _Listener(RoutedAgent):
+    """Hears the agents' heartbeats, for `_heard`."""
+
+    def __init__(self, heard: dict[str, set[str]]) -> None:
+        super().__init__("Lists the agents that are online")
+        self._heard = heard
+
+    @message_handler
+    async def on_online(self, message: AgentOnline, ctx: MessageContext) -> None:
+        if len(self._heard) < HEARD_LIMIT:
+            self._heard.setdefault(message.name[:64], set()).add(message.replica[:64])
+
+
+async def _heard(address: str, timeout: float, security: Security | None, heartbeat: float) -> dict[str, int]:
+    """Each agent heard from within one and a half heartbeats, with how many processes serve it."""
+    heard: dict[str, set[str]] = {}
+    runtime = await connect_worker(address, timeout, security)
+    try:
+        agent_type = f"status_{new_id()[:12]}"
+        await _Listener.register(runtime, agent_type, lambda: _Listener(heard))
+        await runtime.add_subscription(TypeSubscription(PRESENCE, agent_type))
+        await asyncio.sleep(1.5 * heartbeat)
+    finally:
+        await stop_worker(runtime)
+    return {name: len(replicas) for name, replicas in heard.items()}
 
 
 async def _connected(address: str, timeout: float, security: Security | None) -> tuple[list[str], list[str]]:
@@ -96,11 +140,21 @@ def format_status(status: Status) -> str:
     manager = [t for t in (MANAGER_TYPE, PRESENCE_TYPE) if t in status.agent_types]
     others = [t for t in status.agent_types if t not in status.participants and t not in manager]
     open_count = len(status.conversations)
-    lines = [
-        f"host {status.host}: {len(status.agent_types)} agent types connected",
-        f"  participants: {', '.join(status.participants) or 'none'}",
-        f"  manager:      {', '.join(manager) or 'not connected'}",
-        f"  others:       {', '.join(others) or 'none'}",
+    if status.replicas is not None:
+        counted = [f"{name} ({n} processes)" if n > 1 else name for name, n in sorted(status.replicas.items())]
+        lines = [
+            f"bus {status.host}: {len(status.replicas)} agents heard from",
+            f"  participants: {', '.join(counted) or 'none'}",
+            "  manager:      not listed on a NATS bus (it sends no heartbeat)",
+        ]
+    else:
+        lines = [
+            f"host {status.host}: {len(status.agent_types)} agent types connected",
+            f"  participants: {', '.join(status.participants) or 'none'}",
+            f"  manager:      {', '.join(manager) or 'not connected'}",
+            f"  others:       {', '.join(others) or 'none'}",
+        ]
+    lines += [
         f"store {status.store}: {open_count} open conversation{'' if open_count == 1 else 's'}",
     ]
     for conversation in status.conversations:

@@ -26,11 +26,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import conversations, hop, plots, recovery, report, revisions, soak, startup, streaming
+from . import bus, conversations, hop, plots, recovery, report, revisions, soak, startup, streaming
 from ._procs import REPO
 from .settings import FULL, QUICK, Settings
 
-MEASUREMENTS = ("hop", "conversations", "streaming", "startup", "recovery", "revisions", "soak")
+MEASUREMENTS = ("hop", "conversations", "bus", "streaming", "startup", "recovery", "revisions", "soak")
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "latest.json"
 PUBLISHED_PLOTS = REPO / "docs" / "benchmarks"
 
@@ -116,6 +116,8 @@ def run(settings: Settings, only: set[str], log_dir: Path, profile: bool) -> dic
         results["conversations"] = attempt(
             "turn overhead and concurrent conversations", lambda: conversations.run(settings, log_dir, profile)
         )
+    if "bus" in only:
+        results["bus"] = attempt("the NATS bus against the gRPC host", lambda: bus.run(settings, log_dir))
     if "streaming" in only:
         results["streaming"] = []
         for model in settings.stream_models:

@@ -284,6 +284,22 @@ def profile_lines(when: str, profile: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def bus_table(data: dict[str, Any]) -> str:
+    def row(label: str, key: str) -> list[Any]:
+        return [label, _ms(data["grpc"]["turn_ms"][key]), _ms(data["nats"]["turn_ms"][key])]
+
+    rows = [
+        row("turn p50 at the observer", "p50"),
+        row("turn p99 at the observer", "p99"),
+        ["turns, each numbered once", *("yes" if data[s]["all_turns_once"] else "NO" for s in ("grpc", "nats"))],
+    ]
+    title = (
+        f"NATS bus against the gRPC host ({data['rounds']}-turn conversation, {data['reps']} run(s) a side, "
+        f"taking turns): NATS/gRPC p50 {_x(data['ratio_p50'])}"
+    )
+    return table(title, ["", "gRPC host", "NATS bus"], rows)
+
+
 def startup_table(startup: dict[str, Any]) -> str:
     rows = []
     names: list[str] = []
@@ -540,6 +556,8 @@ def render(results: dict[str, Any]) -> str:
             parts.append(agentchat_table(conversations))
         parts.append(concurrent_table(conversations["concurrent"]) + _load_note(conversations))
         parts += diagnostics(conversations)
+    if results.get("bus") and "error" not in results["bus"]:
+        parts.append(bus_table(results["bus"]) + _load_note(results["bus"]))
     for stream in results.get("streaming") or []:
         if "error" not in stream:
             parts.append(streaming_table(stream) + "\n" + streaming_cpu_note(stream) + _load_note(stream))
@@ -564,7 +582,7 @@ def render(results: dict[str, Any]) -> str:
 
 def _sections(results: dict[str, Any]) -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
-    for name in ("hop", "conversations", "startup", "recovery", "revisions", "soak"):
+    for name in ("hop", "conversations", "bus", "startup", "recovery", "revisions", "soak"):
         out.append((name, results.get(name)))
     for stream in results.get("streaming") or []:
         out.append((f"streaming {stream.get('model')}", stream))

@@ -32,6 +32,7 @@ class Settings:
     startup_runs: int
     # --profile: repetitions of each what-if turn measurement
     whatif_reps: int
+    bus_reps: int  # NATS bus against the gRPC host: runs of each side, taking turns
     # 6. host restart: kills of roundtable's host, and of stock AutoGen's (which never
     # recovers, so each costs the whole bounded wait); messages published while it is down;
     # seconds from the kill to launching the new host; the bounded wait for the messages
@@ -75,6 +76,7 @@ QUICK = Settings(
     stream_latency_runs=1,
     startup_runs=1,
     whatif_reps=1,
+    bus_reps=1,
     recovery_reps=3,
     recovery_bare_reps=1,
     recovery_messages=200,
@@ -108,6 +110,7 @@ FULL = Settings(
     stream_latency_runs=3,
     startup_runs=3,
     whatif_reps=3,
+    bus_reps=3,
     recovery_reps=10,
     recovery_bare_reps=3,
     recovery_messages=200,

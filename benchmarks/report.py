@@ -297,7 +297,24 @@ def bus_table(data: dict[str, Any]) -> str:
         f"NATS bus against the gRPC host ({data['rounds']}-turn conversation, {data['reps']} run(s) a side, "
         f"taking turns): NATS/gRPC p50 {_x(data['ratio_p50'])}"
     )
-    return table(title, ["", "gRPC host", "NATS bus"], rows)
+    text = table(title, ["", "gRPC host", "NATS bus"], rows)
+    curve = data.get("replicas") or {}
+    if curve:
+        lines = [
+            [
+                f"{n} writer process{'es' if int(n) > 1 else ''}",
+                f"{r['turns_per_s']:.1f}",
+                _x(r["x_one"]),
+                f"{r['lost']} / {r['duplicated']} / {r['unfinished']}",
+            ]
+            for n, r in curve.items()
+        ]
+        title = (
+            f"Throughput on the NATS bus: {data['conversations']} four-turn conversations at once, "
+            f"each writer turn costing {data['cpu_ms']:g} ms of CPU"
+        )
+        text += "\n\n" + table(title, ["", "turns/s", "x one", "lost / dup / unfinished"], lines)
+    return text
 
 
 def startup_table(startup: dict[str, Any]) -> str:

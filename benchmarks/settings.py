@@ -33,6 +33,9 @@ class Settings:
     # --profile: repetitions of each what-if turn measurement
     whatif_reps: int
     bus_reps: int  # NATS bus against the gRPC host: runs of each side, taking turns
+    bus_replicas: tuple[int, ...]  # writer processes on the NATS bus, for the throughput curve
+    bus_conversations: int  # conversations at once for that curve ...
+    bus_cpu_ms: float  # ... each writer turn costing this much CPU
     # 6. host restart: kills of roundtable's host, and of stock AutoGen's (which never
     # recovers, so each costs the whole bounded wait); messages published while it is down;
     # seconds from the kill to launching the new host; the bounded wait for the messages
@@ -77,6 +80,9 @@ QUICK = Settings(
     startup_runs=1,
     whatif_reps=1,
     bus_reps=1,
+    bus_replicas=(1, 2),
+    bus_conversations=20,
+    bus_cpu_ms=100.0,
     recovery_reps=3,
     recovery_bare_reps=1,
     recovery_messages=200,
@@ -111,6 +117,9 @@ FULL = Settings(
     startup_runs=3,
     whatif_reps=3,
     bus_reps=3,
+    bus_replicas=(1, 2, 4),
+    bus_conversations=100,
+    bus_cpu_ms=100.0,
     recovery_reps=10,
     recovery_bare_reps=3,
     recovery_messages=200,

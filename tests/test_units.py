@@ -71,3 +71,16 @@ def test_a_reply_cut_by_its_token_limit_ends_at_its_last_full_sentence(text: str
     from roundtable.replies import finish_reply
 
     assert finish_reply(text, reason) == expected
+
+
+async def test_a_scripted_reply_with_a_cpu_cost_spends_that_cpu_in_this_process() -> None:
+    """The benchmarks' agent whose turn costs CPU (cpu_ms): the work holds the process."""
+    from autogen_core.models import UserMessage
+
+    from roundtable.scripted import ScriptedChatCompletionClient
+
+    client = ScriptedChatCompletionClient(["done"], cpu_ms=50)
+    before = time.process_time()
+    result = await client.create([UserMessage(content="go", source="user")])
+    assert result.content == "done"
+    assert time.process_time() - before >= 0.05

@@ -112,6 +112,7 @@ class ModelConfig(_Model):
     # and a JSONL file that records every input the model was given.
     script: list[str] | None = None
     token_delay: float = Field(default=0.0, ge=0)
+    cpu_ms: float = Field(default=0.0, ge=0, le=60_000)  # scripted: CPU each reply costs (benchmarks)
     record: str | None = None
 
     @field_validator("provider")

@@ -130,6 +130,7 @@ def scripted_client(cfg: ModelConfig, local: LocalModelConfig) -> ChatCompletion
         token_delay=cfg.token_delay,
         record=cfg.record,
         max_tokens=cfg.max_tokens,
+        cpu_ms=cfg.cpu_ms,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +61,7 @@ class ScriptedChatCompletionClient(ChatCompletionClient):
         token_delay: float = 0.0,
         record: str | None = None,
         max_tokens: int | None = None,
+        cpu_ms: float = 0.0,
     ) -> None:
         if not replies:
             raise ValueError("a scripted model needs at least one reply")
@@ -68,6 +70,7 @@ class ScriptedChatCompletionClient(ChatCompletionClient):
         self._token_delay = token_delay
         self._record = Path(record) if record else None
         self._max_tokens = max_tokens
+        self._cpu_seconds = cpu_ms / 1000
         self._calls = 0
         self._usage = RequestUsage(prompt_tokens=0, completion_tokens=0)
 
@@ -91,6 +94,11 @@ class ScriptedChatCompletionClient(ChatCompletionClient):
         self, messages: Sequence[LLMMessage], tools: Sequence[Tool | ToolSchema]
     ) -> tuple[CreateResult, list[str]]:
         """The next reply, and its words to stream (none for a tool call). Usage counts words."""
+        if self._cpu_seconds:
+            # Work that holds this process, as a local model or a tool would: the turn costs CPU.
+            until = time.process_time() + self._cpu_seconds
+            while time.process_time() < until:
+                pass
         reply = self._next_reply(messages)
         prompt = self.count_tokens(messages)
         calls = _tool_call(reply, self._calls) if tools else None

@@ -43,7 +43,10 @@ class Sink(Protocol):
 
     async def on_status(self, event: AgentStatus) -> None: ...
 
-    async def on_tool(self, event: ToolCallEvent) -> None: ...
+    async def on_tool(self, event: ToolCallEvent) -> bool | None:
+        """Show a tool call's state; False if no one was there to see it (a page that has not
+        taken the conversation up yet), so that the same state sent again is shown then."""
+        ...
 
     async def on_usage(self, event: UsageUpdate) -> None: ...
 
@@ -120,8 +123,8 @@ class ConversationObserver(RoutedAgent):
         async with self._lock:
             if seen in self._tool_events:
                 return  # republished after a reconnect
-            self._tool_events.add(seen)
-            await self._sink.on_tool(message)
+            if await self._sink.on_tool(message) is not False:
+                self._tool_events.add(seen)
 
     @message_handler
     async def on_usage(self, message: UsageUpdate, ctx: MessageContext) -> None:

@@ -586,10 +586,13 @@ class Bridge:
                 resume = ResumeConversation(conversation_id=tab.conversation_id)
                 await self.runtime.publish_message(resume, topic(CONTROL, tab.conversation_id))
 
-    async def on_tool(self, event: ToolCallEvent) -> None:
+    async def on_tool(self, event: ToolCallEvent) -> bool:
+        shown = False
         for tab in self._tabs_for(event.conversation_id):
             if tab.conversation_id == event.conversation_id:
                 await tab.tool(event)
+                shown = True
+        return shown  # no tab yet (the page restarted): the manager's sending it again counts
 
     async def on_status(self, event: AgentStatus) -> None:
         state = "is reachable again" if event.reachable else "is unreachable (no heartbeat); waiting for it"

@@ -25,6 +25,7 @@ from roundtable.chat import Outcome, run_chat
 from roundtable.config import AgentConfig, BudgetConfig, ManagerConfig, ModelConfig
 from roundtable.manager import register_manager
 from roundtable.memory import MemoryHost
+from roundtable.messages import ChatMessage
 from roundtable.models import build_client
 from roundtable.outbox import Outbox
 from roundtable.participant import register_participant
@@ -167,8 +168,12 @@ async def test_the_host_going_down_and_up_again_loses_no_turn(tmp_path: Path) ->
         await asyncio.sleep(0.3)
         state.host.up()
         outcome, _ = await chat
+        stored = await _stored(state)
     assert outcome.ok, outcome
-    assert [m.author for m in outcome.messages] == ["user", "writer", "editor", "writer", "editor"]
+    assert [m.author for m in stored] == ["user", "writer", "editor", "writer", "editor"]
+    # The terminal got each message once. One missed during the outage comes when it catches up,
+    # which can be after the next one (seen once in CI): arrival order is not asserted here.
+    assert sorted(m.seq for m in outcome.messages) == [1, 2, 3, 4, 5], outcome.messages
 
 
 async def test_a_silent_agent_is_asked_again_then_passed_over_with_a_note(tmp_path: Path) -> None:
@@ -182,7 +187,7 @@ async def test_a_silent_agent_is_asked_again_then_passed_over_with_a_note(tmp_pa
     assert outcome.reason == "max_rounds reached (4 rounds)", outcome
 
 
-async def _stored(state: Room) -> list[object]:
+async def _stored(state: Room) -> list[ChatMessage]:
     conversations = await state.store.recent(limit=1)
     if not conversations:
         return []

@@ -83,12 +83,17 @@ class Proc:
         except subprocess.TimeoutExpired:
             raise AssertionError(f"{self.name} did not exit within {timeout} s:\n{self.output[-3000:]}") from None
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    def send(self, sig: int = signal.SIGTERM) -> None:
+        """Send `sig` to the process and its children, if it still runs."""
         if self.popen.poll() is None:
             try:
                 os.killpg(self.popen.pid, sig)
             except ProcessLookupError:
                 pass
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        self.send(sig)
+        if self.popen.poll() is None:
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -117,6 +122,9 @@ class Procs:
         return self.start(name, sys.executable, "-m", "roundtable", *args, env=env, stdin=stdin)
 
     def stop_all(self) -> None:
+        """All at once: each is asked to stop, then each is waited for (and killed if it hangs)."""
+        for proc in reversed(self.all):
+            proc.send()
         for proc in reversed(self.all):
             proc.stop()
 

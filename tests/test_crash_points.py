@@ -21,6 +21,9 @@ from test_tools import TOOLKIT, counted
 from roundtable.crashpoints import CRASH_ENV, POINTS
 
 ROUNDS = 4
+#: s between streamed words: a turn streams for a fifth of a second, so each case is quick and
+#: the crash points mid-stream still fall mid-stream.
+STREAM_DELAY = 0.01
 #: (crash point, the process that dies there, on which pass). Passes are chosen so that the
 #: crash falls mid-conversation: not the first turn only, where a restart is the easy case.
 CASES = [
@@ -61,6 +64,7 @@ def crash_config(tmp_path: Path) -> Path:
     writer["tools"] = [{"function": "toolkit.counting:count"}]
     for agent in data["agents"]:  # every model call, to count the work a crash wastes
         agent["model"]["record"] = str(tmp_path / f"{agent['name']}-calls.jsonl")
+        agent["model"]["token_delay"] = STREAM_DELAY
     data["host"]["connect_timeout"] = 30
     cfg.write_text(yaml.safe_dump(data))
     return cfg
@@ -71,13 +75,16 @@ def arguments(cfg: Path, name: str) -> tuple[str, ...]:
 
 
 def start_with_a_victim(procs: Procs, cfg: Path, victim: str, crash_at: str) -> dict[str, Proc]:
-    """Host, manager, writer and editor, the victim set to die at `crash_at` (point:pass)."""
-    procs.roundtable("host", "host", "--config", str(cfg)).wait_for(READY)
+    """Host, manager, writer and editor, the victim set to die at `crash_at` (point:pass).
+
+    All four start at once, as `up` starts them: each waits for the host within its
+    connect_timeout. The processes `procs` started before are waited for as well."""
+    procs.roundtable("host", "host", "--config", str(cfg))
     started = {
         name: procs.roundtable(name, *arguments(cfg, name), env={CRASH_ENV: crash_at} if name == victim else None)
         for name in ("manager", "writer", "editor")
     }
-    for proc in started.values():
+    for proc in procs.all:
         proc.wait_for(READY, timeout=60)
     return started
 

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from harness import READY, REPO, Proc, Procs, free_port, processes, scripted_agent, start_cluster, write_config
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
-from test_crash_points import CASES, CUT_OFF_MID_TURN, start_again, start_with_a_victim
+from test_crash_points import CASES, CUT_OFF_MID_TURN, STREAM_DELAY, start_again, start_with_a_victim
 
 from roundtable.crashpoints import CRASH_ENV
 
@@ -116,10 +116,12 @@ def make_config(tmp_path: Path, writer: str = WRITER_LINE, editor: str = EDITOR_
     return write_config(tmp_path / "roundtable.yaml", data)
 
 
-def start_page(procs: Procs, cfg: Path) -> str:
+def start_page(procs: Procs, cfg: Path, wait: bool = True) -> str:
+    """The page's process; its address once it serves (or at once, with wait=False)."""
     port = yaml_port(cfg)
     ui = procs.roundtable("ui", "ui", "--config", str(cfg), "--port", str(port))
-    ui.wait_for(f"{READY} ui on http://127.0.0.1:{port}", timeout=60)
+    if wait:
+        ui.wait_for(f"{READY} ui on http://127.0.0.1:{port}", timeout=60)
     return f"http://127.0.0.1:{port}"
 
 
@@ -408,10 +410,13 @@ def test_the_page_shows_the_whole_conversation_once_whatever_process_dies_at_a_c
     writer = data["agents"][0]
     writer["model"]["script"] = ['CALL count {"label": "drafts"}', WRITER_LINE]
     writer["tools"] = [{"function": "toolkit.counting:count"}]
+    for agent in data["agents"]:
+        agent["model"]["token_delay"] = STREAM_DELAY
     write_config(cfg, data)
     with processes(tmp_path) as procs:
+        url = start_page(procs, cfg, wait=False)  # waited for with the others
         started = start_with_a_victim(procs, cfg, victim, f"{point}:{on_pass}")
-        tab = Tab(browser, start_page(procs, cfg))
+        tab = Tab(browser, url)
         tab.send("Write about a harbour")
         assert_killed_at_crash_point(started[victim])
         start_again(procs, cfg, victim)

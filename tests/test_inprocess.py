@@ -5,6 +5,10 @@ reconnecting connection and its outbox, presence, the turn check, the store (SQL
 
 These check logic: turns, timeouts, reconnects. The wiring (gRPC, TLS, processes, the browser)
 keeps its real-process tests.
+
+They run on a fake clock (tests/fakeclock.py) with the default timeouts: a heartbeat of 2 s,
+a turn timeout of 3 minutes and a host that stays down for 10 s cost milliseconds. The tests
+that talk HTTP to a model server on another thread keep the real clock.
 """
 
 from __future__ import annotations
@@ -12,17 +16,19 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from fakeclock import FakeClockLoop, held
 from fakeopenai import FakeOpenAI
 from test_tools import counted, counting_writer
 
 from roundtable.chat import Outcome, run_chat
-from roundtable.config import AgentConfig, BudgetConfig, ManagerConfig, ModelConfig
+from roundtable.config import AgentConfig, BudgetConfig, HostConfig, ManagerConfig, ModelConfig
 from roundtable.manager import register_manager
 from roundtable.memory import MemoryHost
 from roundtable.messages import ChatMessage
@@ -33,7 +39,9 @@ from roundtable.store import TranscriptStore
 from roundtable.tools import AgentTools
 from roundtable.worker import WorkerRuntime, stop_worker
 
-HEARTBEAT = 0.2
+HEARTBEAT = HostConfig().heartbeat  # the default, as all timeouts here
+
+pytestmark = pytest.mark.fake_clock
 
 
 def agent(name: str, *replies: str, delay: float = 0.0, **model: object) -> AgentConfig:
@@ -59,13 +67,15 @@ class Room:
     manager: ManagerConfig
     data: Path
     runtimes: dict[str, WorkerRuntime] = field(default_factory=dict)
-    beats: list[asyncio.Task[None]] = field(default_factory=list)
+    beats: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # heartbeats, by process
     tools: list[AgentTools] = field(default_factory=list)
 
     async def start_manager(self) -> None:
         runtime = await self._runtime("manager")
         selector = build_client(self.manager.model) if self.manager.model is not None else None
-        self.beats.append(await register_manager(runtime, self.agents, self.manager, self.store, selector, HEARTBEAT))
+        self.beats["manager"] = await register_manager(
+            runtime, self.agents, self.manager, self.store, selector, HEARTBEAT
+        )
 
     async def start_agent(self, settings: AgentConfig) -> WorkerRuntime:
         assert settings.model is not None
@@ -77,10 +87,13 @@ class Room:
         client = build_client(settings.model)
         beat = await register_participant(runtime, settings, client, None, HEARTBEAT, tools, outbox)
         if beat is not None:
-            self.beats.append(beat)
+            self.beats[settings.name] = beat
         return runtime
 
     async def stop(self, name: str) -> None:
+        """The process `name` goes away: its heartbeat stops and so does its runtime."""
+        if name in self.beats:
+            self.beats.pop(name).cancel()
         await stop_worker(self.runtimes.pop(name))
 
     async def _runtime(self, name: str) -> WorkerRuntime:
@@ -89,7 +102,7 @@ class Room:
         self.runtimes[name] = runtime
         return runtime
 
-    async def chat(self, task: str, timeout: float = 30) -> tuple[Outcome, str]:
+    async def chat(self, task: str, timeout: float = 3600) -> tuple[Outcome, str]:
         out = io.StringIO()
         terminal = self.host.worker(connect_timeout=5)
         await terminal.start()
@@ -102,7 +115,8 @@ async def room(
     tmp_path: Path, agents: Sequence[AgentConfig], absent: Sequence[str] = (), **manager: object
 ) -> AsyncIterator[Room]:
     """A manager that knows `agents`, and each of them running but the `absent` ones."""
-    store = TranscriptStore(f"sqlite+aiosqlite:///{tmp_path / 'transcripts.db'}")
+    # Its calls finish on aiosqlite's thread: the fake clock waits for them.
+    store = held(TranscriptStore(f"sqlite+aiosqlite:///{tmp_path / 'transcripts.db'}"))
     await store.open()
     settings = ManagerConfig.model_validate({"termination": {"max_rounds": 4}, **manager})
     state = Room(MemoryHost(), store, agents, settings, tmp_path / "data")
@@ -113,7 +127,7 @@ async def room(
                 await state.start_agent(settings_of)
         yield state
     finally:
-        for beat in state.beats:
+        for beat in state.beats.values():
             beat.cancel()
         for name in list(state.runtimes):
             await state.stop(name)
@@ -124,6 +138,17 @@ async def room(
 
 WRITER = agent("writer", "Draft {n}: rain on the roof")
 EDITOR = agent("editor", "Feedback {n}: shorter")
+
+
+async def test_the_fake_clock_jumps_to_the_next_timer_but_stands_still_while_a_thread_works() -> None:
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, FakeClockLoop)
+    start = loop.time()
+    timer = asyncio.create_task(asyncio.sleep(60))
+    await asyncio.to_thread(time.sleep, 0.05)  # idle in the loop, yet not a minute
+    assert not timer.done() and loop.time() - start < 1
+    await timer
+    assert loop.time() - start == pytest.approx(60)
 
 
 async def test_a_conversation_runs_in_one_process_and_is_stored_once_in_order(tmp_path: Path) -> None:
@@ -165,7 +190,7 @@ async def test_the_host_going_down_and_up_again_loses_no_turn(tmp_path: Path) ->
         while len(await _stored(state)) < 2:
             await asyncio.sleep(0.01)
         state.host.down()
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(10)
         state.host.up()
         outcome, _ = await chat
         stored = await _stored(state)
@@ -177,14 +202,45 @@ async def test_the_host_going_down_and_up_again_loses_no_turn(tmp_path: Path) ->
 
 
 async def test_a_silent_agent_is_asked_again_then_passed_over_with_a_note(tmp_path: Path) -> None:
-    """The editor never comes: each of its turns waits turn_timeout, is asked again, waits
-    again, and is skipped with a note; the writer carries on."""
-    async with room(tmp_path, [WRITER, EDITOR], absent=["editor"], turn_timeout=0.3, turn_retries=1) as state:
+    """The editor never comes: each of its turns waits turn_timeout (3 minutes), is asked
+    again, waits again, and is skipped with a note; the writer carries on."""
+    termination = {"max_rounds": 4, "timeout": 3600}
+    async with room(tmp_path, [WRITER, EDITOR], absent=["editor"], termination=termination) as state:
+        started = asyncio.get_running_loop().time()
         outcome, shown = await state.chat("Write about rain")
+        took = asyncio.get_running_loop().time() - started
     # Each time the editor was due: asked, asked again, skipped; the note reaches the terminal.
     assert [m.author for m in outcome.messages] == ["user", "writer", "writer", "writer", "writer"]
-    assert shown.count("writer speaks next (editor did not answer within 0.3 s; skipped)") == 3, shown
+    assert shown.count("writer speaks next (editor did not answer within 180 s; skipped)") == 3, shown
+    assert 3 * 2 * 180 <= took < 3 * 2 * 180 + 60, took  # on the clock the manager reads
     assert outcome.reason == "max_rounds reached (4 rounds)", outcome
+
+
+async def test_an_agent_that_goes_away_mid_turn_is_noted_and_asked_again_the_moment_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """Three missed heartbeats (6 s) make the editor unreachable, which the terminal shows; it
+    comes back a minute later and is asked again at once, well before its 3-minute turn timeout."""
+    slow_editor = agent("editor", "Feedback {n}: " + " ".join(f"w{i}" for i in range(20)), delay=1)
+    async with room(tmp_path, [WRITER, slow_editor]) as state:
+        loop = asyncio.get_running_loop()
+        chat = asyncio.create_task(state.chat("Write about rain"))
+        while len(await _stored(state)) < 2:  # the task and the writer's draft: the editor's turn
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(5)  # mid-way through its 20 s of streaming
+        await state.stop("editor")
+        gone = loop.time()
+        await asyncio.sleep(60)
+        await state.start_agent(slow_editor)
+        outcome, shown = await chat
+        back_and_done = loop.time() - gone
+        stored = await _stored(state)
+    assert outcome.ok, outcome
+    assert [m.author for m in stored] == ["user", "writer", "editor", "writer", "editor"]
+    assert "· editor is unreachable (no heartbeat); waiting for it" in shown, shown
+    assert "· editor is reachable again" in shown, shown
+    assert "did not answer" not in shown, shown  # asked again when back, not at its turn timeout
+    assert 60 < back_and_done < 180, back_and_done
 
 
 async def _stored(state: Room) -> list[ChatMessage]:
@@ -246,11 +302,10 @@ async def test_every_strategy_finishes(tmp_path: Path, strategy: str) -> None:
 
 
 async def test_the_timeout_ends_a_conversation_that_would_run_on(tmp_path: Path) -> None:
-    slow = agent("writer", "a b c d e f g h i j k l m n o p q r s t", delay=0.02)
-    termination = {"max_rounds": 100, "timeout": 1}
-    async with room(tmp_path, [slow, LAST_EDITOR], termination=termination) as state:
+    slow = agent("writer", "a b c d e f g h i j k l m n o p q r s t", delay=2)  # 40 s a turn
+    async with room(tmp_path, [slow, LAST_EDITOR], termination={"max_rounds": 100}) as state:
         outcome, _ = await state.chat("Go on and on")
-    assert outcome.reason == "timeout after 1 s"
+    assert outcome.reason == "timeout after 600 s"  # the default
     assert 1 <= len(speakers(outcome)) < 100
 
 
@@ -306,7 +361,11 @@ async def test_the_conversation_ends_when_all_agents_together_reach_its_budget(t
 
 # ---------------------------------------------------------------- a model that fails
 
+#: A model server on another thread answers in real time: these tests keep the real clock.
+REAL_CLOCK = pytest.mark.fake_clock(False)
 
+
+@REAL_CLOCK
 async def test_a_rate_limited_model_is_retried_then_succeeds(tmp_path: Path) -> None:
     with FakeOpenAI(status=429, fail_first=2) as fake:
         writer = agent("writer", base_url=fake.base_url, provider="openai-compatible", model="m", max_retries=3)
@@ -316,6 +375,7 @@ async def test_a_rate_limited_model_is_retried_then_succeeds(tmp_path: Path) -> 
     assert outcome.ok and outcome.messages[1].content == "Reply 3 from the writer model.", outcome
 
 
+@REAL_CLOCK
 async def test_a_rejected_key_fails_fast_without_retries(tmp_path: Path) -> None:
     with FakeOpenAI(status=401) as fake:
         writer = agent("writer", base_url=fake.base_url, provider="openai-compatible", model="m", max_retries=3)
@@ -326,6 +386,7 @@ async def test_a_rejected_key_fails_fast_without_retries(tmp_path: Path) -> None
     assert outcome.reason == "writer: the model server rejected the API key (401): check the key", outcome.reason
 
 
+@REAL_CLOCK
 async def test_a_model_that_never_answers_ends_the_conversation_at_its_timeout(tmp_path: Path) -> None:
     with FakeOpenAI(hang=True) as fake:
         writer = agent(

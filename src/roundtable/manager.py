@@ -11,7 +11,6 @@ import asyncio
 import logging
 import random
 import re
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -79,7 +78,7 @@ class Choice:
 class Conversation:
     id: str
     task: str
-    started: float = field(default_factory=time.time)  # wall clock: it survives a restart
+    started: float = field(default_factory=clock.now)  # wall clock: it survives a restart
     transcript: list[ChatMessage] = field(default_factory=list)
     rounds: int = 0
     pending: RequestToSpeak | None = None
@@ -190,7 +189,7 @@ def termination_reason(conv: Conversation, settings: ManagerConfig) -> str | Non
         hit = last is not None and last.kind == "agent" and rules.text_mention in last.content
         checks.append((hit, f"{rules.text_mention!r} mentioned by {last.author if last else '?'}"))
     if rules.timeout is not None:
-        elapsed = time.time() - conv.started
+        elapsed = clock.now() - conv.started
         checks.append((elapsed >= rules.timeout, f"timeout after {rules.timeout:g} s"))
     met = [reason for hit, reason in checks if hit]
     if rules.combine == "all":
@@ -302,7 +301,7 @@ class GroupChatManager(RoutedAgent):
         self._registry[conv.id] = self
         timeout = self._settings.termination.timeout
         if timeout is not None:
-            remaining = max(0.0, timeout - (time.time() - conv.started))
+            remaining = max(0.0, timeout - (clock.now() - conv.started))
             self._timers.append(asyncio.create_task(self._timeout_after(remaining)))
 
     @message_handler
@@ -583,7 +582,7 @@ class GroupChatManager(RoutedAgent):
         if stored.status in ENDED_TOOL_STATES:
             return answer("replay", stored.result or "", stored.status != "done", key)
         if stored.status == "awaiting":
-            if time.time() < stored.started_at + policy.approval_timeout:
+            if clock.now() < stored.started_at + policy.approval_timeout:
                 if stored.attempt != message.attempt:  # the turn was asked again: the answer goes to this run
                     await self._store.move_tool_call(*where, was="awaiting", now="awaiting", attempt=message.attempt)
                 return answer("wait", key=key)
@@ -948,7 +947,7 @@ async def register_manager(
     runtime.on_reconnect(after_reconnect)
     # Open conversations carry on. Those that ended just now are sent again too: a manager that
     # died after storing an end, but before announcing it, would leave their followers waiting.
-    just_ended = await store.recent(limit=1000, status="ended", since=time.time() - ANNOUNCE_ENDS_WITHIN)
+    just_ended = await store.recent(limit=1000, status="ended", since=clock.now() - ANNOUNCE_ENDS_WITHIN)
     for conversation_id in [*await store.open_ids(), *(c.id for c in just_ended)]:
         await runtime.publish_message(
             ResumeConversation(conversation_id=conversation_id), topic(CONTROL, conversation_id)

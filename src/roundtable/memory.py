@@ -96,7 +96,16 @@ class MemoryCall:
         except Refused as refused:
             raise _error(refused.code, refused.details) from None
         self._host.opened(self)
-        self._reader = asyncio.create_task(self._router.read(self._client, self._copies()))
+        self._reader = asyncio.create_task(self._serve(self._client))
+
+    async def _serve(self, client: Client) -> None:
+        """Route what the worker sends; when its side of the stream ends, the host forgets it,
+        as the gRPC host does when a worker goes away."""
+        try:
+            await self._router.read(client, self._copies())
+        finally:
+            self._router.forget(client)
+            self._host.closed(self)
 
     async def _copies(self) -> AsyncIterator[Any]:
         async for message in self._requests:
@@ -132,9 +141,12 @@ class MemoryStub:
     def __init__(self, host: MemoryHost, peer: str) -> None:
         self._host = host
         self._peer = peer
+        self.calls: list[MemoryCall] = []
 
     def OpenChannel(self, requests: AsyncIterator[Any], metadata: Any = None) -> MemoryCall:
-        return MemoryCall(self._host, self._peer, requests, _client_id(metadata))
+        call = MemoryCall(self._host, self._peer, requests, _client_id(metadata))
+        self.calls.append(call)
+        return call
 
     def _client(self, metadata: Any) -> Client:
         if not self._host.running:
@@ -171,7 +183,10 @@ class MemoryLink:
         self.stub = MemoryStub(host, f"memory:{number}")
 
     async def close(self) -> None:
-        return None
+        """As closing a gRPC channel: its streams end, and the host forgets their clients."""
+        for call in self.stub.calls:
+            call.end(grpc.StatusCode.CANCELLED, "the channel was closed")
+        self.stub.calls.clear()
 
 
 def _client_id(metadata: Any) -> str:

@@ -60,6 +60,7 @@ from .outbox import Outbox
 from .replies import FinishReasonRecorder, finish_reply
 from .telemetry import span
 from .tools import AgentContext, AgentTools, Journal, journaled, load_object
+from .wire import RuntimeStopped
 from .worker import WorkerRuntime, forget
 
 log = logging.getLogger("roundtable.participant")
@@ -308,6 +309,8 @@ class Participant(RoutedAgent):
         try:
             with span("roundtable.agent.speak", agent=self.name, conversation=message.conversation_id):
                 content = await self.speak(message.conversation_id, message_id, message.history)
+        except RuntimeStopped:
+            raise  # this process is going away mid-turn: no reply; the turn is asked again
         except Exception as failure:  # any model failure ends the turn with a reason
             error = await explain_model_error(failure)
             log.error("%s: %s", self.name, error)

@@ -7,7 +7,6 @@ SQLAlchemy Core on its async engine: SQLite (WAL) by default, PostgreSQL when gi
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from . import clock
 from .config import CONNECT_TIMEOUT, ConfigError, StoreUnavailable
 from .messages import ChatMessage
 
@@ -204,7 +204,7 @@ class TranscriptStore:
         """Record a new conversation, and its first message (the task) in the same transaction,
         so that no crash leaves one without the other; False if it was there already (a
         repeated start, or one by another manager), in which case nothing changes."""
-        now = time.time()
+        now = clock.now()
         async with self._engine.begin() as conn:
             inserted = await conn.execute(
                 self._insert_or_skip(conversations)
@@ -236,7 +236,7 @@ class TranscriptStore:
     async def append(self, message: ChatMessage, **conversation: Any) -> bool:
         """Store one numbered message, and in the same transaction any changes to its
         conversation (the pending speaker, the end); False if it was there already."""
-        now = time.time()
+        now = clock.now()
         async with self._engine.begin() as conn:
             inserted = await self._insert_message(conn, message, now)
             if inserted.rowcount == 0:
@@ -268,7 +268,7 @@ class TranscriptStore:
             await conn.execute(
                 update(conversations)
                 .where(conversations.c.id == conversation_id)
-                .values(updated_at=time.time(), **values)
+                .values(updated_at=clock.now(), **values)
             )
 
     async def get(self, conversation_id: str) -> StoredConversation | None:
@@ -342,7 +342,7 @@ class TranscriptStore:
                     arguments=_text(arguments),
                     status=status,
                     attempts=1 if status == "started" else 0,
-                    started_at=time.time(),
+                    started_at=clock.now(),
                 )
                 .on_conflict_do_nothing()
             )
@@ -369,11 +369,11 @@ class TranscriptStore:
         if result is not None:
             values["result"] = _text(result)
         if now in ENDED_TOOL_STATES:
-            values["finished_at"] = time.time()
+            values["finished_at"] = clock.now()
         if attempt is not None:
             values["attempt"] = attempt
         if restart:
-            values["started_at"] = time.time()
+            values["started_at"] = clock.now()
             if now == "started":
                 values["attempts"] = tool_calls.c.attempts + 1  # runs, not waits
         async with self._engine.begin() as conn:

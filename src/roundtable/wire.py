@@ -14,6 +14,10 @@ class HostRefused(Exception):
     """The host refused a registration or subscription: not this identity's, or already taken."""
 
 
+class RuntimeStopped(RuntimeError):
+    """This process's runtime has stopped (it is shutting down): nothing more can be published."""
+
+
 #: gRPC's message size limit: what a host sends and a worker accepts.
 MAX_GRPC_MESSAGE_BYTES = 16 * 1024 * 1024
 #: Room the host keeps to rewrite what it forwards (a spoofed sender, a call's own id).

@@ -12,7 +12,6 @@ import asyncio
 import inspect
 import logging
 import random
-import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -43,7 +42,7 @@ from autogen_core import (
 )
 from autogen_ext.runtimes.grpc.protos import agent_worker_pb2, agent_worker_pb2_grpc, cloudevent_pb2
 
-from . import telemetry
+from . import clock, telemetry
 from .config import CONNECT_TIMEOUT, NATS_SCHEMES
 from .messages import WIRE_TYPES
 from .routing import Routes
@@ -62,6 +61,7 @@ from .wire import (
     TRACE_KEYS,
     HostRefused,
     HostUnreachable,
+    RuntimeStopped,
 )
 
 log = logging.getLogger("roundtable")
@@ -201,11 +201,11 @@ class ResilientConnection:
         """The first connection, tried again (refused, unreachable, TLS not ready yet) until
         `connect_timeout` has passed: processes started by hand in any order find each other.
         Then, or at once for a rejected token, a clear error instead of retrying for ever."""
-        deadline = time.monotonic() + self._connect_timeout
+        deadline = clock.monotonic() + self._connect_timeout
         attempt = 0
         while True:
             try:
-                call = await self._connect(max(0.1, deadline - time.monotonic()))
+                call = await self._connect(max(0.1, deadline - clock.monotonic()))
                 break
             except (grpc.aio.AioRpcError, asyncio.TimeoutError) as error:
                 await self._drop_channel()
@@ -216,7 +216,7 @@ class ResilientConnection:
                     ) from None
                 delay = min(RECONNECT_MAX_DELAY, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
                 attempt += 1
-                if time.monotonic() + delay >= deadline:
+                if clock.monotonic() + delay >= deadline:
                     detail = error.details() if isinstance(error, grpc.aio.AioRpcError) else "timed out"
                     raise HostUnreachable(
                         f"cannot reach the roundtable host at {self.address} within {self._connect_timeout:g} s "
@@ -266,7 +266,7 @@ class ResilientConnection:
             if not waiter.done():
                 waiter.set_result(None)
                 break
-        self._in_flight, self._in_flight_at = message, time.monotonic()
+        self._in_flight, self._in_flight_at = message, clock.monotonic()
         return message
 
     async def _run(self, call: grpc.aio.StreamStreamCall[Any, Any]) -> None:
@@ -285,7 +285,7 @@ class ResilientConnection:
             await self._drop_channel()
             if self._closed:
                 return
-            lost_at = time.monotonic()
+            lost_at = clock.monotonic()
             if lost_at - self._in_flight_at > RESEND_WINDOW:
                 self._in_flight = None  # delivered: see RESEND_WINDOW
             log.warning("lost the host at %s; reconnecting", self.address)
@@ -301,7 +301,7 @@ class ResilientConnection:
                     continue
                 self.reconnects += 1
                 log.warning(
-                    "reconnected to %s after %.1f s (%d attempts)", self.address, time.monotonic() - lost_at, attempt
+                    "reconnected to %s after %.1f s (%d attempts)", self.address, clock.monotonic() - lost_at, attempt
                 )
                 attempt = 0
                 for listener in self._listeners:
@@ -622,7 +622,7 @@ class WorkerRuntime(AgentRuntime):
         message_id: str | None = None,
     ) -> None:
         if not self._running:
-            raise ValueError("the runtime must be running to publish")
+            raise RuntimeStopped("the runtime must be running to publish")
         payload = self._payload(message)
         sender = sender or AgentId("unknown", "unknown")
 

@@ -282,7 +282,8 @@ async def _agent(args: argparse.Namespace) -> int:
         mode = "seed mode" if seed else "managed"
         names = [name for listed in tools.names.values() for name in listed]
         with_tools = f", tools: {', '.join(names)}" if names else ""
-        announce_ready(f"agent {settings.name} ({model.provider}, {mode}{with_tools})")
+        kind = f"a2a {settings.a2a.url}" if settings.a2a is not None else model.provider
+        announce_ready(f"agent {settings.name} ({kind}, {mode}{with_tools})")
         await serve_until_signal()
         if heartbeat is not None:
             heartbeat.cancel()
@@ -413,6 +414,27 @@ def _ui_command(args: argparse.Namespace) -> int:
     )
 
 
+async def _a2a(args: argparse.Namespace) -> int:
+    from .a2a_room import load_token, serve
+    from .httpserve import listen
+    from .worker import stop_worker
+
+    config = load(args)
+    updates = {k: v for k, v in (("host", args.listen), ("port", args.port), ("public_url", args.public_url)) if v}
+    settings = config.a2a.model_copy(update=updates)
+    load_token(settings)  # a missing or unreadable token is bad input, before anything connects
+    sock = listen(settings.host, settings.port, "the A2A endpoint")
+    try:
+        runtime = await _connect(args, config)
+        try:
+            await serve(config, settings, runtime, sock)
+        finally:
+            await stop_worker(runtime)
+    finally:
+        sock.close()
+    return 0
+
+
 async def _status(args: argparse.Namespace) -> int:
     from .status import format_status, gather_status
 
@@ -522,6 +544,13 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--seed", action="store_true", help="follow the tutorial's seed-mode conversation")
     _add_config(ui)
 
+    a2a = sub.add_parser("a2a", help="serve the room as an A2A agent: A2A clients start and follow conversations")
+    _add_host(a2a)
+    a2a.add_argument("--port", type=int, help="default: from the config (8770)")
+    a2a.add_argument("--listen", metavar="HOST", help="the address to listen on (default: from the config, 127.0.0.1)")
+    a2a.add_argument("--public-url", metavar="URL", help="the address in the agent card, if clients use another")
+    _add_config(a2a)
+
     return parser
 
 
@@ -592,6 +621,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "chat": _chat,
     "up": _up,
     "status": _status,
+    "a2a": _a2a,
 }
 
 

@@ -215,6 +215,35 @@ class ToolConfig(_Model):
         return self.approval == "always" or (self.approval == "writes" and tool not in self.read_only)
 
 
+class A2AAgentConfig(_Model):
+    """A remote agent that speaks A2A (v1.0), as a participant: on its turn it is sent the task
+    and the conversation so far, and what it answers is its message."""
+
+    url: str  # its base URL: the agent card is at URL/.well-known/agent-card.json
+    token: SecretStr | None = None  # a bearer token, if it wants one (or token_file)
+    token_file: str | None = None
+    timeout: float = Field(default=120.0, gt=0)  # seconds for one turn, as a model's call
+    max_retries: int = Field(default=2, ge=0)  # when it cannot be reached, as a model's
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"expected an http:// or https:// URL, not {value[:80]!r}")
+        return value.rstrip("/")
+
+    def bearer(self) -> str | None:
+        """The token, from the config or its file (read when needed, so it can be rotated)."""
+        if self.token is not None:
+            return self.token.get_secret_value()
+        if self.token_file is None:
+            return None
+        try:
+            return Path(self.token_file).expanduser().read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise ConfigError(f"a2a.token_file: cannot read {self.token_file}: {error.strerror}") from None
+
+
 class AgentConfig(_Model):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
@@ -230,7 +259,20 @@ class AgentConfig(_Model):
     max_tool_iterations: int = Field(default=3, gt=0)  # model calls with tools per turn
     # Your own AgentChat agent: "mypkg.agents:make_agent", called with an AgentContext.
     factory: str | None = Field(default=None, pattern=IMPORT_PATH)
+    # A remote A2A agent in this seat instead of a model: `a2a: https://...` or its settings.
+    a2a: A2AAgentConfig | None = None
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
+
+    @field_validator("a2a", mode="before")
+    @classmethod
+    def _a2a_url_alone(cls, value: Any) -> Any:
+        return {"url": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_kind_of_agent(self) -> AgentConfig:
+        if self.a2a is not None and (self.factory is not None or self.tools):
+            raise ValueError("an a2a agent brings its own tools and logic: leave out factory and tools")
+        return self
 
 
 class TerminationConfig(_Model):
@@ -306,6 +348,18 @@ class UIConfig(_Model):
     users: dict[str, str] = Field(default_factory=dict)  # name -> password, when auth is on
 
 
+class A2AServerConfig(_Model):
+    """`roundtable a2a`: the room as an A2A agent, for other frameworks' clients to start and
+    follow conversations. Clients present a bearer token: ROUNDTABLE_A2A_TOKEN, or token_file."""
+
+    enabled: bool = False  # whether `roundtable up` serves it too
+    host: str = "127.0.0.1"
+    port: int = Field(default=8770, gt=0, lt=65536)
+    public_url: str | None = None  # the address in the agent card, if clients reach it by another
+    token_file: str | None = None
+    timeout: float = Field(default=3600.0, gt=0)  # the longest one conversation is followed
+
+
 class TelemetryConfig(_Model):
     otlp_endpoint: str | None = None  # e.g. http://collector:4317; or OTEL_EXPORTER_OTLP_ENDPOINT
     otlp_insecure: bool = True
@@ -330,6 +384,7 @@ class Config(_Model):
     agents: list[AgentConfig] = Field(default_factory=list)
     manager: ManagerConfig = Field(default_factory=ManagerConfig)
     ui: UIConfig = Field(default_factory=UIConfig)
+    a2a: A2AServerConfig = Field(default_factory=A2AServerConfig)
     seed: SeedConfig = Field(default_factory=SeedConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
@@ -367,7 +422,7 @@ class Config(_Model):
 
     @property
     def uses_local_model(self) -> bool:
-        models = [self.model_for(a) for a in self.agents]
+        models = [self.model_for(a) for a in self.agents if a.a2a is None]  # an A2A agent has its own
         if self.manager.strategy == "selector":
             models.append(self.manager.model or self.model)
         return any(m.provider == "local" for m in models)

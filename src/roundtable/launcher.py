@@ -257,8 +257,13 @@ def plan(config: Config, config_path: str | None, with_ui: bool) -> list[list[Ro
         # weights the first time takes a while: allow for it.
         workers.insert(0, Role(MODEL_ROLE, [*me, "model", *cfg], ready_timeout=900))
     stages.append(workers)
+    front: list[Role] = []
     if with_ui and config.ui.enabled:
-        stages.append([Role("ui", [*me, "ui", *cfg], ready_timeout=120)])
+        front.append(Role("ui", [*me, "ui", *cfg], ready_timeout=120))
+    if with_ui and config.a2a.enabled:  # the room as an A2A agent, beside the page
+        front.append(Role("a2a", [*me, "a2a", *cfg], ready_timeout=120))
+    if front:
+        stages.append(front)
     return stages
 
 
@@ -290,6 +295,9 @@ async def run_up(
             launcher.say("up", f"everything is ready after {time.monotonic() - started:.1f} s")
             if with_ui and task is None and config.ui.enabled:
                 launcher.say("up", f"open http://{config.ui.host}:{config.ui.port} in a browser")
+            if with_ui and task is None and config.a2a.enabled:
+                card = f"http://{config.a2a.host}:{config.a2a.port}/.well-known/agent-card.json"
+                launcher.say("up", f"A2A clients: the agent card is at {card}")
             if on_ready is not None:
                 await on_ready(launcher)
             if task is not None:

@@ -153,8 +153,14 @@ def _openai_errors() -> Any:
     return sys.modules.get("openai")
 
 
+class ExplainedError(Exception):
+    """A model's (or a remote agent's) failure whose message already says it all, in one line."""
+
+
 def describe_model_error(error: BaseException) -> str:
     """One line saying what went wrong with the model, without secrets or a traceback."""
+    if isinstance(error, ExplainedError):
+        return str(error)
     openai = _openai_errors()
     if openai is None:
         return _plain_model_error(error)

@@ -200,9 +200,9 @@ class Participant(RoutedAgent):
 
     async def _prepare(self, history: Sequence[ChatMessage]) -> list[TextMessage]:
         """Load the context from the history that came with the request; return the new input."""
-        if self._settings.factory is not None:
-            # Your own agent keeps what it likes between calls, but each turn starts it afresh
-            # with the whole history: the same after a restart as before it.
+        if self._settings.factory is not None or self._settings.a2a is not None:
+            # Your own agent (or a remote one) keeps what it likes between calls, but each turn
+            # starts it afresh with the whole history: the same after a restart as before it.
             await self._assistant.on_reset(CancellationToken())
             return [TextMessage(content=m.content, source=m.author) for m in history]
         await self._context.clear()
@@ -413,6 +413,10 @@ def make_agent(
 ) -> BaseChatAgent:
     """The AgentChat agent behind a participant: the config's factory's, or an AssistantAgent
     with the agent's tools (every call through the journaled workbench)."""
+    if settings.a2a is not None:
+        from .a2a_agent import RemoteA2AAgent
+
+        return RemoteA2AAgent(settings.name, settings.description, settings.a2a, conversation_id)
     if settings.factory is not None:
         factory = load_object(settings.factory, f"agents.{settings.name}.factory")
         made = factory(

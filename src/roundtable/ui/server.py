@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..runtime import announce_ready, shutdown_on_signal
+from ..httpserve import listen, serve_http
 from ..wire import HostUnreachable
 from ..worker import connect_worker, stop_worker
 from .settings import PageSettings
@@ -80,20 +80,6 @@ def _check_chainlit_not_loaded(root: Path) -> None:
 # ---------------------------------------------------------------- serving
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """Bind here rather than in uvicorn, which answers a busy port with sys.exit from inside the loop."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, kind, proto, _, address = infos[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-    except OSError as error:
-        raise HostUnreachable(f"the page cannot listen on {host}:{port}: {error.strerror or error}") from None
-    sock.set_inheritable(True)
-    return sock
-
-
 def _strip_external_links(html: str) -> str:
     """Chainlit's page links Google Fonts and a KaTeX stylesheet on a CDN. Both block rendering
     without a network, and neither is needed (system fonts; LaTeX is off): drop every external link."""
@@ -141,32 +127,6 @@ def _load_app() -> Any:
     return chainlit_server.app
 
 
-async def _serve_http(app: Any, sock: socket.socket, address: str) -> None:
-    """Serve until SIGINT or SIGTERM, saying so once the page answers."""
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            # Ours (below) stop the server and let the worker stop after it; uvicorn's would
-            # re-raise the signal after its shutdown and kill the process first.
-            yield
-
-    server = Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3, lifespan="on"))
-    stop = asyncio.Event()
-    with shutdown_on_signal(stop):
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started and not serving.done():
-            await asyncio.wait({serving}, timeout=0.05)
-        if server.started:
-            announce_ready(f"ui on http://{address}")
-            stopping = asyncio.create_task(stop.wait())
-            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-        server.should_exit = True
-        await serving
-
-
 async def _serve(settings: PageSettings, sock: socket.socket) -> None:
     from chainlit.config import config as chainlit_config
     from chainlit.data import get_data_layer
@@ -187,7 +147,7 @@ async def _serve(settings: PageSettings, sock: socket.socket) -> None:
         await register_observer(runtime, f"ui_{new_id()[:12]}", sink, seed=settings.seed)
         chainlit_config.run.host = settings.bind_host
         chainlit_config.run.port = settings.port
-        await _serve_http(_load_app(), sock, f"{settings.bind_host}:{settings.port}")
+        await serve_http(_load_app(), sock, f"ui on http://{settings.bind_host}:{settings.port}")
         data_layer: Any = get_data_layer()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
         if data_layer is not None:
             await data_layer.close()
@@ -204,7 +164,7 @@ def run(settings: PageSettings) -> int:
         os.environ.setdefault("CHAINLIT_AUTH_SECRET", secret)
         os.environ["CHAINLIT_APP_ROOT"] = str(settings.app_root)
         _check_chainlit_not_loaded(settings.app_root)
-        sock = _listen(settings.bind_host, settings.port)
+        sock = listen(settings.bind_host, settings.port, "the page")
     except OSError as error:
         return fail(f"cannot prepare the page's directory {settings.app_root}: {error}", EXIT_FAILED)
     except HostUnreachable as error:

@@ -29,7 +29,7 @@ def setup_logging(role: str, level: str = "INFO") -> None:
         stream=sys.stderr,
         force=True,
     )
-    for noisy in ("autogen_core", "autogen_core.events", "autogen_agentchat", "httpx", "openai", "grpc", "mcp"):
+    for noisy in ("autogen_core", "autogen_core.events", "autogen_agentchat", "httpx", "openai", "grpc", "mcp", "a2a"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -31,7 +31,7 @@ from roundtable.chat import Outcome, run_chat
 from roundtable.config import AgentConfig, BudgetConfig, HostConfig, ManagerConfig, ModelConfig
 from roundtable.manager import register_manager
 from roundtable.memory import MemoryHost
-from roundtable.messages import ChatMessage
+from roundtable.messages import CONTROL, ChatMessage, HumanMessage, topic
 from roundtable.models import build_client
 from roundtable.outbox import Outbox
 from roundtable.participant import register_participant
@@ -123,7 +123,7 @@ async def room(
     try:
         await state.start_manager()
         for settings_of in agents:
-            if settings_of.name not in absent:
+            if settings_of.name not in absent and not settings_of.human:  # a person takes a human seat
                 await state.start_agent(settings_of)
         yield state
     finally:
@@ -241,6 +241,68 @@ async def test_an_agent_that_goes_away_mid_turn_is_noted_and_asked_again_the_mom
     assert "· editor is reachable again" in shown, shown
     assert "did not answer" not in shown, shown  # asked again when back, not at its turn timeout
     assert 60 < back_and_done < 180, back_and_done
+
+
+ANA = AgentConfig(name="ana", kind="human", people=["ana"], description="a person")
+
+
+async def say_when_due(state: Room, author: str, content: str, after: int) -> None:
+    """As the page would: once `after` messages are stored, `author` says `content`."""
+    while len(await _stored(state)) < after:
+        await asyncio.sleep(0.5)
+    [conversation] = await state.store.recent(limit=1)
+    person = state.host.worker(connect_timeout=5)
+    await person.start()
+    words = HumanMessage(conversation_id=conversation.id, author=author, content=content)
+    await person.publish_message(words, topic(CONTROL, conversation.id))
+    await stop_worker(person)
+
+
+async def test_a_person_in_a_human_seat_takes_its_turn_and_the_agents_hear_it(tmp_path: Path) -> None:
+    writer = agent("writer", "Draft {n} after: {last}")
+    async with room(tmp_path, [writer, ANA], termination={"max_rounds": 3}) as state:
+        chat = asyncio.create_task(state.chat("Write about rain"))
+        await say_when_due(state, "ana", "Make it about the sea instead.", after=2)
+        outcome, shown = await chat
+        stored = await _stored(state)
+    assert [(m.author, m.kind) for m in stored] == [
+        ("user", "task"),
+        ("writer", "agent"),
+        ("ana", "agent"),  # a seat's turn, whoever takes it
+        ("writer", "agent"),
+    ]
+    assert stored[3].content == "Draft 2 after: Make it about the sea instead.", stored  # the writer heard her
+    assert "· ana speaks next" in shown and "ana: Make it about the sea instead." in shown, shown
+    assert "did not answer" not in shown, shown  # round robin goes on from her turn to the writer
+    assert outcome.reason == "max_rounds reached (3 rounds)", outcome
+
+
+async def test_a_human_seat_no_one_answers_is_skipped_at_its_turn_timeout_with_a_note(tmp_path: Path) -> None:
+    async with room(tmp_path, [agent("writer", "Draft {n}"), ANA], termination={"max_rounds": 3}) as state:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        outcome, shown = await state.chat("Write about rain")
+        took = loop.time() - started
+    assert "· writer speaks next (ana did not answer within 180 s; skipped)" in shown, shown
+    assert [m.author for m in outcome.messages] == ["user", "writer", "writer", "writer"], outcome.messages
+    assert 2 * 180 <= took < 3 * 180, took  # each of her two turns waited once (a person is not asked twice)
+
+
+async def test_someone_not_listed_for_a_human_seat_only_joins_in(tmp_path: Path) -> None:
+    async with room(tmp_path, [agent("writer", "Draft {n}"), ANA], termination={"max_rounds": 2}) as state:
+        chat = asyncio.create_task(state.chat("Write about rain"))
+        await say_when_due(state, "bo", "I am not ana.", after=2)
+        outcome, shown = await chat
+        stored = await _stored(state)
+    # bo's words join the conversation; ana's turn still waits for her, and is skipped.
+    assert [(m.author, m.kind) for m in stored] == [
+        ("user", "task"),
+        ("writer", "agent"),
+        ("bo", "human"),
+        ("writer", "agent"),
+    ]
+    assert "· writer speaks next (ana did not answer within 180 s; skipped)" in shown, shown
+    assert outcome.ok, outcome
 
 
 async def _stored(state: Room) -> list[ChatMessage]:

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -24,6 +24,7 @@ from .messages import (
     AgentStatus,
     ChatMessage,
     ConversationEnded,
+    HumanMessage,
     ResumeConversation,
     SpeakerSelected,
     StartConversation,
@@ -153,6 +154,8 @@ class StdinLines:
 
 #: Publishes a person's answer to a call awaiting approval.
 Answer = Callable[[ToolCallEvent, bool], Awaitable[None]]
+#: Publishes what a person at this terminal says, as the turn of a human seat.
+Say = Callable[[str], Awaitable[None]]
 
 
 class TerminalSink:
@@ -174,6 +177,9 @@ class TerminalSink:
         self._answer: Answer | None = None
         self._stdin: StdinLines | None = None
         self._announced: set[str] = set()  # turns whose speaker was shown
+        self._seats: Collection[str] = ()  # human seats the person at this terminal takes
+        self._say: Say | None = None
+        self._turn: asyncio.Task[None] | None = None  # waiting for this person's words for a seat's turn
 
     def _hear(self) -> None:
         self.heard.set()
@@ -182,6 +188,26 @@ class TerminalSink:
     def take_answers(self, stdin: StdinLines, answer: Answer) -> None:
         """Ask a person at this terminal about calls awaiting approval."""
         self._stdin, self._answer = stdin, answer
+
+    def take_seats(self, seats: Collection[str], say: Say) -> None:
+        """Ask the person at this terminal for the turns of these human seats."""
+        self._seats, self._say = seats, say
+
+    async def _take_turn(self, seat: str) -> None:
+        if self._stdin is None or self._say is None:
+            return
+        self._write(self._bold(f"  your turn ({seat}): "))
+        while True:
+            line = await self._stdin.next()
+            if line is None:
+                self._write("\n")
+                self.notice("no terminal input: the turn waits for the page, or its timeout")
+                return
+            if line:
+                if not self._stdin.echoed:
+                    self._write(line + "\n")  # piped in: show the answer as a terminal would
+                await self._say(line)
+                return
 
     def _dim(self, text: str) -> str:
         return f"\x1b[2m{text}\x1b[0m" if self._color else text
@@ -260,6 +286,11 @@ class TerminalSink:
         self._close_line()
         note = f" ({event.note})" if event.note else ""
         self._write(self._dim(f"· {event.speaker} speaks next{note}") + "\n")
+        if self._turn is not None:  # the turn it waited for was answered elsewhere (the page), or skipped
+            self._turn.cancel()
+            self._turn = None
+        if event.speaker in self._seats:
+            self._turn = asyncio.create_task(self._take_turn(event.speaker))
 
     async def on_tool(self, event: ToolCallEvent) -> None:
         """One line per call, when its outcome is known; a call awaiting approval asks y/n."""
@@ -312,6 +343,8 @@ class TerminalSink:
     async def on_ended(self, event: ConversationEnded) -> None:
         if event.conversation_id != self.conversation_id or self.ended.done():
             return
+        if self._turn is not None:
+            self._turn.cancel()
         self._close_line()
         self._write(self._dim(f"· conversation ended: {event.reason}") + "\n")
         if any(u.tokens or u.tool_calls for u in event.usage.values()):
@@ -370,6 +403,8 @@ async def run_chat(
     out: TextIO | None = None,
     security: Security | None = None,
     runtime: WorkerRuntime | None = None,
+    answer_as: str | None = None,
+    seats: Collection[str] = (),
 ) -> Outcome:
     """Start a conversation and print it until it ends; on `runtime`, a started worker, if given
     (the in-memory transport's, say), else on a new connection to `host`. Stops the runtime."""
@@ -395,9 +430,14 @@ async def run_chat(
         approval = event.answer(approved, by=f"{_who()} (terminal)")
         await runtime.publish_message(approval, topic(CONTROL, event.conversation_id))
 
+    async def say(text: str) -> None:
+        words = HumanMessage(conversation_id=sink.conversation_id, author=answer_as or _who(), content=text)
+        await runtime.publish_message(words, topic(CONTROL, sink.conversation_id))
+
     runtime.on_reconnect(catch_up)
     stdin = StdinLines()
     sink.take_answers(stdin, answer)
+    sink.take_seats(seats, say)
     try:
         await register_observer(runtime, f"terminal_{new_id()[:12]}", sink)
         return await start_and_follow(runtime, task, sink, timeout, start_timeout)

@@ -261,6 +261,11 @@ async def _agent(args: argparse.Namespace) -> int:
 
     config = load(args)
     settings, model = agent_settings(args, config)
+    if settings.human:
+        raise ConfigError(
+            f"{settings.name} is a human seat: people answer from the page, or with "
+            f"`roundtable chat --as {settings.name}`; no agent process runs for it"
+        )
     seed = None
     if args.seed:
         seed = config.seed.model_copy(
@@ -360,6 +365,10 @@ async def _chat(args: argparse.Namespace) -> int:
 
     config = load(args)
     task = sys.stdin.read() if args.task == "-" else args.task
+    seats = [a.name for a in config.agents if args.answer_as and a.may_answer(args.answer_as)]
+    if args.answer_as and not seats:
+        human = ", ".join(a.name for a in config.agents if a.human) or "none"
+        raise ConfigError(f"--as {args.answer_as}: no human seat takes answers from that name (human seats: {human})")
     outcome = await run_chat(
         _host_address(args, config),
         task,
@@ -367,6 +376,8 @@ async def _chat(args: argparse.Namespace) -> int:
         config.host.connect_timeout,
         args.start_timeout,
         security=security_from(args, config),
+        answer_as=args.answer_as,
+        seats=seats,
     )
     return 0 if outcome.ok else EXIT_FAILED
 
@@ -507,6 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_host(chat)
     chat.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default 600)")
     chat.add_argument("--start-timeout", type=float, default=15.0, help="how long to wait for a manager (default 15)")
+    chat.add_argument(
+        "--as", dest="answer_as", metavar="NAME", help="take the turns of the human seats NAME may answer (kind: human)"
+    )
     _add_config(chat)
 
     model = sub.add_parser("model", help="serve the embedded local model (OpenAI-compatible, on 127.0.0.1)")

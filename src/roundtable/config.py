@@ -246,6 +246,10 @@ class A2AAgentConfig(_Model):
 
 class AgentConfig(_Model):
     name: str = Field(pattern=NAME_PATTERN)
+    # model: an agent process answers; human: a person does, from the page or a terminal
+    # (`roundtable chat --as NAME`), and no process runs for the seat.
+    kind: Literal["model", "human"] = "model"
+    people: list[str] = Field(default_factory=list)  # human: who may answer (by name); empty: anyone
     description: str = ""
     system_message: str = "You are a helpful assistant."
     model: ModelConfig | None = None
@@ -272,7 +276,19 @@ class AgentConfig(_Model):
     def _one_kind_of_agent(self) -> AgentConfig:
         if self.a2a is not None and (self.factory is not None or self.tools):
             raise ValueError("an a2a agent brings its own tools and logic: leave out factory and tools")
+        if self.kind == "human" and (self.model or self.a2a or self.factory or self.tools):
+            raise ValueError("a human seat is answered by a person: leave out model, a2a, factory and tools")
+        if self.kind == "model" and self.people:
+            raise ValueError("people is for a human seat (kind: human)")
         return self
+
+    @property
+    def human(self) -> bool:
+        return self.kind == "human"
+
+    def may_answer(self, person: str) -> bool:
+        """Whether `person` may take this human seat's turn."""
+        return self.human and (not self.people or person in self.people)
 
 
 class TerminationConfig(_Model):
@@ -422,7 +438,7 @@ class Config(_Model):
 
     @property
     def uses_local_model(self) -> bool:
-        models = [self.model_for(a) for a in self.agents if a.a2a is None]  # an A2A agent has its own
+        models = [self.model_for(a) for a in self.agents if a.a2a is None and not a.human]  # those have none
         if self.manager.strategy == "selector":
             models.append(self.manager.model or self.model)
         return any(m.provider == "local" for m in models)

@@ -250,7 +250,8 @@ def plan(config: Config, config_path: str | None, with_ui: bool) -> list[list[Ro
     on_nats = config.host.address.startswith(NATS_SCHEMES)
     stages: list[list[Role]] = [[Role("bus", [*me, "bus", *cfg]) if on_nats else Role("host", [*me, "host", *cfg])]]
     workers = [Role("manager", [*me, "manager", *cfg])]
-    workers += [Role(agent.name, [*me, "agent", "--name", agent.name, *cfg]) for agent in config.agents]
+    # A human seat has no process: people answer from the page or a terminal.
+    workers += [Role(a.name, [*me, "agent", "--name", a.name, *cfg]) for a in config.agents if not a.human]
     if config.uses_local_model:
         # Agents need the model only to answer, so it loads beside them; the page and a
         # task given with --task wait for the whole stage. Joining and checking the

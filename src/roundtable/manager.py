@@ -446,12 +446,32 @@ class GroupChatManager(RoutedAgent):
             conv = self._conv
             if conv is None or conv.ended or any(m.id == message.id for m in conv.transcript):
                 return
+            seat = self._human_seat(conv, message.author)
+            if seat is not None:  # a person whose seat's turn it is: their words are the turn
+                assert conv.pending is not None
+                conv.pending = None
+                # A participant's turn, under the seat's name, whoever took it: it counts as a round,
+                # and round robin goes on from it, as from an agent's.
+                answer = ChatMessage(conversation_id=conv.id, id=message.id, author=seat, content=message.content)
+                await self._complete_turn(conv, answer)
+                return
             await self._record(
                 conv,
                 ChatMessage(
                     conversation_id=conv.id, id=message.id, author=message.author, content=message.content, kind="human"
                 ),
             )
+
+    def _is_human(self, name: str) -> bool:
+        return any(a.name == name and a.human for a in self._agents)
+
+    def _human_seat(self, conv: Conversation, person: str) -> str | None:
+        """The human seat whose turn is pending, if `person` may take it."""
+        pending = conv.pending
+        if pending is None:
+            return None
+        seat = next((a for a in self._agents if a.name == pending.speaker), None)
+        return seat.name if seat is not None and seat.may_answer(person) else None
 
     @message_handler
     async def on_reply(self, message: AgentReply, ctx: MessageContext) -> None:
@@ -473,41 +493,44 @@ class GroupChatManager(RoutedAgent):
             reply = ChatMessage(
                 conversation_id=conv.id,
                 id=message.message_id,
-                seq=len(conv.transcript) + 1,
                 author=message.author,
                 content=message.content,
                 tokens=message.tokens,
             )
-            conv.transcript.append(reply)
-            conv.rounds += 1
-            crash_point("manager.reply.received")
-            reason = termination_reason(conv, self._settings)
-            budget = await self._budget(conv)
-            reason = reason or budget.end
-            choice, request = None, None
-            if reason is None:
-                choice = await self._select(conv, budget.left_out)
-                choice.note = "; ".join(n for n in (choice.note, budget.note) if n)
-                request = RequestToSpeak(
-                    conversation_id=conv.id, turn_id=new_id(), speaker=choice.speaker, history=conv.transcript
-                )
-                stored = await self._store.append(
-                    reply, pending_speaker=choice.speaker, pending_turn_id=request.turn_id
-                )
-            else:
-                stored = await self._store.append(
-                    reply, status="ended", reason=reason, ok=True, pending_speaker=None, pending_turn_id=None
-                )
-            if not stored:
-                conv.transcript.pop()
-                self._taken_over(conv)
-                return
-            crash_point("manager.reply.stored")
-            await self._publish(reply)
-            if choice is not None and request is not None:
-                await self._begin_turn(conv, request, choice.note)
-            else:
-                await self._announce_end(conv, str(reason), ok=True)
+            await self._complete_turn(conv, reply)
+
+    async def _complete_turn(self, conv: Conversation, reply: ChatMessage) -> None:
+        """The pending turn's message (an agent's reply or a person's answer): number it, decide
+        what comes next, store both in one write, then publish them."""
+        reply = reply.model_copy(update={"seq": len(conv.transcript) + 1})
+        conv.transcript.append(reply)
+        conv.rounds += 1
+        crash_point("manager.reply.received")
+        reason = termination_reason(conv, self._settings)
+        budget = await self._budget(conv)
+        reason = reason or budget.end
+        choice, request = None, None
+        if reason is None:
+            choice = await self._select(conv, budget.left_out)
+            choice.note = "; ".join(n for n in (choice.note, budget.note) if n)
+            request = RequestToSpeak(
+                conversation_id=conv.id, turn_id=new_id(), speaker=choice.speaker, history=conv.transcript
+            )
+            stored = await self._store.append(reply, pending_speaker=choice.speaker, pending_turn_id=request.turn_id)
+        else:
+            stored = await self._store.append(
+                reply, status="ended", reason=reason, ok=True, pending_speaker=None, pending_turn_id=None
+            )
+        if not stored:
+            conv.transcript.pop()
+            self._taken_over(conv)
+            return
+        crash_point("manager.reply.stored")
+        await self._publish(reply)
+        if choice is not None and request is not None:
+            await self._begin_turn(conv, request, choice.note)
+        else:
+            await self._announce_end(conv, str(reason), ok=True)
 
     @message_handler
     async def on_turn_check(self, message: TurnCheck, ctx: MessageContext) -> None:
@@ -789,10 +812,13 @@ class GroupChatManager(RoutedAgent):
         conv.attempts += 1
         conv.asks += 1
         conv.taker = ""
-        log.info("asking %s for turn %s (ask %d)", request.speaker, request.turn_id[:8], conv.asks)
-        crash_point("manager.ask.before_publish")
-        await self.publish_message(request, topic(turn_topic_type(request.speaker), conv.id))
-        crash_point("manager.ask.published")
+        if self._is_human(request.speaker):  # SpeakerSelected told the people; one of them answers
+            log.info("waiting for a person in seat %s for turn %s", request.speaker, request.turn_id[:8])
+        else:
+            log.info("asking %s for turn %s (ask %d)", request.speaker, request.turn_id[:8], conv.asks)
+            crash_point("manager.ask.before_publish")
+            await self.publish_message(request, topic(turn_topic_type(request.speaker), conv.id))
+            crash_point("manager.ask.published")
         self._timers.append(asyncio.create_task(self._turn_deadline(request.turn_id, conv.asks)))
 
     async def _turn_deadline(self, turn_id: str, ask: int) -> None:
@@ -813,7 +839,7 @@ class GroupChatManager(RoutedAgent):
             if conv.asks != ask:
                 return  # asked again since; that ask has its own deadline
             speaker = conv.pending.speaker
-            if conv.attempts <= self._settings.turn_retries:
+            if conv.attempts <= self._settings.turn_retries and not self._is_human(speaker):
                 log.warning("%s did not answer within %g s; asking again", speaker, self._settings.turn_timeout)
                 await self._ask(conv)
                 return

@@ -114,6 +114,11 @@ def test_an_a2a_agent_needs_an_http_url_and_no_factory(tmp_path: Path) -> None:
             agent = procs.roundtable("reviewer", "agent", "--config", str(cfg), "--name", "reviewer")
             assert agent.wait_exit(60) == 2, agent.output
         assert error in agent.output and "Traceback" not in agent.output, agent.output
+    cfg = room_config(tmp_path, {"name": "reviewer", "a2a": {"url": "http://peer", "token_file": "/no/such/token"}})
+    with processes(tmp_path) as procs:
+        agent = procs.roundtable("reviewer", "agent", "--config", str(cfg), "--name", "reviewer")
+        assert agent.wait_exit(60) == 2, agent.output
+    assert "error: agents.reviewer.a2a.token_file: cannot read /no/such/token: No such file" in agent.output
     cfg = room_config(tmp_path, {"name": "reviewer", "a2a": "http://peer", "factory": "x:y"})
     with processes(tmp_path) as procs:
         agent = procs.roundtable("reviewer", "agent", "--config", str(cfg), "--name", "reviewer")
@@ -269,3 +274,30 @@ def test_up_serves_the_a2a_endpoint_beside_the_page_when_the_config_says_so() ->
             {"agents": agents, "model": {"provider": "scripted"}, "a2a": {"enabled": enabled}}
         )
         assert [role.name for role in plan(config, None, with_ui=True)[-1]] == last
+
+
+def test_bad_a2a_requests_get_one_line_each_and_the_room_carries_on(tmp_path: Path) -> None:
+    from a2a.utils.errors import A2AError
+
+    cfg = room_config(tmp_path)
+
+    async def attempts(url: str) -> list[str]:
+        client, http = await client_for(url)
+        said = []
+        for request in (message("   "), message("Write about a harbour", context_id="no spaces, please")):
+            try:
+                async for _ in client.send_message(request):
+                    said.append("answered")
+            except A2AError as error:
+                said.append(str(error))
+        async for event in client.send_message(message("Write about a harbour")):  # still serving
+            said.append(read(event)[1])
+        await http.aclose()
+        return said
+
+    with processes(tmp_path) as procs:
+        url = start_room(procs, cfg)
+        said = asyncio.run(attempts(url))
+    assert "the message has no text: say what the agents should work on" in said[0], said
+    assert "context_id: use 1 to 128 letters, digits and _ . : -" in said[1], said
+    assert said[-1] == "TASK_STATE_COMPLETED", said

@@ -59,6 +59,10 @@ JSONRPC_PATH = "/a2a/jsonrpc"
 REST_PATH = "/a2a/rest"
 #: A context id becomes a conversation id: what the rest of roundtable accepts as one.
 CONTEXT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+#: Conversations one room follows at once; a client asking for more is told so (bounded memory).
+MAX_FOLLOWED = 100
+#: Finished A2A tasks kept for `GetTask`; the oldest go first.
+KEEP_FINISHED = 1000
 #: What a client may call itself (message metadata `author`); else this.
 CLIENT_NAME = "a2a"
 NAME = re.compile(r"^[\w .@-]{1,64}$")
@@ -175,9 +179,14 @@ class RoomExecutor:
             )
         assert context.message is not None
         author = _author(context.message)
+        following = conversation_id in self._followers.followed
+        if not following and len(self._followers.followed) >= MAX_FOLLOWED:
+            raise UnsupportedOperationError(
+                message=f"this room follows {MAX_FOLLOWED} conversations already: try again when one has ended"
+            )
         await event_queue.enqueue_event(new_task_from_user_message(context.message))
         updater = TaskUpdater(event_queue, context.task_id or "", conversation_id)
-        if conversation_id in self._followers.followed:  # a follow-up: a person's words, in the room
+        if following:  # a follow-up: a person's words, in the room
             words = HumanMessage(conversation_id=conversation_id, author=author, content=text)
             await self._runtime.publish_message(words, topic(CONTROL, conversation_id))
             note = f"added to conversation {conversation_id} as {author}'s message"
@@ -317,17 +326,47 @@ def agent_card(config: Config, base_url: str, with_token: bool) -> AgentCard:
     )
 
 
+def bounded_task_store() -> Any:
+    """The SDK's in-memory task store, keeping at most KEEP_FINISHED finished tasks."""
+    from collections import OrderedDict
+
+    from a2a.server.tasks import InMemoryTaskStore
+    from a2a.types import TaskState
+
+    ended = {
+        TaskState.TASK_STATE_COMPLETED,
+        TaskState.TASK_STATE_FAILED,
+        TaskState.TASK_STATE_CANCELED,
+        TaskState.TASK_STATE_REJECTED,
+    }
+
+    class BoundedTaskStore(InMemoryTaskStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self._finished: OrderedDict[str, Any] = OrderedDict()  # task id -> the context it was saved with
+
+        async def save(self, task: Any, context: Any) -> None:
+            await super().save(task, context)
+            if task.status.state in ended:
+                self._finished[task.id] = context
+                self._finished.move_to_end(task.id)
+                while len(self._finished) > KEEP_FINISHED:
+                    oldest, saved_with = self._finished.popitem(last=False)
+                    await super().delete(oldest, saved_with)
+
+    return BoundedTaskStore()
+
+
 def make_app(card: AgentCard, executor: Any, token: str | None) -> Any:
     """The Starlette app: the card (public), JSON-RPC and REST, each behind the bearer token."""
     from a2a.server.request_handlers import DefaultRequestHandler
     from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes, create_rest_routes
-    from a2a.server.tasks import InMemoryTaskStore
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.responses import JSONResponse
     from starlette.types import ASGIApp, Receive, Scope, Send
 
-    handler = DefaultRequestHandler(agent_executor=executor, task_store=InMemoryTaskStore(), agent_card=card)
+    handler = DefaultRequestHandler(agent_executor=executor, task_store=bounded_task_store(), agent_card=card)
     card_routes = create_agent_card_routes(card)
     public = {route.path for route in card_routes if hasattr(route, "path")}
 

@@ -275,6 +275,11 @@ async def _agent(args: argparse.Namespace) -> int:
     tools = AgentTools.from_config(settings)  # a bad import path is a ConfigError, before connecting
     if settings.factory is not None:
         check_factory(settings, client)
+    if settings.a2a is not None:
+        try:
+            settings.a2a.bearer()  # an unreadable token file is bad input, before anything connects
+        except ConfigError as error:
+            raise ConfigError(f"agents.{settings.name}.{error}") from None
     outbox = None if seed else Outbox.at(config.data_path / "agents" / settings.name / "replies")
     try:
         await tools.start()

@@ -412,13 +412,17 @@ class GroupChatManager(RoutedAgent):
                 await self._ask(conv)
 
     async def replica_gone(self, agent: str, replica: str) -> None:
-        """A process serving `agent` fell silent: the turn it took is asked again at once, for
-        another process serving the same agent (a bus with replicas) or for it when it is back."""
+        """A process serving `agent` fell silent: the turn it took (or that no process has claimed
+        yet) is asked again at once, for another process serving the same agent (a bus with
+        replicas) or for it when it is back. A live process that had it too answers the turn
+        once more at worst; the manager takes the first answer."""
         async with self._lock:
             conv = self._conv
             if conv is None or conv.ended or conv.pending is None or not replica:
                 return
-            if conv.pending.speaker == agent and conv.taker == replica:
+            # Its turn, taken by the silent process, or by none that said so yet: the ask may
+            # have reached the silent one before it could check the turn (several turns in flight).
+            if conv.pending.speaker == agent and conv.taker in (replica, ""):
                 log.warning("%s (%s) went silent during its turn in %s; asking again", agent, replica, conv.id)
                 conv.attempts = 0
                 await self._ask(conv)

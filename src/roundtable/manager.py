@@ -804,6 +804,8 @@ class GroupChatManager(RoutedAgent):
         """Announce the (stored) next speaker and ask it."""
         conv.pending = request
         conv.last_sign_of_life = 0.0
+        if self._is_human(request.speaker):
+            note = "; ".join(n for n in (note, "a person's turn: type the answer") if n)
         await self._publish(
             SpeakerSelected(conversation_id=conv.id, speaker=request.speaker, note=note, turn_id=request.turn_id)
         )

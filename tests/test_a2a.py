@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from harness import READY, REPO, Procs, free_port, processes, scripted_agent, start_cluster, write_config
 
 TOKEN = "peer-token-0123456789"
@@ -131,7 +132,7 @@ def test_an_a2a_agent_needs_an_http_url_and_no_factory(tmp_path: Path) -> None:
 
 def start_room(procs: Procs, cfg: Path, token: str | None = ROOM_TOKEN) -> str:
     start_cluster(procs, cfg, ["writer", "editor"])
-    port = __import__("yaml").safe_load(cfg.read_text())["a2a"]["port"]
+    port = yaml.safe_load(cfg.read_text())["a2a"]["port"]
     env = {"ROUNDTABLE_A2A_TOKEN": token} if token else None
     procs.roundtable("a2a", "a2a", "--config", str(cfg), env=env).wait_for(f"{READY} a2a on", 60)
     return f"http://127.0.0.1:{port}"
@@ -185,7 +186,7 @@ def read(event: Any) -> tuple[str, str, str, str]:
 
 def test_an_a2a_client_starts_follows_and_joins_a_conversation(tmp_path: Path) -> None:
     cfg = room_config(tmp_path)
-    data = __import__("yaml").safe_load(cfg.read_text())
+    data = yaml.safe_load(cfg.read_text())
     for agent in data["agents"]:
         agent["model"]["token_delay"] = 0.1  # slow enough to join in mid-way
     data["manager"]["termination"]["max_rounds"] = 6

@@ -80,6 +80,8 @@ class RemoteA2AAgent(BaseChatAgent):
     ) -> AsyncGenerator[BaseAgentEvent | BaseChatMessage | Response, None]:
         """Tokens as the remote agent streams them, then its answer; bounded by `timeout`."""
         url, timeout = self._settings.url, self._settings.timeout
+        # The exchange runs whole in one task of its own: the HTTP client's contexts must be
+        # left in the task that entered them, which `wait_for` on each step would not keep.
         queue: asyncio.Queue[tuple[str, str] | BaseException | None] = asyncio.Queue()
 
         async def pump() -> None:

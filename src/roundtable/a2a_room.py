@@ -22,12 +22,11 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import clock
 from .chat import QUIET_RESUME, START_TIMEOUT, publish_until_heard
-from .config import A2AServerConfig, Config, ConfigError
+from .config import A2AServerConfig, Config, ConfigError, read_token_file
 from .messages import (
     CONTROL,
     MAX_CONTENT_CHARS,
@@ -71,12 +70,7 @@ NAME = re.compile(r"^[\w .@-]{1,64}$")
 def load_token(settings: A2AServerConfig) -> str | None:
     token = os.environ.get(TOKEN_ENV) or None
     if token is None and settings.token_file:
-        try:
-            token = Path(settings.token_file).expanduser().read_text(encoding="utf-8").strip() or None
-        except OSError as error:
-            raise ConfigError(f"a2a.token_file: cannot read {settings.token_file}: {error.strerror}") from None
-        if token is None:
-            raise ConfigError(f"a2a.token_file: {settings.token_file} is empty")
+        token = read_token_file(settings.token_file, "a2a.token_file")
     if token is None and settings.host not in LOOPBACK_NAMES:
         raise ConfigError(
             f"the A2A endpoint would listen on {settings.host} with no token: set {TOKEN_ENV} or a2a.token_file, "

@@ -215,6 +215,17 @@ class ToolConfig(_Model):
         return self.approval == "always" or (self.approval == "writes" and tool not in self.read_only)
 
 
+def read_token_file(path: str, field: str) -> str:
+    """The token in the file at `path`; ConfigError naming `field` if it cannot be read or is empty."""
+    try:
+        token = Path(path).expanduser().read_text(encoding="utf-8").strip()
+    except OSError as error:
+        raise ConfigError(f"{field}: cannot read {path}: {error.strerror}") from None
+    if not token:
+        raise ConfigError(f"{field}: {path} is empty")
+    return token
+
+
 class A2AAgentConfig(_Model):
     """A remote agent that speaks A2A (v1.0), as a participant: on its turn it is sent the task
     and the conversation so far, and what it answers is its message."""
@@ -236,12 +247,7 @@ class A2AAgentConfig(_Model):
         """The token, from the config or its file (read when needed, so it can be rotated)."""
         if self.token is not None:
             return self.token.get_secret_value()
-        if self.token_file is None:
-            return None
-        try:
-            return Path(self.token_file).expanduser().read_text(encoding="utf-8").strip()
-        except OSError as error:
-            raise ConfigError(f"a2a.token_file: cannot read {self.token_file}: {error.strerror}") from None
+        return None if self.token_file is None else read_token_file(self.token_file, "a2a.token_file")
 
 
 class AgentConfig(_Model):

@@ -247,6 +247,7 @@ class GroupChatManager(RoutedAgent):
     ) -> None:
         super().__init__("Group chat manager")
         self._agents = list(agents)
+        self._seats = {a.name: a for a in self._agents if a.human}  # the human seats, by name
         self._settings = settings
         self._store = store
         self._registry = registry
@@ -467,14 +468,11 @@ class GroupChatManager(RoutedAgent):
             )
 
     def _is_human(self, name: str) -> bool:
-        return any(a.name == name and a.human for a in self._agents)
+        return name in self._seats
 
     def _human_seat(self, conv: Conversation, person: str) -> str | None:
         """The human seat whose turn is pending, if `person` may take it."""
-        pending = conv.pending
-        if pending is None:
-            return None
-        seat = next((a for a in self._agents if a.name == pending.speaker), None)
+        seat = self._seats.get(conv.pending.speaker) if conv.pending is not None else None
         return seat.name if seat is not None and seat.may_answer(person) else None
 
     @message_handler

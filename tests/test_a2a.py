@@ -212,7 +212,7 @@ def test_an_a2a_client_starts_follows_and_joins_a_conversation(tmp_path: Path) -
 
     with processes(tmp_path) as procs:
         url = start_room(procs, cfg)
-        events, joined = asyncio.run(drive(url))
+        events, joined = asyncio.run(asyncio.wait_for(drive(url), 180))
     said = [
         (author, text.split(":")[0]) for kind, state, author, text in events if state == "TASK_STATE_WORKING" and text
     ]
@@ -250,7 +250,7 @@ def test_the_a2a_endpoint_wants_the_token_but_shows_its_card_to_all(tmp_path: Pa
 
     with processes(tmp_path) as procs:
         url = start_room(procs, cfg)
-        seen = asyncio.run(attempts(url))
+        seen = asyncio.run(asyncio.wait_for(attempts(url), 120))
         manager = next(p for p in procs.all if p.name == "manager")
         assert "started: Write about a harbour" not in manager.output, manager.output  # nothing got through
     assert all("401" in s for s in seen[:2]), seen
@@ -298,7 +298,7 @@ def test_bad_a2a_requests_get_one_line_each_and_the_room_carries_on(tmp_path: Pa
 
     with processes(tmp_path) as procs:
         url = start_room(procs, cfg)
-        said = asyncio.run(attempts(url))
+        said = asyncio.run(asyncio.wait_for(attempts(url), 120))
     assert "the message has no text: say what the agents should work on" in said[0], said
     assert "context_id: use 1 to 128 letters, digits and _ . : -" in said[1], said
     assert said[-1] == "TASK_STATE_COMPLETED", said

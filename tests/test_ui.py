@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from harness import READY, REPO, Proc, Procs, free_port, processes, scripted_agent, start_cluster, write_config
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Dialog, Locator, Page, expect, sync_playwright
 from test_crash_points import CASES, CUT_OFF_MID_TURN, STREAM_DELAY, start_again, start_with_a_victim
 
 from roundtable.crashpoints import CRASH_ENV
@@ -134,9 +134,12 @@ def yaml_port(cfg: Path) -> int:
 class Tab:
     """One browser context on the page, remembering every request it made."""
 
-    def __init__(self, browser: Browser, url: str) -> None:
+    def __init__(self, browser: Browser, url: str, name: str | None = None) -> None:
         self.context: BrowserContext = browser.new_context(viewport={"width": 1280, "height": 980})
         self.page: Page = self.context.new_page()
+        # Without sign-in the page asks a person's name once: as `name`, or left blank ("user").
+        self.asked: list[str] = []
+        self.page.on("dialog", lambda dialog: self._answer(dialog, name))
         self.requests: list[str] = []
         self.page.on("request", lambda request: self.requests.append(request.url))
         self.url = url
@@ -145,6 +148,13 @@ class Tab:
         # shows only after it, on the page that stays.
         expect(self.page.locator("#thread-history")).to_be_visible(timeout=WAIT)
         expect(self.page.locator("#chat-input")).to_be_editable(timeout=WAIT)
+
+    def _answer(self, dialog: Dialog, name: str | None) -> None:
+        self.asked.append(dialog.message)
+        if name is None:
+            dialog.dismiss()
+        else:
+            dialog.accept(name)
 
     def send(self, text: str) -> None:
         self.page.locator("#chat-input").fill(text)

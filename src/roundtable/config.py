@@ -368,6 +368,7 @@ class UIConfig(_Model):
     database: str | None = None  # SQLAlchemy URL for history; default: SQLite in the data dir
     auth: bool = False  # password sign-in
     users: dict[str, str] = Field(default_factory=dict)  # name -> password, when auth is on
+    stop: Literal["anyone", "owner"] = "anyone"  # who in a shared conversation may stop it
 
 
 class A2AServerConfig(_Model):

@@ -15,11 +15,9 @@ from chainlit.session import WebsocketSession
 from chainlit.types import ThreadDict
 from starlette.datastructures import Headers
 
-from roundtable.ui.bridge import APPROVE_ACTION, DENY_ACTION, STOP_ACTION, current
+from roundtable.ui.bridge import APPROVE_ACTION, DENY_ACTION, REDRAW_PANEL, STOP_ACTION, current
 from roundtable.ui.datalayer import HistoryStore
-
-#: Without sign-in everyone is this one person, whose history the sidebar shows.
-LOCAL_USER = "user"
+from roundtable.ui.rooms import LOCAL_USER, person_name
 
 bridge = current()
 settings = bridge.settings
@@ -50,8 +48,9 @@ else:
 
     @cl.header_auth_callback
     async def _local(headers: Headers) -> cl.User | None:
-        # Chainlit keeps history only for a signed-in user; with auth off, everyone is the local user.
-        return cl.User(identifier=LOCAL_USER, metadata={"provider": "local"})
+        # Chainlit keeps history only for a signed-in user; with auth off, each person is the name
+        # they gave the page once (kept in a cookie by roundtable.js), or the one local user.
+        return cl.User(identifier=person_name(headers.get("cookie")) or LOCAL_USER, metadata={"provider": "local"})
 
 
 @cl.on_chat_start
@@ -89,6 +88,12 @@ async def _deny_clicked(action: cl.Action) -> None:
     await bridge.answer(_session(), action, approved=False)
 
 
+@cl.on_window_message
+async def _page_said(message: str) -> None:
+    if message == REDRAW_PANEL:  # from roundtable.js; anything else posted to the window is not ours
+        await bridge.redraw_panel(_session())
+
+
 @cl.on_chat_end
 async def _closed() -> None:
-    bridge.closed(_session())
+    await bridge.closed(_session())

@@ -45,6 +45,7 @@ from ..messages import (
     topic,
 )
 from .avatars import ensure_avatar
+from .rooms import KEEP_ENDED, LOCAL_USER, Room, Shown, origin_of, requested_room, stopper
 from .settings import PageSettings
 
 log = logging.getLogger("roundtable.ui")
@@ -54,6 +55,8 @@ STATUS_AUTHOR = "roundtable"
 STOP_ACTION = "stop_conversation"
 APPROVE_ACTION = "approve_tool_call"
 DENY_ACTION = "deny_tool_call"
+#: What roundtable.js posts when the page has moved to a tab's thread, closing the side panel.
+REDRAW_PANEL = "roundtable:redraw-panel"
 #: The arguments a request for approval shows in full; longer ones are cut (the step has them all).
 SHOWN_ARGUMENTS = 500
 #: The thread's metadata key for the conversation it shows, so a reopened tab can find it again.
@@ -143,6 +146,11 @@ def any_counted(usage: dict[str, Usage]) -> bool:
     return any(u.tokens or u.tool_calls for u in usage.values())
 
 
+def status_line(event: AgentStatus) -> str:
+    state = "is reachable again" if event.reachable else "is unreachable (no heartbeat); waiting for it"
+    return f"**{event.agent}** {state}"
+
+
 @dataclass
 class Asking:
     """A call waiting for a person's answer, and the line with the Approve and Deny buttons."""
@@ -159,8 +167,10 @@ class Tab:
         self.bridge = bridge
         self.conversation_id: str | None = None
         self.running = False
-        self.heard = asyncio.Event()  # the manager took the current conversation
-        self.last_heard = time.monotonic()  # ... and when it last said a word of it
+        self.watching = True  # the tab is open (a closed one still keeps its thread up to date)
+        referer = session.environ.get("HTTP_REFERER")
+        self.referer = referer if isinstance(referer, str) else None
+        self.origin = origin_of(self.referer, f"http://{bridge.settings.bind_host}:{bridge.settings.port}")
         self.on_page: set[str] = set()  # message ids Chainlit shows already: the person's own words
         self.streams: dict[str, cl.Message] = {}
         self.cut: set[str] = set()  # streams marked as cut off
@@ -174,7 +184,7 @@ class Tab:
 
     @property
     def user(self) -> str:
-        return self.session.user.identifier if self.session.user else "user"
+        return self.session.user.identifier if self.session.user else LOCAL_USER
 
     def enter(self) -> None:
         """Make Chainlit's calls below go to this tab, whichever task we are on."""
@@ -202,8 +212,6 @@ class Tab:
     def begin(self, conversation_id: str) -> None:
         self.conversation_id = conversation_id
         self.running = True
-        self.heard = asyncio.Event()
-        self.last_heard = time.monotonic()
         self.streams.clear()
         self.cut.clear()
         self.usage, self.usage_line = None, None
@@ -351,8 +359,10 @@ class Tab:
             return
         message = self.streams.pop(chat.id, None)
         if message is None:
-            # A task or a person's words from elsewhere (the seed's opening line) read as a person's.
-            kind = "user_message" if chat.kind in ("task", "human") else "assistant_message"
+            # A person's words read as one's own when they are (typed in another tab, or the seed's
+            # opening line); another person's in a shared room stand under their name, as an agent's.
+            own = chat.author == self.user or self.bridge.settings.seed
+            kind = "user_message" if chat.kind in ("task", "human") and own else "assistant_message"
             message = self._message(chat.content, chat.author, chat.id, type=kind)
         self.enter()
         message.content = chat.content
@@ -422,6 +432,13 @@ class Tab:
             await message.send()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
         self.streams.clear()
 
+    async def show_room(self, room: Room) -> None:
+        """The side panel of a room: who watches, and the link that lets others in. Not stored:
+        it is drawn again whenever someone comes or goes."""
+        self.enter()
+        await cl.ElementSidebar.set_title("This conversation")
+        await cl.ElementSidebar.set_elements([cl.Text(name="room", content=room.note(self.origin))])
+
     # ---------------------------------------------------------------- the page's own lines
 
     async def say(
@@ -480,14 +497,15 @@ class SeedRun:
 
 
 class Bridge:
-    """The sink for every conversation through this process (see observer.Sink)."""
+    """The sink for every conversation through this process (see observer.Sink): each event goes
+    to its room, which keeps it for late joiners and shows it in every tab that follows it."""
 
     def __init__(self, runtime: AgentRuntime, settings: PageSettings) -> None:
         self.runtime = runtime
         self.settings = settings
         self.avatars_dir = settings.app_root / "public" / "avatars"
         self._tabs: dict[str, Tab] = {}  # Chainlit session id -> tab
-        self._routes: dict[str, Tab] = {}  # conversation id -> the tab that started it
+        self._rooms: dict[str, Room] = {}  # conversation id -> its room, oldest first
         self._seed: SeedRun | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -505,34 +523,39 @@ class Bridge:
 
     def _live_tabs(self) -> list[Tab]:
         """Tabs whose Chainlit session still exists; Chainlit drops a session some time after its
-        tab is gone (a running conversation keeps its tab through `_routes` until it ends)."""
+        tab is gone (a running conversation keeps its tabs through its room until it ends)."""
         live = [t for t in self._tabs.values() if WebsocketSession.get_by_id(t.session.id) is not None]
         if len(live) != len(self._tabs):
             self._tabs = {t.session.id: t for t in live}
         return live
 
-    def _tabs_for(self, conversation_id: str) -> list[Tab]:
-        if self.settings.seed and conversation_id == SEED_SOURCE:
-            return self._live_tabs()
-        tab = self._routes.get(conversation_id)
-        if tab is None:
-            return []
-        tab.heard.set()  # any event of the conversation means the manager has it
-        tab.last_heard = time.monotonic()
-        return [tab]
+    def _room(self, conversation_id: str, heard: bool = True) -> Room:
+        """The conversation's room, made when first seen; `heard`: an event of it came, so the manager has it."""
+        room = self._rooms.get(conversation_id)
+        if room is None:
+            room = self._rooms[conversation_id] = Room(conversation_id)
+            self._forget_old_rooms()
+        if heard:
+            room.hear()
+        return room
+
+    def _forget_old_rooms(self) -> None:
+        ended = [r for r in self._rooms.values() if not r.running and not any(t.watching for t in r.showing())]
+        for room in ended[: max(0, len(ended) - KEEP_ENDED)]:
+            del self._rooms[room.conversation_id]
 
     async def ask_when_quiet(self) -> None:
-        """Runs for the life of the page. A running conversation that has said nothing for
-        QUIET_RESUME s is asked for again: a manager that died after storing its end, but
-        before announcing it, announces it then (what the page has already is dropped)."""
+        """Runs for the life of the page. A running conversation that a tab shows and that has said
+        nothing for QUIET_RESUME s is asked for again: a manager that died after storing its end,
+        but before announcing it, announces it then (what the page has already is dropped)."""
         while True:
             await asyncio.sleep(QUIET_RESUME / 3)
             now = time.monotonic()
-            for conversation_id, tab in list(self._routes.items()):
-                if tab.running and tab.conversation_id == conversation_id and now - tab.last_heard >= QUIET_RESUME:
-                    tab.last_heard = now  # and again after as long, if still nothing
-                    resume = ResumeConversation(conversation_id=conversation_id)
-                    await self.runtime.publish_message(resume, topic(CONTROL, conversation_id))
+            for room in list(self._rooms.values()):
+                if room.running and any(t.running for t in room.showing()) and now - room.last_heard >= QUIET_RESUME:
+                    room.last_heard = now  # and again after as long, if still nothing
+                    resume = ResumeConversation(conversation_id=room.conversation_id)
+                    await self.runtime.publish_message(resume, topic(CONTROL, room.conversation_id))
 
     async def _end(self, tab: Tab, event: ConversationEnded) -> None:
         await tab.ended(event)
@@ -542,8 +565,10 @@ class Bridge:
         await asyncio.sleep(END_GRACE)
         if tab.conversation_id == conversation_id:  # no new conversation in the tab meanwhile
             await tab.finish_streams()
-        if self._routes.get(conversation_id) is tab:
-            del self._routes[conversation_id]
+        room = self._rooms.get(conversation_id)
+        if room is not None and not room.running:
+            room.streaming.clear()
+            room.tabs = [t for t in room.tabs if t.watching and t.conversation_id == conversation_id]
 
     # ---------------------------------------------------------------- observer.Sink
 
@@ -556,9 +581,12 @@ class Bridge:
                 if not await tab.show_seed_run(run):
                     await tab.token(message_id, author, text)
             return
-        for tab in self._tabs_for(conversation_id):
-            if tab.running and tab.conversation_id == conversation_id:
-                await tab.token(message_id, author, text)
+        room = self._room(conversation_id)
+        async with room.lock:
+            room.stream(message_id, author, text)
+            for tab in room.showing():
+                if tab.running:
+                    await tab.token(message_id, author, text)
 
     async def on_message(self, message: ChatMessage, streamed: bool) -> None:
         if self.settings.seed and message.conversation_id == SEED_SOURCE:
@@ -571,44 +599,60 @@ class Bridge:
                 if not await tab.show_seed_run(run):
                     await tab.message(message)
             return
-        for tab in self._tabs_for(message.conversation_id):
-            await tab.message(message)
+        await self._show(message)
 
     async def on_speaker(self, event: SpeakerSelected) -> None:
-        for tab in self._tabs_for(event.conversation_id):
-            if tab.running and tab.conversation_id == event.conversation_id:
-                await tab.speaker(event)
+        await self._show(event)
+
+    async def on_status(self, event: AgentStatus) -> None:
+        await self._show(event)
+
+    async def on_tool(self, event: ToolCallEvent) -> bool:
+        # Shown to no tab yet (the page restarted): the manager's sending it again counts.
+        return await self._show(event)
+
+    async def on_usage(self, event: UsageUpdate) -> None:
+        room = self._room(event.conversation_id)
+        async with room.lock:
+            room.usage = event
+            for tab in room.showing():
+                if tab.running:
+                    await tab.show_usage(event)
+
+    async def on_ended(self, event: ConversationEnded) -> None:
+        await self._show(event)
+
+    async def _show(self, event: Shown) -> bool:
+        """Keep the event in its room and show it in the room's tabs; whether any tab showed it."""
+        room = self._room(event.conversation_id)
+        async with room.lock:
+            room.record(event)
+            shown = False
+            for tab in room.showing():
+                shown = await self._show_in(tab, event) or shown
+            return shown
+
+    async def _show_in(self, tab: Tab, event: Shown) -> bool:
+        if isinstance(event, ChatMessage):
+            await tab.message(event)
+        elif isinstance(event, ToolCallEvent):
+            await tab.tool(event)
+        elif not tab.running:
+            return False  # an ended conversation's tab shows no more of it
+        elif isinstance(event, SpeakerSelected):
+            await tab.speaker(event)
+        elif isinstance(event, AgentStatus):
+            await tab.say(status_line(event), error=not event.reachable)
+        else:
+            await self._end(tab, event)
+        return True
 
     async def catch_up(self) -> None:
         """After a reconnect: ask for the running conversations again; what is on the page already is dropped."""
-        for tab in self._live_tabs():
-            if tab.running and tab.conversation_id:
-                resume = ResumeConversation(conversation_id=tab.conversation_id)
-                await self.runtime.publish_message(resume, topic(CONTROL, tab.conversation_id))
-
-    async def on_tool(self, event: ToolCallEvent) -> bool:
-        shown = False
-        for tab in self._tabs_for(event.conversation_id):
-            if tab.conversation_id == event.conversation_id:
-                await tab.tool(event)
-                shown = True
-        return shown  # no tab yet (the page restarted): the manager's sending it again counts
-
-    async def on_status(self, event: AgentStatus) -> None:
-        state = "is reachable again" if event.reachable else "is unreachable (no heartbeat); waiting for it"
-        for tab in self._tabs_for(event.conversation_id):
-            if tab.running and tab.conversation_id == event.conversation_id:
-                await tab.say(f"**{event.agent}** {state}", error=not event.reachable)
-
-    async def on_usage(self, event: UsageUpdate) -> None:
-        for tab in self._tabs_for(event.conversation_id):
-            if tab.running and tab.conversation_id == event.conversation_id:
-                await tab.show_usage(event)
-
-    async def on_ended(self, event: ConversationEnded) -> None:
-        for tab in self._tabs_for(event.conversation_id):
-            if tab.running and tab.conversation_id == event.conversation_id:
-                await self._end(tab, event)
+        for room in list(self._rooms.values()):
+            if room.running and any(t.running for t in room.showing()):
+                resume = ResumeConversation(conversation_id=room.conversation_id)
+                await self.runtime.publish_message(resume, topic(CONTROL, room.conversation_id))
 
     def _seed_run(self, message_id: str, first: ChatMessage | None = None) -> SeedRun:
         if self._seed is None:
@@ -619,12 +663,75 @@ class Bridge:
             self._seed = SeedRun(key=message_id, title=title)
         return self._seed
 
+    # ---------------------------------------------------------------- rooms
+
+    async def _follow(self, tab: Tab, room: Room) -> None:
+        """The tab shows the room from here on: everything the room has said so far, then the live
+        stream. A room this process has not seen from its start is asked of the manager again."""
+        async with room.lock:
+            if tab.conversation_id != room.conversation_id:
+                tab.begin(room.conversation_id)
+            if tab not in room.tabs:
+                room.tabs.append(tab)
+            tab.watching = True
+            for event in room.shown:
+                await self._show_in(tab, event)
+            for message_id, (author, text) in room.streaming.items():
+                if tab.running:
+                    await tab.token(message_id, author, text)
+            if room.usage is not None and tab.running:
+                await tab.show_usage(room.usage)
+        if not room.complete:
+            self.spawn(self._announce(room, ResumeConversation(conversation_id=room.conversation_id)))
+        await self._show_presence(room)
+
+    async def _leave(self, tab: Tab) -> None:
+        """The tab no longer shows its room (closed, or its person started another conversation)."""
+        room = self._rooms.get(tab.conversation_id) if tab.conversation_id else None
+        if room is None:
+            return
+        if not tab.running and tab in room.tabs:
+            room.tabs.remove(tab)
+        await self._show_presence(room)
+
+    async def _show_presence(self, room: Room) -> None:
+        for tab in room.showing():
+            if tab.watching and WebsocketSession.get_by_id(tab.session.id) is not None:
+                await tab.show_room(room)
+
+    async def _join_room(self, tab: Tab, conversation_id: str) -> None:
+        """A tab opened a room's link: it follows the conversation in a thread of its own."""
+        room = self._rooms.get(conversation_id) or self._room(conversation_id, heard=False)
+        tab.enter()
+        tab.session.has_first_interaction = True
+        title = f"Joined: {room.task[:80]}" if room.task else f"Joined conversation {conversation_id[:12]}"
+        await cl.context.emitter.init_thread(title)
+        # Kept with the thread, so reopening it finds the conversation (see _start).
+        cl.user_session.set(CONVERSATION_KEY, conversation_id)  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
+        await self._follow(tab, room)
+
     # ---------------------------------------------------------------- what the person does
+
+    async def redraw_panel(self, session: WebsocketSession) -> None:
+        """The page moved to the tab's thread, which closes Chainlit's side panel: draw it again."""
+        tab = self._tabs.get(session.id)
+        room = self._rooms.get(tab.conversation_id) if tab is not None and tab.conversation_id else None
+        if tab is not None and room is not None and tab.watching:
+            await tab.show_room(room)
 
     async def opened(self, session: WebsocketSession) -> None:
         tab = self.tab(session)
-        if self.settings.seed and self._seed is not None:
-            await tab.show_seed_run(self._seed)
+        if self.settings.seed:
+            if self._seed is not None:
+                await tab.show_seed_run(self._seed)
+            return
+        try:
+            conversation_id = requested_room(tab.referer)
+        except ValueError as error:
+            await tab.say(f"{error}. Type a task to start a conversation of your own.", error=True)
+            return
+        if conversation_id is not None:
+            await self._join_room(tab, conversation_id)
 
     async def resumed(self, session: WebsocketSession, thread: ThreadDict) -> None:
         """A reopened thread whose conversation still runs takes it over from its old tab, or,
@@ -633,26 +740,30 @@ class Bridge:
         if conversation_id is None or self.settings.seed:
             self.tab(session)
             return
-        old = self._routes.get(conversation_id)
-        if old is None:
-            tab = self.tab(session)
-            if tab.take_up(conversation_id, thread.get("steps") or []):
-                self._routes[conversation_id] = tab
-                # Once Chainlit has drawn the thread, the manager sends the conversation again: the
-                # calls that wait for an answer, and whatever the thread missed while no page ran.
-                self.spawn(self._announce(tab, ResumeConversation(conversation_id=conversation_id)))
-        elif old.running and old.session.thread_id == session.thread_id:
+        room = self._rooms.get(conversation_id)
+        old = next((t for t in room.showing() if t.session.thread_id == session.thread_id), None) if room else None
+        if room is not None and old is not None and old.running:
             self._tabs.pop(old.session.id, None)
             old.session = session
+            old.watching = True
             self._tabs[session.id] = old
             await old.show_buttons_again()
-        else:
-            self.tab(session)
+            await self._show_presence(room)
+            return
+        tab = self.tab(session)
+        if tab.take_up(conversation_id, thread.get("steps") or []):
+            # What the thread has is on the page already; what it missed while no page ran
+            # (and the calls that wait for an answer) the room shows, or the manager sends again.
+            await self._follow(tab, room or self._room(conversation_id, heard=False))
 
-    def closed(self, session: WebsocketSession) -> None:
+    async def closed(self, session: WebsocketSession) -> None:
         # A running conversation carries on, and is stored, with its tab closed; reopen it from the history.
         tab = self._tabs.get(session.id)
-        if tab is not None and not tab.running and not self.settings.seed:
+        if tab is None or self.settings.seed:
+            return
+        tab.watching = False
+        await self._leave(tab)
+        if not tab.running:
             del self._tabs[session.id]
 
     async def typed(self, session: WebsocketSession, message: cl.Message) -> None:
@@ -664,84 +775,107 @@ class Bridge:
             await tab.say(f"That is {len(message.content)} characters; the limit is {MAX_CONTENT_CHARS}.", error=True)
             return
         tab.on_page.add(message.id)
-        if tab.running and tab.conversation_id is not None:
-            await self._join(tab, tab.conversation_id, message)
+        room = self._rooms.get(tab.conversation_id) if tab.conversation_id else None
+        if tab.running and room is not None:
+            await self._join(tab, room, message)
         else:
             await self._start(tab, message)
 
     async def _start(self, tab: Tab, message: cl.Message) -> None:
         conversation_id = new_id()
-        if tab.conversation_id is not None:
-            self._routes.pop(tab.conversation_id, None)
-        tab.begin(conversation_id)
-        self._routes[conversation_id] = tab
         try:
             start = StartConversation(
                 conversation_id=conversation_id, task=message.content, author=tab.user, message_id=message.id
             )
         except ValidationError:
-            tab.running = False
             await tab.say("Say what the agents should work on: the task is empty.", error=True)
             return
+        tab.running = False
+        await self._leave(tab)
+        tab.begin(conversation_id)
+        room = self._rooms[conversation_id] = Room(conversation_id, owner=tab.user, complete=True)
+        room.tabs.append(tab)
+        self._forget_old_rooms()
         # Kept with the thread (Chainlit stores the session's values when the tab goes), so
         # reopening the thread finds a conversation that still runs.
         cl.user_session.set(CONVERSATION_KEY, conversation_id)  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
         data_layer = get_data_layer()  # type: ignore[no-untyped-call]  # Chainlit leaves it unannotated
         if data_layer is not None:
             await data_layer.update_thread(tab.session.thread_id, tags=["roundtable"])
-        self.spawn(self._announce(tab, start))
+        self.spawn(self._announce(room, start))
+        await self._show_presence(room)
 
-    async def _announce(self, tab: Tab, start: StartConversation | ResumeConversation) -> None:
+    async def _announce(self, room: Room, start: StartConversation | ResumeConversation) -> None:
         """Publish the start (or the ask to send a conversation again) until the manager answers:
-        publishing has no acknowledgement."""
-        heard = await publish_until_heard(self.runtime, start, tab.heard, self.settings.start_timeout)
-        if not heard and tab.conversation_id == start.conversation_id:
-            tab.running = False
-            self._routes.pop(start.conversation_id, None)
-            await tab.say(
-                f"No manager took the conversation within {self.settings.start_timeout:g} s: "
-                "is `roundtable manager` running?",
-                error=True,
+        publishing has no acknowledgement. A room already heard from is asked once."""
+        if room.heard.is_set():
+            await self.runtime.publish_message(start, topic(CONTROL, start.conversation_id))
+            return
+        if await publish_until_heard(self.runtime, start, room.heard, self.settings.start_timeout):
+            return
+        async with room.lock:
+            tabs = [tab for tab in room.showing() if tab.running]
+            for tab in tabs:
+                tab.running = False
+                room.tabs.remove(tab)
+        if self._rooms.get(room.conversation_id) is room and not room.heard.is_set():
+            del self._rooms[room.conversation_id]
+        if isinstance(start, StartConversation):
+            problem = f"No manager took the conversation within {self.settings.start_timeout:g} s"
+        else:
+            problem = (
+                f"No manager answered for conversation {start.conversation_id} within "
+                f"{self.settings.start_timeout:g} s: its link may be wrong, or its manager down"
             )
+        for tab in tabs:
+            await tab.say(f"{problem}: is `roundtable manager` running?", error=True)
 
-    async def _join(self, tab: Tab, conversation_id: str, message: cl.Message) -> None:
+    async def _join(self, tab: Tab, room: Room, message: cl.Message) -> None:
         # Words sent before the manager has the conversation would reach nobody.
         try:
-            await asyncio.wait_for(tab.heard.wait(), self.settings.start_timeout)
+            await asyncio.wait_for(room.heard.wait(), self.settings.start_timeout)
         except asyncio.TimeoutError:
             return  # _announce says what went wrong
-        human = HumanMessage(conversation_id=conversation_id, id=message.id, author=tab.user, content=message.content)
-        await self.runtime.publish_message(human, topic(CONTROL, conversation_id))
+        human = HumanMessage(
+            conversation_id=room.conversation_id, id=message.id, author=tab.user, content=message.content
+        )
+        await self.runtime.publish_message(human, topic(CONTROL, room.conversation_id))
 
     async def answer(self, session: WebsocketSession, action: cl.Action, approved: bool) -> None:
         """Approve or Deny clicked: the answer goes to the manager, whose word of the call then
-        takes the buttons away. Any tab showing the conversation's thread may answer."""
+        takes the buttons away, in every tab of the room. Anyone in the room may answer."""
         conversation_id, key = action.payload.get("conversation_id"), action.payload.get("tool_call")
-        tab = self._routes.get(conversation_id) if isinstance(conversation_id, str) else None
-        asking = tab.asking.get(key) if tab is not None and isinstance(key, str) else None
-        if tab is None or asking is None or tab.session.thread_id != session.thread_id:
+        tab = self._tabs.get(session.id)
+        asking = None
+        if tab is not None and tab.running and tab.conversation_id == conversation_id and isinstance(key, str):
+            asking = tab.asking.get(key)
+        if tab is None or asking is None:
             # Only a toast: a line would be stored with the thread, which another tab may show.
             await cl.context.emitter.send_toast("That call has been answered already, or its conversation has ended.")
             return
         event = asking.event
-        approval = event.answer(approved, by=self.tab(session).user[:100] or "user")
+        approval = event.answer(approved, by=tab.user[:100] or LOCAL_USER)
         await self.runtime.publish_message(approval, topic(CONTROL, event.conversation_id))
 
     async def stop(self, session: WebsocketSession) -> None:
         tab = self._tabs.get(session.id)
-        if tab is None or not tab.running or tab.conversation_id is None:
+        room = self._rooms.get(tab.conversation_id) if tab is not None and tab.conversation_id else None
+        if tab is None or room is None or not tab.running:
             return
-        conversation_id = tab.conversation_id
-        stop = StopConversation(conversation_id=conversation_id)
-        await self.runtime.publish_message(stop, topic(CONTROL, conversation_id))
-        self.spawn(self._stop_fallback(tab, conversation_id))
+        if self.settings.stop == "owner" and tab.user != room.owner:
+            tab.enter()
+            await cl.context.emitter.send_toast(f"Only {room.owner}, who started this conversation, may stop it.")
+            return
+        stop = StopConversation(conversation_id=room.conversation_id, reason=stopper(tab.user))
+        await self.runtime.publish_message(stop, topic(CONTROL, room.conversation_id))
+        self.spawn(self._stop_fallback(room, stop))
 
-    async def _stop_fallback(self, tab: Tab, conversation_id: str) -> None:
+    async def _stop_fallback(self, room: Room, stop: StopConversation) -> None:
         await asyncio.sleep(STOP_GRACE)
-        if tab.running and tab.conversation_id == conversation_id:
-            log.warning("conversation %s: no manager confirmed the stop; ending it on the page", conversation_id)
-            reason = "stopped by the user (no manager confirmed)"
-            await self._end(tab, ConversationEnded(conversation_id=conversation_id, reason=reason, ok=False))
+        if room.running:
+            log.warning("conversation %s: no manager confirmed the stop; ending it on the page", room.conversation_id)
+            reason = f"{stop.reason} (no manager confirmed)"
+            await self._show(ConversationEnded(conversation_id=room.conversation_id, reason=reason, ok=False))
 
 
 _current: Bridge | None = None

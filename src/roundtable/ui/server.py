@@ -36,9 +36,10 @@ EXIT_FAILED = 1
 # ---------------------------------------------------------------- the app directory
 
 
-def prepare_app_root(root: Path) -> None:
+def prepare_app_root(root: Path, ask_name: bool = False) -> None:
     """Chainlit's config, the page's static files and the avatars dir, fresh from the package.
-    Copied at every start so an upgrade takes effect; avatars drawn before are kept."""
+    Copied at every start so an upgrade takes effect; avatars drawn before are kept. With
+    `ask_name` (sign-in off), the page asks each person's name once."""
     (root / ".chainlit").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(PACKAGE_DIR / ".chainlit" / "config.toml", root / ".chainlit" / "config.toml")
     public = root / "public"
@@ -46,6 +47,9 @@ def prepare_app_root(root: Path) -> None:
     for item in (PACKAGE_DIR / "public").iterdir():
         if item.is_file():
             shutil.copyfile(item, public / item.name)
+    script = public / "roundtable.js"
+    flag = f"window.roundtableAskName = {'true' if ask_name else 'false'};\n"
+    script.write_text(flag + script.read_text("utf-8"), "utf-8")
     # The page's own lines (who speaks next, the end) carry the roundtable mark.
     shutil.copyfile(PACKAGE_DIR / "public" / "favicon.svg", public / "avatars" / "roundtable.svg")
     # Chainlit shows this file as a readme when it has text; the page explains itself.
@@ -158,7 +162,7 @@ async def _serve(settings: PageSettings, sock: socket.socket) -> None:
 def run(settings: PageSettings) -> int:
     """Serve the page until SIGINT or SIGTERM; the exit code says how it went."""
     try:
-        prepare_app_root(settings.app_root)
+        prepare_app_root(settings.app_root, ask_name=not settings.auth)
         secret = auth_secret(settings.app_root.parent)
         # Chainlit reads both from the environment; an operator's own secret wins.
         os.environ.setdefault("CHAINLIT_AUTH_SECRET", secret)

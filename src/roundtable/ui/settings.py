@@ -26,6 +26,7 @@ class PageSettings:
     connect_timeout: float = CONNECT_TIMEOUT
     security: Security | None = None  # TLS and the host's token, as every worker has them
     start_timeout: float = START_TIMEOUT
+    stop: str = "anyone"  # who in a shared conversation may stop it: anyone, or the one who started it ("owner")
 
 
 def page_settings(
@@ -50,4 +51,5 @@ def page_settings(
         users=dict(config.ui.users),
         connect_timeout=config.host.connect_timeout,
         security=security or load_security(config.host.security, PAGE_IDENTITY),
+        stop=config.ui.stop,
     )

@@ -84,3 +84,51 @@ async def test_a_scripted_reply_with_a_cpu_cost_spends_that_cpu_in_this_process(
     result = await client.create([UserMessage(content="go", source="user")])
     assert result.content == "done"
     assert time.process_time() - before >= 0.05
+
+
+def test_a_room_link_and_a_persons_name_are_read_strictly() -> None:
+    from roundtable.ui.rooms import origin_of, person_name, requested_room, room_link, stopper
+
+    assert person_name("access_token=x; roundtable_name=Ana%20Lima") == "Ana Lima"
+    assert person_name("roundtable_name=Zoë") == "Zoë"
+    for bad in ("roundtable_name=", "roundtable_name=%0Aforged", "roundtable_name=" + "a" * 41, "other=ana", None):
+        assert person_name(bad) is None, bad
+    assert requested_room("http://h:8000/?room=ab12_CD-3") == "ab12_CD-3"
+    assert requested_room("http://h:8000/thread/x") is None and requested_room(None) is None
+    with pytest.raises(ValueError, match=r"^this room link names no conversation: 'a b' is not a conversation id$"):
+        requested_room("http://h:8000/?room=a%20b")
+    origin = origin_of("https://chat.example:8443/?room=1", "http://127.0.0.1:8000")
+    assert room_link(origin, "abc") == "https://chat.example:8443/?room=abc"
+    assert origin_of("javascript:alert(1)", "http://127.0.0.1:8000") == "http://127.0.0.1:8000"
+    assert (stopper("ana"), stopper("user")) == ("stopped by ana", "stopped by the user")
+
+
+def test_a_room_keeps_what_it_was_shown_once_and_names_who_started_it() -> None:
+    from roundtable.messages import ConversationEnded
+    from roundtable.ui.rooms import Room
+
+    room = Room("c")
+    room.stream("m2", "writer", "Dra")
+    room.stream("m2", "writer", "ft")
+    assert room.streaming == {"m2": ("writer", "Draft")} and not room.complete
+    task = ChatMessage(conversation_id="c", id="m1", author="ana", content="Write", kind="task")
+    room.record(task)
+    room.record(task)  # sent again (a reconnect): kept once
+    room.record(ChatMessage(conversation_id="c", id="m2", author="writer", content="Draft"))
+    assert room.streaming == {} and room.complete and room.owner == "ana" and room.task == "Write"
+    assert [m.id for m in room.shown if isinstance(m, ChatMessage)] == ["m1", "m2"]
+    room.record(ConversationEnded(conversation_id="c", reason="done"))
+    assert not room.running
+
+
+def test_no_person_takes_an_agents_name_on_the_page() -> None:
+    from roundtable.config import Config, ConfigError
+    from roundtable.ui.settings import page_settings
+
+    config = Config.model_validate(
+        {"agents": [{"name": "writer"}, {"name": "ana", "kind": "human"}], "ui": {"auth": True, "users": {"ana": "pw"}}}
+    )
+    assert page_settings(config, "127.0.0.1:1").reserved == {"writer", "roundtable"}  # a seat's name is a person's
+    taken = config.model_copy(update={"ui": config.ui.model_copy(update={"users": {"writer": "pw"}})})
+    with pytest.raises(ConfigError, match=r"^ui.users: writer is an agent's name; a person needs a name of their own$"):
+        page_settings(taken, "127.0.0.1:1")

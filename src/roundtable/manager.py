@@ -248,6 +248,7 @@ class GroupChatManager(RoutedAgent):
         super().__init__("Group chat manager")
         self._agents = list(agents)
         self._seats = {a.name: a for a in self._agents if a.human}  # the human seats, by name
+        self._agent_names = {a.name for a in self._agents if not a.human}  # no person speaks as one
         self._settings = settings
         self._store = store
         self._registry = registry
@@ -450,6 +451,9 @@ class GroupChatManager(RoutedAgent):
         async with self._lock:
             conv = self._conv
             if conv is None or conv.ended or any(m.id == message.id for m in conv.transcript):
+                return
+            if message.author in self._agent_names:
+                log.warning("conversation %s: refused words sent as the agent %r", conv.id, message.author[:80])
                 return
             seat = self._human_seat(conv, message.author)
             if seat is not None:  # a person whose seat's turn it is: their words are the turn

@@ -50,7 +50,10 @@ else:
     async def _local(headers: Headers) -> cl.User | None:
         # Chainlit keeps history only for a signed-in user; with auth off, each person is the name
         # they gave the page once (kept in a cookie by roundtable.js), or the one local user.
-        return cl.User(identifier=person_name(headers.get("cookie")) or LOCAL_USER, metadata={"provider": "local"})
+        name = person_name(headers.get("cookie")) or LOCAL_USER
+        if name in settings.reserved:  # no one speaks as an agent, or as the page itself
+            name = LOCAL_USER
+        return cl.User(identifier=name, metadata={"provider": "local"})
 
 
 @cl.on_chat_start

@@ -46,12 +46,10 @@ from ..messages import (
 )
 from .avatars import ensure_avatar
 from .rooms import KEEP_ENDED, LOCAL_USER, Room, Shown, origin_of, requested_room, stopper
-from .settings import PageSettings
+from .settings import STATUS_AUTHOR, PageSettings
 
 log = logging.getLogger("roundtable.ui")
 
-#: Author of the page's own lines: who speaks next, how it ended. The stylesheet keeps them quiet.
-STATUS_AUTHOR = "roundtable"
 STOP_ACTION = "stop_conversation"
 APPROVE_ACTION = "approve_tool_call"
 DENY_ACTION = "deny_tool_call"
@@ -843,19 +841,22 @@ class Bridge:
 
     async def answer(self, session: WebsocketSession, action: cl.Action, approved: bool) -> None:
         """Approve or Deny clicked: the answer goes to the manager, whose word of the call then
-        takes the buttons away, in every tab of the room. Anyone in the room may answer."""
+        takes the buttons away, in every tab of the room. Anyone in the room may answer, also
+        from a tab whose thread another tab has reopened since."""
         conversation_id, key = action.payload.get("conversation_id"), action.payload.get("tool_call")
-        tab = self._tabs.get(session.id)
+        room = self._rooms.get(conversation_id) if isinstance(conversation_id, str) else None
+        mine = self._tabs.get(session.id)
         asking = None
-        if tab is not None and tab.running and tab.conversation_id == conversation_id and isinstance(key, str):
-            asking = tab.asking.get(key)
-        if tab is None or asking is None:
+        for tab in room.showing() if room is not None and isinstance(key, str) else ():
+            if tab.running and (tab is mine or tab.session.thread_id == session.thread_id) and key in tab.asking:
+                asking = tab.asking[key]
+        if asking is None:
             # Only a toast: a line would be stored with the thread, which another tab may show.
             await cl.context.emitter.send_toast("That call has been answered already, or its conversation has ended.")
             return
-        event = asking.event
-        approval = event.answer(approved, by=tab.user[:100] or LOCAL_USER)
-        await self.runtime.publish_message(approval, topic(CONTROL, event.conversation_id))
+        person = session.user.identifier if session.user else LOCAL_USER
+        approval = asking.event.answer(approved, by=person[:100] or LOCAL_USER)
+        await self.runtime.publish_message(approval, topic(CONTROL, asking.event.conversation_id))
 
     async def stop(self, session: WebsocketSession) -> None:
         tab = self._tabs.get(session.id)

@@ -41,7 +41,7 @@ def person_name(cookie_header: str | None) -> str | None:
     for part in (cookie_header or "").split(";"):
         key, _, value = part.strip().partition("=")
         if key == NAME_COOKIE:
-            name = unquote(value).strip()
+            name = unquote(value).strip(" ")
             return name if NAME.fullmatch(name) else None
     return None
 

@@ -10,6 +10,9 @@ from ..config import CONNECT_TIMEOUT, Config, ConfigError
 from ..identities import PAGE_IDENTITY
 from ..security import Security, load_security
 
+#: Author of the page's own lines: who speaks next, how it ended. The stylesheet keeps them quiet.
+STATUS_AUTHOR = "roundtable"
+
 
 @dataclass(frozen=True)
 class PageSettings:
@@ -26,6 +29,8 @@ class PageSettings:
     connect_timeout: float = CONNECT_TIMEOUT
     security: Security | None = None  # TLS and the host's token, as every worker has them
     start_timeout: float = START_TIMEOUT
+    #: Names a person may not take: the agents' (but for human seats) and the page's own lines'.
+    reserved: frozenset[str] = frozenset()
     stop: str = "anyone"  # who in a shared conversation may stop it: anyone, or the one who started it ("owner")
 
 
@@ -39,6 +44,10 @@ def page_settings(
 ) -> PageSettings:
     if config.ui.auth and not config.ui.users:
         raise ConfigError("ui.auth is on but ui.users is empty: add `ui.users: {name: password}` or turn auth off")
+    reserved = frozenset({STATUS_AUTHOR, *(agent.name for agent in config.agents if not agent.human)})
+    taken = sorted(reserved & set(config.ui.users))
+    if taken:
+        raise ConfigError(f"ui.users: {', '.join(taken)} is an agent's name; a person needs a name of their own")
     data = config.data_path
     return PageSettings(
         host_address=host_address,
@@ -52,4 +61,5 @@ def page_settings(
         connect_timeout=config.host.connect_timeout,
         security=security or load_security(config.host.security, PAGE_IDENTITY),
         stop=config.ui.stop,
+        reserved=reserved,
     )

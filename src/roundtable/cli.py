@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import subprocess
@@ -36,6 +37,10 @@ from .telemetry import setup_tracing, shutdown_tracing
 from .wire import HostRefused, HostUnreachable
 
 if TYPE_CHECKING:
+    from autogen_core.models import ChatCompletionClient
+
+    from .lease import Lease
+    from .store import TranscriptStore
     from .worker import WorkerRuntime
 
 EXIT_BAD_INPUT = 2
@@ -339,11 +344,10 @@ def _require_agents(config: Config, source: str | None) -> None:
 
 
 async def _manager(args: argparse.Namespace) -> int:
-    from .manager import register_manager
+    from .lease import Lease
     from .models import build_client
-    from .runtime import announce_ready, serve_until_signal
+    from .runtime import shutdown_on_signal
     from .store import TranscriptStore
-    from .worker import stop_worker
 
     config = manager_config(args, load(args))
     _require_agents(config, args.config)
@@ -352,16 +356,72 @@ async def _manager(args: argparse.Namespace) -> int:
         selector = build_client(config.manager.model or config.model, config.local_model)
     store = TranscriptStore(config.store_url)
     await store.open()
+    lease = Lease(store, config.manager.lease)
+    stopped = asyncio.Event()
+
+    def standing_by(holder: str) -> None:
+        print(
+            f"roundtable: manager standing by: {holder} holds the manager lease; taking over if it "
+            f"lapses ({config.manager.lease:g} s without renewal)",
+            flush=True,
+        )
+
+    with shutdown_on_signal(stopped):
+        try:
+            if not await _unless_stopped(lease.wait(standing_by), stopped):
+                return 0
+            return await _lead(args, config, store, lease, selector, stopped)
+        finally:
+            await lease.release()
+            await store.close()
+
+
+async def _unless_stopped(work: Coroutine[Any, Any, None], stopped: asyncio.Event) -> bool:
+    """Run `work` until it ends (True) or a signal comes first (False, and it is cancelled).
+    Whatever `work` raises is raised here."""
+    task = asyncio.ensure_future(work)
+    signal = asyncio.ensure_future(stopped.wait())
+    await asyncio.wait({task, signal}, return_when=asyncio.FIRST_COMPLETED)
+    signal.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return False
+    task.result()
+    return True
+
+
+async def _lead(
+    args: argparse.Namespace,
+    config: Config,
+    store: TranscriptStore,
+    lease: Lease,
+    selector: ChatCompletionClient | None,
+    stopped: asyncio.Event,
+) -> int:
+    """Drive the conversations while this process holds the manager lease."""
+    from .lease import LeaseLost
+    from .manager import register_manager
+    from .runtime import announce_ready
+    from .worker import stop_worker
+
     runtime = await _connect(args, config)
     try:
-        watcher = await register_manager(runtime, config.agents, config.manager, store, selector, config.host.heartbeat)
+        watcher = await register_manager(
+            runtime, config.agents, config.manager, store, selector, config.host.heartbeat, lease=lease
+        )
         names = ", ".join(a.name for a in config.agents)
         announce_ready(f"manager ({config.manager.strategy}; agents: {names})")
-        await serve_until_signal()
-        watcher.cancel()
+        try:
+            await _unless_stopped(lease.keep(), stopped)
+        except LeaseLost as error:
+            print(f"roundtable: error: {error}; stopping: another manager drives the conversations now", flush=True)
+            return 1
+        finally:
+            watcher.cancel()
     finally:
         await stop_worker(runtime)
-        await store.close()
     return 0
 
 

@@ -319,6 +319,9 @@ class ManagerConfig(_Model):
     turn_retries: int = Field(default=1, ge=0)
     selector_retries: int = Field(default=2, ge=0)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)  # for each conversation, all agents together
+    # The term of the lease that makes one manager of several the one that acts (lease.py): a
+    # standby takes over about this long after the leader dies, or at once after a clean stop.
+    lease: float = Field(default=6.0, ge=1.0, le=300.0)
 
     @field_validator("strategy")
     @classmethod

@@ -14,14 +14,15 @@ import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
-from autogen_core import MessageContext, RoutedAgent, TypeSubscription, message_handler
+from autogen_core import CancellationToken, MessageContext, RoutedAgent, TopicId, TypeSubscription, message_handler
 from autogen_core.models import ChatCompletionClient, SystemMessage, UserMessage
 
 from . import clock
 from .config import AgentConfig, BudgetConfig, ManagerConfig, ToolConfig
 from .crashpoints import crash_point
+from .lease import Lease
 from .messages import (
     CONTROL,
     GROUP_CHAT,
@@ -244,8 +245,10 @@ class GroupChatManager(RoutedAgent):
         store: TranscriptStore,
         registry: dict[str, GroupChatManager],
         selector: ChatCompletionClient | None = None,
+        lease: Lease | None = None,
     ) -> None:
         super().__init__("Group chat manager")
+        self._lease = lease
         self._agents = list(agents)
         self._seats = {a.name: a for a in self._agents if a.human}  # the human seats, by name
         self._agent_names = {a.name for a in self._agents if not a.human}  # no person speaks as one
@@ -305,6 +308,18 @@ class GroupChatManager(RoutedAgent):
         if timeout is not None:
             remaining = max(0.0, timeout - (clock.now() - conv.started))
             self._timers.append(asyncio.create_task(self._timeout_after(remaining)))
+
+    async def publish_message(
+        self,
+        message: Any,
+        topic_id: TopicId,
+        *,
+        cancellation_token: CancellationToken | None = None,
+    ) -> None:
+        """As any agent's, but a manager that no longer holds its lease publishes nothing more."""
+        if self._lease is not None:
+            self._lease.fence()
+        await super().publish_message(message, topic_id, cancellation_token=cancellation_token)
 
     @message_handler
     async def on_start(self, message: StartConversation, ctx: MessageContext) -> None:
@@ -958,14 +973,18 @@ async def register_manager(
     store: TranscriptStore,
     selector: ChatCompletionClient | None = None,
     heartbeat: float = 2.0,
+    lease: Lease | None = None,
 ) -> asyncio.Task[None]:
     """Register the manager, then resume every conversation the store says is still open.
-    Returns the task that watches the participants' heartbeats."""
+    Returns the task that watches the participants' heartbeats. With a `lease` (held), the
+    manager writes and publishes only while it holds it."""
     if not agents:
         raise ValueError("the manager needs at least one agent")
     registry: dict[str, GroupChatManager] = {}
+    if lease is not None:
+        store.fence = lease.fence
     await GroupChatManager.register(
-        runtime, MANAGER_TYPE, lambda: GroupChatManager(agents, settings, store, registry, selector)
+        runtime, MANAGER_TYPE, lambda: GroupChatManager(agents, settings, store, registry, selector, lease)
     )
     await runtime.add_subscription(TypeSubscription(CONTROL, MANAGER_TYPE))
     presence = Presence(registry, heartbeat)

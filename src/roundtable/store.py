@@ -22,9 +22,11 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    delete,
     event,
     func,
     inspect,
+    or_,
     select,
     text,
     update,
@@ -104,6 +106,16 @@ tool_calls = Table(
     Column("finished_at", Float),
 )
 
+# Leases (lease.py): which process may act as the one manager, and until when (Unix seconds,
+# by the holder's clock).
+leases = Table(
+    "rt_leases",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("holder", String, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
 # The driver each backend gets when the URL names none (`postgresql://...`), since only async
 # drivers work here.
 ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
@@ -177,6 +189,8 @@ class TranscriptStore:
             raise ConfigError(f"store.url: {self.url}: {error}") from None
         if self._backend == "sqlite":
             event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
+        #: Called before every write: a manager's raises once it no longer holds its lease.
+        self.fence: Callable[[], None] | None = None
 
     async def open(self) -> None:
         """Create the tables if they are missing; StoreUnavailable if the database can't be reached."""
@@ -200,10 +214,43 @@ class TranscriptStore:
     async def close(self) -> None:
         await self._engine.dispose()
 
+    def _may_write(self) -> None:
+        """A manager that has lost its lease (lease.py) writes nothing more."""
+        if self.fence is not None:
+            self.fence()
+
+    async def take_lease(self, name: str, holder: str, term: float, instead_of: str | None = None) -> tuple[bool, str]:
+        """Hold lease `name` for `holder` until `term` s from now, if it is free, lapsed, already
+        `holder`'s, or `instead_of`'s (a holder known to be dead). (held, who holds it now)."""
+        now = clock.now()
+        async with self._engine.begin() as conn:
+            inserted = await conn.execute(
+                self._insert_or_skip(leases)
+                .values(name=name, holder=holder, expires_at=now + term)
+                .on_conflict_do_nothing()
+            )
+            if inserted.rowcount:
+                return True, holder
+            free = or_(leases.c.holder == holder, leases.c.expires_at < now)
+            if instead_of is not None:
+                free = or_(free, leases.c.holder == instead_of)
+            taken = await conn.execute(
+                update(leases).where(leases.c.name == name, free).values(holder=holder, expires_at=now + term)
+            )
+            if taken.rowcount:
+                return True, holder
+            current = await conn.scalar(select(leases.c.holder).where(leases.c.name == name))
+        return False, str(current or "")
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(delete(leases).where(leases.c.name == name, leases.c.holder == holder))
+
     async def start(self, conversation_id: str, task: str, first: ChatMessage | None = None) -> bool:
         """Record a new conversation, and its first message (the task) in the same transaction,
         so that no crash leaves one without the other; False if it was there already (a
         repeated start, or one by another manager), in which case nothing changes."""
+        self._may_write()
         now = clock.now()
         async with self._engine.begin() as conn:
             inserted = await conn.execute(
@@ -236,6 +283,7 @@ class TranscriptStore:
     async def append(self, message: ChatMessage, **conversation: Any) -> bool:
         """Store one numbered message, and in the same transaction any changes to its
         conversation (the pending speaker, the end); False if it was there already."""
+        self._may_write()
         now = clock.now()
         async with self._engine.begin() as conn:
             inserted = await self._insert_message(conn, message, now)
@@ -264,6 +312,7 @@ class TranscriptStore:
         )
 
     async def _update(self, conversation_id: str, **values: Any) -> None:
+        self._may_write()
         async with self._engine.begin() as conn:
             await conn.execute(
                 update(conversations)
@@ -327,6 +376,7 @@ class TranscriptStore:
     ) -> bool:
         """Record a call before it runs (or before a person approves it: `awaiting`); False if
         this call was recorded already."""
+        self._may_write()
         async with self._engine.begin() as conn:
             inserted = await conn.execute(
                 self._insert_or_skip(tool_calls)
@@ -365,6 +415,7 @@ class TranscriptStore:
         run of the turn takes the call over; `restart`: its clock starts again (it runs, or
         waits for a person, from now). False if the call was not `was`: another report moved
         it first (a repeated result, a second answer)."""
+        self._may_write()
         values: dict[str, Any] = {"status": now}
         if result is not None:
             values["result"] = _text(result)

@@ -154,6 +154,31 @@ async def test_two_stores_writing_at_once_keep_one_message_per_seq(store_url: st
         await second.close()
 
 
+async def test_a_lease_has_one_holder_however_many_race_for_it(store_url: str) -> None:
+    """Managers on two engines race for the manager lease: one holds it; a lapsed one is taken."""
+    first, second = TranscriptStore(store_url), TranscriptStore(store_url)
+    await asyncio.gather(first.open(), second.open())
+    try:
+        results = await asyncio.gather(
+            *(store.take_lease("manager", f"m{n}", 60.0) for n in range(8) for store in (first, second))
+        )
+        winners = {holder for held, holder in results if held}
+        assert len(winners) == 1 and all(holder in winners for _, holder in results), results
+        [winner] = winners
+        assert await first.take_lease("manager", winner, 60.0) == (True, winner)  # renewed
+        assert await second.take_lease("manager", "late", 60.0) == (False, winner)
+        assert await second.take_lease("manager", "late", 60.0, instead_of=winner) == (True, "late")  # known dead
+        await first.release_lease("manager", winner)  # not its own any more: nothing changes
+        assert await first.take_lease("manager", "other", 60.0) == (False, "late")
+        await second.release_lease("manager", "late")
+        assert await first.take_lease("manager", "other", 0.0) == (True, "other")
+        await asyncio.sleep(0.01)
+        assert await second.take_lease("manager", "next", 60.0) == (True, "next")  # lapsed
+    finally:
+        await first.close()
+        await second.close()
+
+
 async def test_nul_is_kept_as_a_replacement_character(store: TranscriptStore) -> None:
     """PostgreSQL text cannot hold NUL: both backends store U+FFFD instead, and carry on."""
     await store.start("c1", "a\x00task")

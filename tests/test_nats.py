@@ -4,8 +4,11 @@ Several processes may serve one agent type there; turns spread across them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +19,7 @@ from harness import READY, Proc, Procs, free_port, processes, scripted_agent, wr
 from test_reliability import LONG, assert_complete, assert_shown_once, chat, stored
 
 from roundtable.crashpoints import CRASH_ENV
+from roundtable.natsbus import ROUTE_PORT_OFFSET
 
 
 def nats_config(tmp_path: Path, rounds: int = 4, **manager: object) -> Path:
@@ -117,10 +121,68 @@ def test_the_bus_restarted_mid_conversation_loses_no_turn(tmp_path: Path) -> Non
         assert_one_complete(tmp_path, terminal, rounds=6)
 
 
-def test_up_runs_a_conversation_on_the_bus(tmp_path: Path) -> None:
+def cluster_ports(count: int) -> list[int]:
+    """Client ports for a local cluster: each free, and free at ROUTE_PORT_OFFSET above, for its routes."""
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = random.randrange(20000, 65535 - ROUTE_PORT_OFFSET)
+        if port in chosen:
+            continue
+        with contextlib.ExitStack() as held:
+            for candidate in (port, port + ROUTE_PORT_OFFSET):
+                sock = held.enter_context(socket.socket())
+                try:
+                    sock.bind(("127.0.0.1", candidate))
+                except OSError:
+                    break
+            else:
+                chosen.append(port)
+    return chosen
+
+
+def cluster_address() -> str:
+    return ",".join(f"nats://127.0.0.1:{port}" for port in cluster_ports(3))
+
+
+def test_a_three_node_cluster_carries_on_as_its_nodes_are_killed_one_at_a_time(tmp_path: Path) -> None:
+    cfg = nats_config(tmp_path, rounds=10)
+    data = yaml.safe_load(cfg.read_text())
+    write_config(cfg, {**data, "bus": cluster_address()})
+    with processes(tmp_path) as procs:
+        nodes = [procs.roundtable(f"bus{n}", "bus", "--node", str(n), "--config", str(cfg)) for n in range(3)]
+        for node in nodes:
+            node.wait_for(READY, timeout=30)
+        others = [procs.roundtable("manager", "manager", "--config", str(cfg))]
+        for name in ("writer", "editor"):
+            others.append(procs.roundtable(f"agent-{name}", "agent", "--config", str(cfg), "--name", name))
+        for proc in others:
+            proc.wait_for(READY, timeout=60)
+        terminal = chat(procs, cfg)
+        # Node 0 killed mid-conversation, and started again; then node 1. Whoever was connected to
+        # either (clients pick a node at random) moves to another and carries on.
+        for n, after in ((0, 1), (1, 3)):
+            terminal.wait_for("editor: ", timeout=60, count=after)
+            nodes[n].stop(signal.SIGKILL)
+            if n == 0:
+                nodes[0] = procs.roundtable("bus0-again", "bus", "--node", "0", "--config", str(cfg))
+                nodes[0].wait_for(READY, timeout=30)
+        assert_one_complete(tmp_path, terminal, rounds=10)
+
+
+def test_up_runs_a_conversation_on_a_local_three_node_cluster(tmp_path: Path) -> None:
+    from roundtable.config import Config, load_config
+    from roundtable.launcher import plan
+    from roundtable.natsbus import LOCAL_CLUSTER
+
     cfg = nats_config(tmp_path, rounds=2)
+    # `up --bus nats`: three nodes on this machine, each process told where the bus is.
+    config = Config.model_validate({**load_config(str(cfg)).model_dump(), "bus": LOCAL_CLUSTER})
+    [routers, workers, *_] = plan(config, str(cfg), with_ui=False, bus=LOCAL_CLUSTER)
+    assert [r.argv[3:6] for r in routers] == [["bus", "--node", str(n)] for n in range(3)], routers
+    assert all(w.argv[-2:] == ["--bus", LOCAL_CLUSTER] for w in workers), workers
+    command = [sys.executable, "-m", "roundtable", "up", "--config", str(cfg), "--task", "Write about rain", "--no-ui"]
     result = subprocess.run(
-        [sys.executable, "-m", "roundtable", "up", "--config", str(cfg), "--task", "Write about rain", "--no-ui"],
+        [*command, "--bus", cluster_address()],
         capture_output=True,
         text=True,
         timeout=180,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import subprocess
@@ -206,7 +205,7 @@ async def _bus(args: argparse.Namespace) -> int:
     address = check_address(args.address, "--address") if args.address else config.host.address
     if not address.startswith(NATS_SCHEMES):
         raise ConfigError(f"the bus address {address!r} is not a NATS URL: set `bus: nats://HOST:PORT` or --address")
-    return await serve_bus(address, config.data_path / "nats")
+    return await serve_bus(address, config.data_path / "nats", args.node)
 
 
 async def _host(args: argparse.Namespace) -> int:
@@ -346,7 +345,7 @@ def _require_agents(config: Config, source: str | None) -> None:
 async def _manager(args: argparse.Namespace) -> int:
     from .lease import Lease
     from .models import build_client
-    from .runtime import shutdown_on_signal
+    from .runtime import shutdown_on_signal, unless_stopped
     from .store import TranscriptStore
 
     config = manager_config(args, load(args))
@@ -368,28 +367,12 @@ async def _manager(args: argparse.Namespace) -> int:
 
     with shutdown_on_signal(stopped):
         try:
-            if not await _unless_stopped(lease.wait(standing_by), stopped):
+            if not await unless_stopped(lease.wait(standing_by), stopped):
                 return 0
             return await _lead(args, config, store, lease, selector, stopped)
         finally:
             await lease.release()
             await store.close()
-
-
-async def _unless_stopped(work: Coroutine[Any, Any, None], stopped: asyncio.Event) -> bool:
-    """Run `work` until it ends (True) or a signal comes first (False, and it is cancelled).
-    Whatever `work` raises is raised here."""
-    task = asyncio.ensure_future(work)
-    signal = asyncio.ensure_future(stopped.wait())
-    await asyncio.wait({task, signal}, return_when=asyncio.FIRST_COMPLETED)
-    signal.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        return False
-    task.result()
-    return True
 
 
 async def _lead(
@@ -403,7 +386,7 @@ async def _lead(
     """Drive the conversations while this process holds the manager lease."""
     from .lease import LeaseLost
     from .manager import register_manager
-    from .runtime import announce_ready
+    from .runtime import announce_ready, unless_stopped
     from .worker import stop_worker
 
     runtime = await _connect(args, config)
@@ -414,7 +397,7 @@ async def _lead(
         names = ", ".join(a.name for a in config.agents)
         announce_ready(f"manager ({config.manager.strategy}; agents: {names})")
         try:
-            await _unless_stopped(lease.keep(), stopped)
+            await unless_stopped(lease.keep(), stopped)
         except LeaseLost as error:
             print(f"roundtable: error: {error}; stopping: another manager drives the conversations now", flush=True)
             return 1
@@ -478,7 +461,15 @@ async def _up(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     _require_agents(config, args.config)
-    return await run_up(config, args.config, task=args.task, with_ui=not args.no_ui, chat_timeout=args.timeout)
+    bus: str | None = None
+    if args.bus:
+        from .natsbus import LOCAL_CLUSTER
+
+        bus = LOCAL_CLUSTER if args.bus == "nats" else check_address(args.bus, "--bus")
+        if not bus.startswith(NATS_SCHEMES):
+            raise ConfigError(f"--bus {args.bus}: expected nats://HOST:PORT[,...], or nats for three local nodes")
+        config = Config.model_validate({**config.model_dump(), "bus": bus})
+    return await run_up(config, args.config, task=args.task, with_ui=not args.no_ui, chat_timeout=args.timeout, bus=bus)
 
 
 def _ui_command(args: argparse.Namespace) -> int:
@@ -542,7 +533,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(host)
 
     bus = sub.add_parser("bus", help="run a NATS server on this machine for the NATS bus (from `bus:` in the config)")
-    bus.add_argument("--address", help="nats://HOST:PORT to serve (default: the config's bus)")
+    bus.add_argument("--address", help="nats://HOST:PORT[,...] to serve (default: the config's bus)")
+    bus.add_argument(
+        "--node",
+        type=int,
+        default=0,
+        help="serve this server of the list (0 first), as a node of a cluster of them all",
+    )
     _add_config(bus)
 
     certs = sub.add_parser("certs", help="write a development CA, host and client certificates, and a token")
@@ -608,6 +605,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--task", help="run this one conversation in the terminal, then stop everything")
     up.add_argument("--no-ui", action="store_true", help="do not start the web page")
     up.add_argument("--timeout", type=float, default=900.0, help="with --task: give up after this many seconds")
+    up.add_argument(
+        "--bus",
+        metavar="ADDR",
+        help="run on a NATS bus: nats://HOST:PORT[,...] (a node each on this machine), or `nats` for three local nodes",
+    )
     _add_config(up)
 
     status = sub.add_parser("status", help="show the connected agents and the open conversations")

@@ -20,13 +20,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from .config import NATS_SCHEMES, Config
 from .engine import describe_exit, signal_of
 from .identities import CLIENT_IDENTITY
 from .models import MODEL_STATE_ENV
-from .runtime import READY_MARKER, shutdown_on_signal
+from .natsbus import servers_of
+from .runtime import READY_MARKER, shutdown_on_signal, unless_stopped
 from .security import load_security
 
 log = logging.getLogger("roundtable.up")
@@ -232,26 +233,26 @@ class LaunchError(Exception):
     """A process could not be started or did not become ready."""
 
 
-async def _unless_stopped(work: asyncio.Future[Any], stop: asyncio.Event) -> bool:
-    """Wait for `work` or a stop request; False (and `work` cancelled) if the stop came first."""
-    stopped = asyncio.ensure_future(stop.wait())
-    await asyncio.wait([work, stopped], return_when=asyncio.FIRST_COMPLETED)
-    stopped.cancel()
-    if work.done():
-        return True
-    work.cancel()
-    return False
-
-
-def plan(config: Config, config_path: str | None, with_ui: bool) -> list[list[Role]]:
-    """The processes to start, in stages: each stage waits for the one before."""
+def plan(config: Config, config_path: str | None, with_ui: bool, bus: str | None = None) -> list[list[Role]]:
+    """The processes to start, in stages: each stage waits for the one before. `bus`: a NATS bus
+    given on the command line, in place of the config's host or bus (every process is told)."""
     me = [sys.executable, "-m", "roundtable"]
     cfg = ["--config", config_path] if config_path else []
+    to_bus = ["--bus", bus] if bus else []
     on_nats = config.host.address.startswith(NATS_SCHEMES)
-    stages: list[list[Role]] = [[Role("bus", [*me, "bus", *cfg]) if on_nats else Role("host", [*me, "host", *cfg])]]
-    workers = [Role("manager", [*me, "manager", *cfg])]
+    if on_nats:
+        nodes = servers_of(config.host.address)
+        address = ["--address", config.host.address] if bus else []
+        if len(nodes) == 1:
+            routers = [Role("bus", [*me, "bus", *address, *cfg])]
+        else:  # a node of a local cluster for each server listed
+            routers = [Role(f"bus{n}", [*me, "bus", "--node", str(n), *address, *cfg]) for n in range(len(nodes))]
+    else:
+        routers = [Role("host", [*me, "host", *cfg])]
+    stages: list[list[Role]] = [routers]
+    workers = [Role("manager", [*me, "manager", *cfg, *to_bus])]
     # A human seat has no process: people answer from the page or a terminal.
-    workers += [Role(a.name, [*me, "agent", "--name", a.name, *cfg]) for a in config.agents if not a.human]
+    workers += [Role(a.name, [*me, "agent", "--name", a.name, *cfg, *to_bus]) for a in config.agents if not a.human]
     if config.uses_local_model:
         # Agents need the model only to answer, so it loads beside them; the page and a
         # task given with --task wait for the whole stage. Joining and checking the
@@ -260,9 +261,9 @@ def plan(config: Config, config_path: str | None, with_ui: bool) -> list[list[Ro
     stages.append(workers)
     front: list[Role] = []
     if with_ui and config.ui.enabled:
-        front.append(Role("ui", [*me, "ui", *cfg], ready_timeout=120))
+        front.append(Role("ui", [*me, "ui", *cfg, *to_bus], ready_timeout=120))
     if with_ui and config.a2a.enabled:  # the room as an A2A agent, beside the page
-        front.append(Role("a2a", [*me, "a2a", *cfg], ready_timeout=120))
+        front.append(Role("a2a", [*me, "a2a", *cfg, *to_bus], ready_timeout=120))
     if front:
         stages.append(front)
     return stages
@@ -275,6 +276,7 @@ async def run_up(
     with_ui: bool = True,
     chat_timeout: float = 900.0,
     on_ready: Callable[[Launcher], Awaitable[None]] | None = None,
+    bus: str | None = None,
 ) -> int:
     """Start everything; with a task, run one conversation and return its outcome, else run until a signal."""
     from .chat import run_chat
@@ -288,9 +290,9 @@ async def run_up(
     code = 0
     with shutdown_on_signal(stop):
         try:
-            for stage in plan(config, config_path, with_ui and task is None):
+            for stage in plan(config, config_path, with_ui and task is None, config.host.address if bus else None):
                 waiting = asyncio.ensure_future(asyncio.gather(*(launcher.start(role) for role in stage)))
-                if not await _unless_stopped(waiting, stop):
+                if not await unless_stopped(waiting, stop):
                     return 130
                 waiting.result()
             launcher.say("up", f"everything is ready after {time.monotonic() - started:.1f} s")

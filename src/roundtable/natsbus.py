@@ -323,27 +323,61 @@ def server_binary() -> str:
     return found
 
 
-def server_config(listen: str, directory: Path) -> Path:
-    """A config file for one NATS server listening on `listen` (HOST:PORT)."""
+#: In a cluster that `roundtable bus` runs, each node takes routes from the other nodes on its
+#: clients' port plus this.
+ROUTE_PORT_OFFSET = 10000
+#: `roundtable up --bus nats`: a cluster of three nodes on this machine, for trying it.
+LOCAL_CLUSTER = "nats://127.0.0.1:4222,nats://127.0.0.1:4232,nats://127.0.0.1:4242"
+
+
+def route_of(server: str) -> str:
+    """Where the node serving `server` (nats://HOST:PORT) takes its cluster routes."""
+    host, _, port = server.split("://", 1)[1].rpartition(":")
+    route = int(port) + ROUTE_PORT_OFFSET
+    if route > 65535:
+        raise ConfigError(
+            f"{server}: its cluster routes would take port {route}; in a cluster `roundtable bus` runs, "
+            f"use client ports up to {65535 - ROUTE_PORT_OFFSET}"
+        )
+    return f"{host}:{route}"
+
+
+def server_config(servers: list[str], node: int, directory: Path) -> Path:
+    """A config file for the NATS server of `servers[node]` (with routes to the others, if any)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "nats-server.conf"
-    path.write_text(f'listen: "{listen}"\nmax_payload: {MAX_PAYLOAD}\n', encoding="utf-8")
+    lines = [f'listen: "{servers[node].split("://", 1)[1]}"', f"max_payload: {MAX_PAYLOAD}"]
+    if len(servers) > 1:
+        routes = ", ".join(f'"nats-route://{route_of(other)}"' for other in servers if other != servers[node])
+        lines += [
+            "cluster {",
+            '  name: "roundtable"',
+            f'  listen: "{route_of(servers[node])}"',
+            f"  routes: [{routes}]",
+            "}",
+        ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
-async def serve_bus(address: str, directory: Path) -> int:
-    """Run a NATS server for the first server of `address`, announce it ready, and stop it on a
-    signal. Its own log lines go to our standard error."""
+async def serve_bus(address: str, directory: Path, node: int = 0) -> int:
+    """Run the NATS server for server `node` of `address` (a node of a cluster of them all, when
+    it lists several), announce it ready, and stop it on a signal. Its own log lines go to our
+    standard error."""
     from .runtime import announce_ready, child_setup, shutdown_on_signal
 
-    first = servers_of(address)[0]
-    listen = first.split("://", 1)[1]
-    if not is_loopback(listen):
-        raise ConfigError(f"`roundtable bus` serves on this machine only: {first} is not a loopback address")
+    servers = servers_of(address)
+    if not 0 <= node < len(servers):
+        raise ConfigError(f"--node {node}: the bus lists {len(servers)} server(s), nodes 0 to {len(servers) - 1}")
+    for server in servers:
+        if not is_loopback(server.split("://", 1)[1]):
+            raise ConfigError(f"`roundtable bus` serves on this machine only: {server} is not a loopback address")
+    first = servers[node]
+    config = server_config(servers, node, directory / f"node{node}" if len(servers) > 1 else directory)
     process = await asyncio.create_subprocess_exec(
         server_binary(),
         "-c",
-        str(server_config(listen, directory)),
+        str(config),
         stderr=asyncio.subprocess.PIPE,
         preexec_fn=child_setup(),  # it dies with us, even if we are killed
     )

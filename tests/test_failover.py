@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 from fakeclock import held
-from harness import READY, Proc, Procs, processes
-from test_nats import nats_config, start_bus
+from harness import READY, Proc, Procs, processes, terminal_messages, write_config
+from test_nats import cluster_address, nats_config, start_bus
 from test_reliability import assert_complete, assert_shown_once, chat, stored
 
 from roundtable.lease import Lease, LeaseLost
@@ -97,3 +101,95 @@ async def test_the_lease_is_one_holders_at_a_time_and_lapses_on_the_holders_cloc
         assert await a.try_take() == a.holder  # a clean stop hands over at once
     finally:
         await store.close()
+
+
+class Stalls:
+    """The longest time any unfinished conversation went without a new message, sampled."""
+
+    def __init__(self, terminals: list[Proc]) -> None:
+        self.terminals = terminals
+        self.longest = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        seen = {t.name: (0, time.monotonic()) for t in self.terminals}
+        while not self._stop.wait(0.1):
+            now = time.monotonic()
+            for terminal in self.terminals:
+                if terminal.popen.poll() is not None:
+                    continue
+                count = len(terminal_messages(terminal.output))
+                if count != seen[terminal.name][0]:
+                    seen[terminal.name] = (count, now)
+                self.longest = max(self.longest, now - seen[terminal.name][1])
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join(5)
+        return self.longest
+
+
+def test_chaos_on_a_three_node_cluster_loses_and_repeats_no_turn(tmp_path: Path) -> None:
+    """Three conversations on a three-node cluster with two managers and two writer processes;
+    killed with SIGKILL in a random order while they run, and each started again: a NATS node,
+    a writer, the leading manager. Every conversation ends whole, each turn stored and shown once."""
+    seed = int(os.environ.get("CHAOS_SEED", str(time.time_ns() % 1_000_000)))
+    rng = random.Random(seed)
+    rounds = 12
+    cfg = nats_config(tmp_path, rounds=rounds, lease=LEASE)
+    write_config(cfg, {**yaml.safe_load(cfg.read_text()), "bus": cluster_address()})
+    with processes(tmp_path) as procs:
+        nodes = [procs.roundtable(f"bus{n}", "bus", "--node", str(n), "--config", str(cfg)) for n in range(3)]
+        for node in nodes:
+            node.wait_for(READY, timeout=30)
+        leader = procs.roundtable("manager-0", "manager", "--config", str(cfg))
+        leader.wait_for(READY, timeout=60)
+        standby = procs.roundtable("manager-1", "manager", "--config", str(cfg))
+        standby.wait_for(STANDING_BY, timeout=60)
+
+        def writer(n: int, life: int) -> Proc:
+            own = {"ROUNDTABLE_DATA_DIR": str(tmp_path / f"writer{n}")}  # each replica keeps its own outbox
+            args = ("agent", "--config", str(cfg), "--name", "writer")
+            return procs.roundtable(f"writer{n}-{life}", *args, env=own)
+
+        writers = [writer(0, 0), writer(1, 0)]
+        agents = [*writers, procs.roundtable("editor", "agent", "--config", str(cfg), "--name", "editor")]
+        for agent in agents:
+            agent.wait_for(READY, timeout=60)
+        tasks = ("Write about rain", "Write about the sea", "Write about snow")
+        terminals = [chat(procs, cfg, name=f"chat{i}", task=task) for i, task in enumerate(tasks)]
+        stalls = Stalls(terminals)
+        victims = ["node", "writer", "manager"]
+        rng.shuffle(victims)
+        for life, victim in enumerate(victims, start=1):
+            deadline = time.monotonic() + 90
+            while sum(len(terminal_messages(t.output)) for t in terminals) < 4 * life:
+                assert time.monotonic() < deadline, [t.output[-1000:] for t in terminals]
+                time.sleep(0.05)
+            if victim == "node":
+                n = rng.randrange(3)
+                nodes[n].stop(signal.SIGKILL)
+                nodes[n] = procs.roundtable(f"bus{n}-{life}", "bus", "--node", str(n), "--config", str(cfg))
+                nodes[n].wait_for(READY, timeout=30)
+            elif victim == "writer":
+                n = rng.randrange(2)
+                writers[n].stop(signal.SIGKILL)
+                writers[n] = writer(n, life)
+                writers[n].wait_for(READY, timeout=60)
+            else:
+                leader.stop(signal.SIGKILL)
+                standby.wait_for(READY, timeout=LEASE + 30)
+                leader, standby = standby, procs.roundtable(f"manager-{life + 1}", "manager", "--config", str(cfg))
+                standby.wait_for(STANDING_BY, timeout=60)
+        for terminal in terminals:
+            assert terminal.wait_exit(180) == 0, terminal.output[-3000:]
+        longest = stalls.stop()
+    conversations = stored(tmp_path)
+    assert sorted(c.task for c in conversations) == sorted(tasks), conversations
+    for conversation in conversations:
+        assert_complete(conversation, rounds)
+    for terminal in terminals:
+        assert_shown_once(terminal.output, rounds)
+    print(f"chaos seed {seed}: killed {', '.join(victims)}; longest stall {longest:.1f} s; lost 0, duplicated 0")

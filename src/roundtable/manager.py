@@ -561,15 +561,16 @@ class GroupChatManager(RoutedAgent):
         # Without the lock: a turn is pending here before anyone is asked for it, so no handler
         # that holds the lock can be about to open the turn asked about.
         conv = self._conv
+        taker = ""
         if conv is not None:
             pending = conv.pending
             still = not conv.ended and pending is not None and pending.turn_id == message.turn_id
             if still and ctx.sender is not None and ctx.sender.type == message.agent:
-                conv.taker = message.replica
+                conv.taker = taker = message.replica  # the latest to check takes it; one before stops
         else:  # not held here (ended and let go, or not taken up yet): the store knows
             stored = await self._store.get(message.conversation_id)
             still = stored is not None and stored.status == "open" and stored.pending_turn_id == message.turn_id
-        state = TurnState(conversation_id=message.conversation_id, turn_id=message.turn_id, open=still)
+        state = TurnState(conversation_id=message.conversation_id, turn_id=message.turn_id, open=still, taker=taker)
         await self.publish_message(state, topic(turn_topic_type(message.agent), message.conversation_id))
 
     # ------------------------------------------------------------ the tool-call journal

@@ -127,11 +127,14 @@ class TurnCheck(_Wire):
 
 
 class TurnState(_Wire):
-    """The manager's answer to a TurnCheck, on the agent's turn topic."""
+    """The manager's answer to a TurnCheck, on the agent's turn topic (so every process serving
+    the agent hears it). `taker`: the process (AgentOnline.replica) the open turn is now for; one
+    that was answering it already stops (a turn asked again, taken by another process)."""
 
     conversation_id: str
     turn_id: str
     open: bool
+    taker: str = ""
 
 
 class StreamChunk(_Wire):

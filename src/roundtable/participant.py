@@ -156,6 +156,13 @@ class _ChunkSender:
         await self._agent.publish_message(chunk, self._topic)
         crash_point("agent.stream.chunk")
 
+    def abandon(self) -> None:
+        """Send nothing more: the message stops where it is, as if its process had died."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        self._buffer = ""
+
     async def close(self) -> None:
         """Send what is left and mark the message done."""
         if self._flush is not None:
@@ -189,6 +196,7 @@ class Participant(RoutedAgent):
         self._answering: set[str] = set()
         self._outbox = outbox  # ... and the same after a restart, from the disk
         self._checks: dict[str, asyncio.Future[bool]] = {}  # turn id -> the manager's word on it
+        self._speaking: dict[str, asyncio.Future[AgentReply]] = {}  # turn id -> its answer being made
         self._seed_exchange = SeedExchange()
         self._seed_answering = asyncio.Lock()
         self._seed_opened = False
@@ -231,8 +239,13 @@ class Participant(RoutedAgent):
                     await chunks.add(event.content)
                 elif isinstance(event, Response):
                     final = event.chat_message.to_text()
-        finally:
+        except asyncio.CancelledError:
+            chunks.abandon()  # the turn went to another process: what streamed reads as cut off
+            raise
+        except BaseException:
             await chunks.close()
+            raise
+        await chunks.close()
         return finish_reply(final or "", self._client.last_finish_reason)
 
     @message_handler
@@ -253,9 +266,18 @@ class Participant(RoutedAgent):
             if not await self._turn_open(message):
                 log.info("%s: turn %s is no longer open; not answering it", self.name, message.turn_id[:8])
                 return
-            reply = await self._answer(message)
+            answering = self._speaking[message.turn_id] = asyncio.ensure_future(self._answer(message))
+            try:
+                reply = await answering
+            except asyncio.CancelledError:
+                handler = asyncio.current_task()
+                if handler is not None and handler.cancelling():
+                    raise  # this handler itself is being cancelled, not only the answer
+                log.info("%s: turn %s went to another process; stopped answering it", self.name, message.turn_id[:8])
+                return
         finally:
             self._answering.discard(message.turn_id)
+            self._speaking.pop(message.turn_id, None)
         self._answered = {message.turn_id: reply}  # only the latest turn can be asked again
         if self._outbox is not None:
             self._outbox.put(reply)
@@ -297,6 +319,10 @@ class Participant(RoutedAgent):
         answer = self._checks.get(message.turn_id)
         if answer is not None and not answer.done():
             answer.set_result(message.open)
+            return
+        answering = self._speaking.get(message.turn_id)
+        if answering is not None and message.taker and message.taker != REPLICA:
+            answering.cancel()  # asked again and taken by another process: one answer, from it
 
     async def _answer(self, message: RequestToSpeak) -> AgentReply:
         """Generate this turn's reply; a model failure is the reply's error."""

@@ -314,6 +314,18 @@ def bus_table(data: dict[str, Any]) -> str:
             f"each writer turn costing {data['cpu_ms']:g} ms of CPU"
         )
         text += "\n\n" + table(title, ["", "turns/s", "x one", "lost / dup / unfinished"], lines)
+    recovery = data.get("recovery") or {}
+    if recovery:
+        sides = ("grpc", "nats")
+        rows = [
+            ["killed", *(recovery[s]["killed"] for s in sides)],
+            ["longest stall at the observer", *(_ms(recovery[s]["stall_ms"]) for s in sides)],
+            ["turn p50 (for scale)", *(_ms(recovery[s]["turn_ms_p50"]) for s in sides)],
+            ["turns, each numbered once", *("yes" if recovery[s]["all_turns_once"] else "NO" for s in sides)],
+        ]
+        stall = _x(recovery["ratio_stall"])
+        title = f"Recovery: the router under the manager killed mid-conversation; NATS/gRPC stall {stall}"
+        text += "\n\n" + table(title, ["", "gRPC host", "NATS bus (3 nodes)"], rows)
     return text
 
 

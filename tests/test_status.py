@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -55,9 +56,10 @@ def test_status_lists_connected_agents_and_the_open_conversation_waiting_for_an_
     assert lines[1] == "  participants: editor, writer"
     assert lines[2] == "  manager:      roundtable_manager, roundtable_presence"
     assert re.fullmatch(r"  others:       terminal_\w+", lines[3]), text  # the `chat` that is following along
-    assert lines[4] == f"store {store_url}: 1 open conversation"
+    assert re.fullmatch(rf"  manager lease: {socket.gethostname()}:\d+:\w+, for \d s more", lines[4]), text
+    assert lines[5] == f"store {store_url}: 1 open conversation"
     assert re.fullmatch(
-        rf"  {conversation.id}  3 messages  waiting for critic  idle \d+ s  Write about the sea in two lines", lines[5]
+        rf"  {conversation.id}  3 messages  waiting for critic  idle \d+ s  Write about the sea in two lines", lines[6]
     ), text
 
 

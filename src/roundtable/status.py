@@ -14,6 +14,7 @@ from autogen_ext.runtimes.grpc.protos import agent_worker_pb2
 from sqlalchemy.exc import DBAPIError
 
 from .config import NATS_SCHEMES, StoreUnavailable
+from .lease import MANAGER_LEASE
 from .messages import MANAGER_TYPE, PRESENCE, PRESENCE_TYPE, SEED_TOPIC, TURN_PREFIX, AgentOnline, new_id
 from .security import Security
 from .store import StoredConversation, TranscriptStore
@@ -36,6 +37,7 @@ class Status:
     at: float = field(default_factory=time.time)  # when this was gathered; idle times count from here
     # On a NATS bus, which no one routes: the processes heard from (their heartbeats), per agent.
     replicas: dict[str, int] | None = None
+    lease: tuple[str, float] | None = None  # the manager lease: its holder, and until when
 
 
 async def gather_status(
@@ -59,12 +61,21 @@ async def gather_status(
         conversations = await asyncio.wait_for(_open_conversations(store, limit), timeout)
         tool_calls = await asyncio.wait_for(store.tool_call_counts(), timeout)
         tokens = await asyncio.wait_for(store.token_counts(), timeout)
+        lease = await asyncio.wait_for(store.lease(MANAGER_LEASE), timeout)
     except asyncio.TimeoutError:
         raise StoreUnavailable(f"the transcript store at {store.url} did not answer within {timeout:g} s") from None
     finally:
         await store.close()
     return Status(
-        host_address, agent_types, participants, str(store.url), conversations, tool_calls, tokens, replicas=replicas
+        host_address,
+        agent_types,
+        participants,
+        str(store.url),
+        conversations,
+        tool_calls,
+        tokens,
+        replicas=replicas,
+        lease=lease,
     )
 
 
@@ -145,7 +156,7 @@ def format_status(status: Status) -> str:
         lines = [
             f"bus {status.host}: {len(status.replicas)} agents heard from",
             f"  participants: {', '.join(counted) or 'none'}",
-            "  manager:      not listed on a NATS bus (it sends no heartbeat)",
+            "  manager:      not listed on a NATS bus (it sends no heartbeat; see its lease below)",
         ]
     else:
         lines = [
@@ -154,6 +165,11 @@ def format_status(status: Status) -> str:
             f"  manager:      {', '.join(manager) or 'not connected'}",
             f"  others:       {', '.join(others) or 'none'}",
         ]
+    if status.lease is not None:
+        holder, until = status.lease
+        left = until - status.at
+        held = f"for {_duration(left)} more" if left > 0 else f"lapsed {_duration(-left)} ago"
+        lines.append(f"  manager lease: {holder[:120]}, {held}")
     lines += [
         f"store {status.store}: {open_count} open conversation{'' if open_count == 1 else 's'}",
     ]

@@ -242,6 +242,13 @@ class TranscriptStore:
             current = await conn.scalar(select(leases.c.holder).where(leases.c.name == name))
         return False, str(current or "")
 
+    async def lease(self, name: str) -> tuple[str, float] | None:
+        """Who holds lease `name`, and until when (Unix seconds); None if no one ever took it."""
+        async with self._engine.connect() as conn:
+            query = select(leases.c.holder, leases.c.expires_at).where(leases.c.name == name)
+            row = (await conn.execute(query)).first()
+        return (str(row.holder), float(row.expires_at)) if row is not None else None
+
     async def release_lease(self, name: str, holder: str) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(delete(leases).where(leases.c.name == name, leases.c.holder == holder))

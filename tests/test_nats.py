@@ -4,6 +4,7 @@ Several processes may serve one agent type there; turns spread across them."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
@@ -203,3 +204,25 @@ def test_a_bad_bus_and_a_host_on_a_bus_are_one_clear_line(tmp_path: Path) -> Non
     assert result.returncode == 2, result.stderr
     assert "bus 'nats://127.0.0.1:99999': NATS server 'nats://127.0.0.1:99999'" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+async def test_the_tutorials_seed_mode_runs_on_the_bus(tmp_path: Path) -> None:
+    """The tutorial's writer and editor (agent.py, as written) on a NATS bus instead of host.py."""
+    from fakeopenai import FakeOpenAI
+    from test_tutorial import EDITOR_MESSAGE, WRITER_MESSAGE, tutorial, watch_seed_chat
+
+    address = f"nats://127.0.0.1:{free_port()}"
+    with FakeOpenAI() as fake, processes(tmp_path) as procs:
+        procs.roundtable("bus", "bus", "--address", address).wait_for(READY, timeout=30)
+        watching = None
+        for name, system in (("writer_agent", WRITER_MESSAGE), ("editor_agent", EDITOR_MESSAGE)):
+            args = ("--host-address", address, "--agent-name", name, "--agent-system-message", system)
+            agent = tutorial(procs, name, "agent.py", *args, "--openai-api-key", "sk-test", fake=fake)
+            agent.wait_for(READY, timeout=60)
+            if watching is None:  # the tutorial starts the editor in another terminal, a little later
+                watching = asyncio.create_task(watch_seed_chat(address, until=4))
+                await asyncio.sleep(3)
+        assert watching is not None
+        seen = await watching
+    assert [m.author for m in seen.messages[:4]] == ["user", "writer_agent", "editor_agent", "writer_agent"], seen
+    assert "from the writer model" in seen.messages[1].content, seen.messages

@@ -113,3 +113,63 @@ def test_a_partition_heals_and_nothing_is_lost_or_doubled(tmp_path: Path, networ
     seqs_and_authors = transcript_agents(tmp_path)
     assert [s for s, _ in seqs_and_authors] == list(range(1, 8))
     assert [a for _, a in seqs_and_authors][1:] == ["writer", "editor"] * 3
+
+
+@pytest.fixture
+def nats_network() -> Iterator[Network]:
+    require_netns()
+    net = Network(["n0", "n1", "n2", "desk"])
+    with net:
+        yield net
+    assert net.leftovers() == [], "the harness must remove every namespace and link it made"
+
+
+def test_a_nats_cluster_across_three_network_hosts_carries_on_through_partitions(
+    tmp_path: Path, nats_network: Network
+) -> None:
+    """NATS's own servers on three network hosts (as docs/deploy.md runs them), the manager, the
+    agents and the terminal on a fourth. Two nodes are cut off in turn mid-conversation, each
+    healed again: whoever was connected to a cut node notices within seconds (pings), moves to
+    another, and the conversation ends whole."""
+    from roundtable.natsbus import server_binary, server_config
+
+    net = nats_network
+    servers = [f"nats://{net.addresses[node]}:4222" for node in ("n0", "n1", "n2")]
+    cfg = write_config(
+        tmp_path / "roundtable.yaml",
+        {
+            "bus": ",".join(servers),
+            "host": {"connect_timeout": 10, "heartbeat": 0.5},
+            "agents": [
+                scripted_agent("writer", f"Draft {{n}}: {LONG}", delay=0.04),
+                scripted_agent("editor", f"Feedback {{n}}: {LONG}", delay=0.04),
+            ],
+            "manager": {"termination": {"max_rounds": 12, "timeout": 300}, "turn_timeout": 60},
+        },
+    )
+    with processes(tmp_path) as procs:
+        for n in range(3):
+            conf = server_config(servers, n, tmp_path / f"n{n}")
+            node = procs.start(f"n{n}", *net.run(f"n{n}", server_binary(), "-c", str(conf)))
+            node.wait_for("Server is ready", timeout=30)
+        others = [start(procs, net, "desk", "manager", "manager", "--config", str(cfg))]
+        for name in ("writer", "editor"):
+            others.append(start(procs, net, "desk", name, "agent", "--name", name, "--config", str(cfg)))
+        for proc in others:
+            proc.wait_for(READY, timeout=60)
+        terminal = start(procs, net, "desk", "chat", "chat", "Write about the sea", "--config", str(cfg))
+        for node, after in (("n0", 1), ("n1", 4)):
+            terminal.wait_for("editor: ", timeout=90, count=after)
+            net.cut(node)
+            try:
+                # It goes on while the node is cut off: whoever was on it gave it up (its pings
+                # went unanswered) and moved to another.
+                terminal.wait_for("editor: ", timeout=45, count=after + 2)
+            finally:
+                net.heal(node)
+        assert terminal.wait_exit(180) == 0, terminal.output
+        output = terminal.output
+    shown = terminal_messages(output)
+    assert [author for author, _ in shown] == ["writer", "editor"] * 6, output
+    assert all(text.endswith("w24") for _, text in shown), output
+    assert [s for s, _ in transcript_agents(tmp_path)] == list(range(1, 14))

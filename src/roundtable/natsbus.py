@@ -49,6 +49,8 @@ EVENT_PREFIX = "rt.ev"
 ONE_PREFIX = "rt.one"
 CALL_PREFIX = "rt.rpc"
 CALL_TIMEOUT = 600.0  # s a call waits for its answer (the worker's own wait is the real bound)
+PING_INTERVAL = 2.0  # s between a client's pings to its NATS node ...
+MAX_OUTSTANDING_PINGS = 2  # ... and how many may go unanswered before it gives the node up
 
 
 def is_nats(address: str) -> bool:
@@ -187,6 +189,10 @@ class NatsCall:
         options: dict[str, Any] = {
             "allow_reconnect": False,
             "connect_timeout": max(0.5, min(stub.connect_timeout, 5.0)),
+            # A node cut off (not closed) sends nothing back: ping it, so that the worker notices
+            # within a few seconds and moves to another node, rather than after nats-py's 4 minutes.
+            "ping_interval": PING_INTERVAL,
+            "max_outstanding_pings": MAX_OUTSTANDING_PINGS,
             "disconnected_cb": self._lost,
             "error_cb": self._error,
         }
@@ -346,7 +352,15 @@ def server_config(servers: list[str], node: int, directory: Path) -> Path:
     """A config file for the NATS server of `servers[node]` (with routes to the others, if any)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "nats-server.conf"
-    lines = [f'listen: "{servers[node].split("://", 1)[1]}"', f"max_payload: {MAX_PAYLOAD}"]
+    lines = [
+        f'listen: "{servers[node].split("://", 1)[1]}"',
+        f"max_payload: {MAX_PAYLOAD}",
+        # A peer or client cut off (not closed) answers nothing: the node finds out within seconds,
+        # rather than NATS's default minutes, so a cut-off node's subscriptions stop drawing traffic.
+        f'ping_interval: "{PING_INTERVAL:g}s"',
+        f"ping_max: {MAX_OUTSTANDING_PINGS}",
+        f'write_deadline: "{PING_INTERVAL:g}s"',
+    ]
     if len(servers) > 1:
         routes = ", ".join(f'"nats-route://{route_of(other)}"' for other in servers if other != servers[node])
         lines += [

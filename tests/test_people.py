@@ -11,7 +11,7 @@ from playwright.sync_api import Browser
 from test_ui import Tab, browser, start_page  # noqa: F401  (the module's browser fixture)
 
 
-def people_config(tmp_path: Path, people: list[str]) -> Path:
+def people_config(tmp_path: Path, people: list[str], turn_timeout: float = 60) -> Path:
     data = {
         "host": {"address": f"127.0.0.1:{free_port()}", "connect_timeout": 10},
         "model": {"provider": "scripted", "script": ["(default)"]},
@@ -19,7 +19,7 @@ def people_config(tmp_path: Path, people: list[str]) -> Path:
             scripted_agent("writer", "Draft {n} after: {last}", delay=0.01),
             {"name": "ana", "kind": "human", "people": people, "description": "the person who decides"},
         ],
-        "manager": {"turn_timeout": 60, "termination": {"max_rounds": 3, "timeout": 120}},
+        "manager": {"turn_timeout": turn_timeout, "termination": {"max_rounds": 3, "timeout": 120}},
         "ui": {"port": free_port()},
     }
     return write_config(tmp_path / "roundtable.yaml", data)
@@ -74,3 +74,18 @@ def test_a_person_takes_a_human_seats_turn_from_the_page(tmp_path: Path, browser
         tab.close()
     assert any(t.startswith("Conversation ended: max_rounds reached (3 rounds)") for t in texts), texts
     assert "did not answer" not in " ".join(texts), texts
+
+
+def test_a_human_seat_no_one_answers_on_the_page_is_skipped_with_a_note(
+    tmp_path: Path,
+    browser: Browser,  # noqa: F811
+) -> None:
+    cfg = people_config(tmp_path, [], turn_timeout=3)
+    with processes(tmp_path) as procs:
+        start_cluster(procs, cfg, ["writer"])
+        tab = Tab(browser, start_page(procs, cfg))
+        tab.send("Write about rain")
+        tab.wait_for_text("ana speaks next (a person's turn: type the answer)")
+        tab.wait_for_text("writer speaks next (ana did not answer within 3 s; skipped)")
+        tab.wait_for_end()
+        tab.close()

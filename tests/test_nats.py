@@ -15,12 +15,17 @@ import sys
 import time
 from pathlib import Path
 
+import nats
+import pytest
 import yaml
+from autogen_agentchat.messages import TextMessage
+from autogen_core import MessageContext, RoutedAgent, TopicId, TypeSubscription, message_handler
 from harness import READY, Proc, Procs, free_port, processes, scripted_agent, write_config
 from test_reliability import LONG, assert_complete, assert_shown_once, chat, stored
 
 from roundtable.crashpoints import CRASH_ENV
-from roundtable.natsbus import ROUTE_PORT_OFFSET
+from roundtable.natsbus import ACK_WAIT, ROUTE_PORT_OFFSET, STREAM, NatsLink, server_binary
+from roundtable.worker import WorkerRuntime, connect_worker, stop_worker
 
 
 def nats_config(tmp_path: Path, rounds: int = 4, **manager: object) -> Path:
@@ -226,3 +231,96 @@ async def test_the_tutorials_seed_mode_runs_on_the_bus(tmp_path: Path) -> None:
         seen = await watching
     assert [m.author for m in seen.messages[:4]] == ["user", "writer_agent", "editor_agent", "writer_agent"], seen
     assert "from the writer model" in seen.messages[1].content, seen.messages
+
+
+# ---------------------------------------------------------------- JetStream: what a node had is not lost
+
+
+class Counter(RoutedAgent):
+    """Keeps the content of every TextMessage handed to it, in order."""
+
+    def __init__(self, seen: list[str]) -> None:
+        super().__init__("counts what it is handed")
+        self.seen = seen
+
+    @message_handler
+    async def on_text(self, message: TextMessage, ctx: MessageContext) -> None:
+        self.seen.append(message.content)
+
+
+async def counting(address: str, seen: list[str]) -> WorkerRuntime:
+    runtime = await connect_worker(address, timeout=30)
+    await Counter.register(runtime, "counter", lambda: Counter(seen))
+    await runtime.add_subscription(TypeSubscription("burst", "counter"))
+    return runtime
+
+
+async def replicas(address: str) -> int:
+    """How many nodes keep the stream of events."""
+    nc = await nats.connect(address.split(","))
+    try:
+        info = await nc.jetstream().stream_info(STREAM)
+    finally:
+        await nc.close()
+    return info.config.num_replicas
+
+
+async def test_a_burst_loses_and_repeats_nothing_when_the_subscribers_node_is_killed(tmp_path: Path) -> None:
+    """2,000 events published through a three-node cluster; while the first thousand are under
+    way, the node the subscriber is connected to is killed. Each event reaches the subscriber
+    once: the stream kept what it had (on the other nodes), the subscriber's consumer handed it
+    what it had not acknowledged when it came back on another node, and what came twice was dropped."""
+    address = cluster_address()
+    cfg = write_config(tmp_path / "roundtable.yaml", {"bus": address})
+    with processes(tmp_path) as procs:
+        nodes = [procs.roundtable(f"bus{n}", "bus", "--node", str(n), "--config", str(cfg)) for n in range(3)]
+        for node in nodes:
+            node.wait_for(READY, timeout=30)
+        seen: list[str] = []
+        receiver = await counting(address, seen)
+        sender = await connect_worker(address, timeout=30)
+        try:
+            assert await replicas(address) == 3
+            link = receiver.connection.link
+            assert isinstance(link, NatsLink)
+            victim = address.split(",").index(link.server)  # the node that hands the subscriber its events
+            sent = [str(n) for n in range(2000)]
+            for n, content in enumerate(sent):
+                if n == 1000:  # the first thousand under way: some handled, some still in flight
+                    while len(seen) < 500:
+                        await asyncio.sleep(0.001)
+                    await asyncio.to_thread(nodes[victim].stop, signal.SIGKILL)
+                await sender.publish_message(TextMessage(content=content, source="burst"), TopicId("burst", "x"))
+            deadline = time.monotonic() + 60
+            while len(seen) < len(sent) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(ACK_WAIT + 1)  # anything handed out twice would have come again by now
+        finally:
+            await stop_worker(sender)
+            await stop_worker(receiver)
+    assert sorted(seen, key=int) == sent, f"{len(set(sent) - set(seen))} lost, {len(seen) - len(set(seen))} repeated"
+    assert len(seen) == len(set(seen))
+
+
+async def test_servers_without_jetstream_carry_events_unstored_and_say_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    address = f"nats://127.0.0.1:{port}"
+    with processes(tmp_path) as procs:
+        procs.start("nats", server_binary(), "-a", "127.0.0.1", "-p", str(port)).wait_for("Server is ready", timeout=30)
+        seen: list[str] = []
+        receiver = await counting(address, seen)
+        sender = await connect_worker(address, timeout=30)
+        try:
+            for content in ("a", "b", "c"):
+                await sender.publish_message(TextMessage(content=content, source="burst"), TopicId("burst", "x"))
+            deadline = time.monotonic() + 30
+            while len(seen) < 3 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        finally:
+            await stop_worker(sender)
+            await stop_worker(receiver)
+    assert seen == ["a", "b", "c"]
+    warnings = [r.getMessage() for r in caplog.records if "offer no JetStream" in r.getMessage()]
+    assert len(warnings) == 2, warnings  # once per worker

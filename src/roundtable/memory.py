@@ -182,6 +182,9 @@ class MemoryLink:
     def __init__(self, host: MemoryHost, number: int) -> None:
         self.stub = MemoryStub(host, f"memory:{number}")
 
+    def handled(self, delivery: str) -> None:
+        """A `MemoryHost` stores nothing: nothing to acknowledge."""
+
     async def close(self) -> None:
         """As closing a gRPC channel: its streams end, and the host forgets their clients."""
         for call in self.stub.calls:

@@ -14,6 +14,19 @@ NATS:
   each hears the rest. The event is handed to A only, in this process.
 - A call to agent type A is a NATS request on `rt.rpc.<A>`, in queue group A.
 
+Events are stored on the way (JetStream), when the servers offer it: both subjects above are in
+the stream `ROUNDTABLE`, kept on `min(3, servers listed)` nodes, so an event a node had taken
+survives that node. A publish counts once the stream has it (its `PubAck`; tried again while the
+stream elects a new leader), and carries the event's id as `Nats-Msg-Id`, so the stream keeps one
+copy of an event sent again. Each process follows `rt.ev` through consumers of its own (one node's,
+in memory: cheap to make again on a live node) and remembers the stream sequence of the last event
+each handed it; after a lost connection, the new consumers start just after it. The turn requests
+(`rt.one`) go through one durable consumer per agent type and topic type, shared by its processes:
+each request is acknowledged once handled (see `Link.handled`) and kept alive meanwhile, so one
+whose process died goes to another after `ACK_WAIT`. An event handed to this process before (by
+id) is dropped. Without JetStream on the servers, events go as plain NATS messages, and each
+worker says so once.
+
 NATS reconnects by itself; here a lost connection ends the stream instead, so the worker's own
 recovery runs as on gRPC: it connects again, subscribes again, and its listeners republish and
 ask again. What NATS does not do that the gRPC host does: vouch for senders, and keep one
@@ -23,10 +36,12 @@ worker per agent type. Run it where every client is trusted.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import shutil
 import ssl
 import sys
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -34,14 +49,17 @@ from typing import Any
 import grpc
 import nats
 import nats.errors
+import nats.js.errors
 from autogen_ext.runtimes.grpc.protos import agent_worker_pb2, cloudevent_pb2
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from .config import NATS_SCHEMES, ConfigError
 from .messages import TAKEN_BY_ONE_REPLICA
 from .security import Security, is_loopback
-from .wire import DELIVERED_TO, SCHEMA
+from .wire import DELIVERED_TO, DELIVERY, SCHEMA
 
 log = logging.getLogger("roundtable")
 
@@ -51,6 +69,22 @@ CALL_PREFIX = "rt.rpc"
 CALL_TIMEOUT = 600.0  # s a call waits for its answer (the worker's own wait is the real bound)
 PING_INTERVAL = 2.0  # s between a client's pings to its NATS node ...
 MAX_OUTSTANDING_PINGS = 2  # ... and how many may go unanswered before it gives the node up
+
+STREAM = "ROUNDTABLE"  # JetStream's stream of every event (see the module's text)
+STREAM_REPLICAS = 3  # nodes that keep each event, at most (and at most as many as are listed)
+STREAM_MAX_AGE = 3600.0  # s an event is kept: long enough for any consumer to come back for it
+STREAM_MAX_BYTES = 1024**3  # the oldest events go first past this
+DUPLICATE_WINDOW = 120.0  # s within which the stream drops an event published again (by id)
+JETSTREAM_TIMEOUT = 2.0  # s for one answer from JetStream (a stream's leader, a consumer's): the
+#                         node that led may be dead, and the next one is elected within seconds ...
+PUBLISH_DEADLINE = 15.0  # ... so a publish is tried again until this, before the connection is given up
+ACK_WAIT = 10.0  # s an event handed out may go unacknowledged before it goes again ...
+KEEP_ALIVE = ACK_WAIT / 3  # ... so one still being handled is said to be, this often
+FOLLOWER_IDLE = 30.0  # s after its connection is gone that a connection's own consumers are removed
+FOLLOWER_CHECK = 2.0  # s between asking after each of them ...
+FOLLOWER_MISSES = 2  # ... and how many unanswered mean it is gone
+SHARED_IDLE = 24 * 3600.0  # s after an agent type's last process is gone, its shared consumers
+SEEN_LIMIT = 10_000  # event ids remembered per connection, to drop what comes again
 
 
 def is_nats(address: str) -> bool:
@@ -88,11 +122,43 @@ def _error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
 
 
+class Session:
+    """What a worker's successive connections to NATS share: where each subscription is in the
+    stream, and the ids of events already handed to it."""
+
+    def __init__(self) -> None:
+        self.resume: dict[str, int] = {}  # subscription -> the stream sequence of its latest event
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self.warned = False
+
+    def first_time(self, key: str) -> bool:
+        """Whether `key` is new here (and remember it)."""
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        if len(self._seen) > SEEN_LIMIT:
+            self._seen.popitem(last=False)
+        return True
+
+
 class NatsLink:
     """One connection to NATS (see `worker.Link`)."""
 
-    def __init__(self, address: str, security: Security, connect_timeout: float) -> None:
-        self.stub = NatsStub(servers_of(address), security, connect_timeout)
+    def __init__(
+        self, address: str, security: Security, connect_timeout: float, session: Session | None = None
+    ) -> None:
+        self.stub = NatsStub(servers_of(address), security, connect_timeout, session or Session())
+
+    @property
+    def server(self) -> str:
+        """The NATS server this link is connected to now ("" when it is not)."""
+        call = self.stub.call
+        url = call.nc.connected_url if call is not None and call.nc is not None else None
+        return f"nats://{url.netloc}" if url is not None else ""
+
+    def handled(self, delivery: str) -> None:
+        if self.stub.call is not None:
+            self.stub.call.acknowledge(delivery)
 
     async def close(self) -> None:
         await self.stub.close()
@@ -101,10 +167,11 @@ class NatsLink:
 class NatsStub:
     """The `AgentRpc` stub's methods, done with NATS subscriptions and requests."""
 
-    def __init__(self, servers: list[str], security: Security, connect_timeout: float) -> None:
+    def __init__(self, servers: list[str], security: Security, connect_timeout: float, session: Session) -> None:
         self.servers = servers
         self.security = security
         self.connect_timeout = connect_timeout
+        self.session = session
         self.call: NatsCall | None = None
         self._subscriptions: dict[str, tuple[agent_worker_pb2.Subscription, list[Any]]] = {}
         self._serving: dict[str, Any] = {}  # agent type -> its call subscription
@@ -139,14 +206,25 @@ class NatsStub:
             call = self.call
             assert call is not None
 
-            async def deliver(msg: Msg, agent_type: str = spec.agent_type) -> None:
-                await call.on_event(msg, agent_type)
+            key = hashlib.sha256(f"{spec.agent_type}\n{spec.topic_type}".encode()).hexdigest()[:24]
+
+            async def to_all(msg: Msg, agent_type: str = spec.agent_type, key: str = key) -> None:
+                await call.on_event(msg, agent_type, resume=key)
+
+            async def to_one(msg: Msg, agent_type: str = spec.agent_type) -> None:
+                await call.on_event(msg, agent_type, acknowledge=True)
 
             topic_type = _name(spec.topic_type)
-            nats_subscription = [
-                await nc.subscribe(f"{EVENT_PREFIX}.{topic_type}.*", cb=deliver),
-                await nc.subscribe(f"{ONE_PREFIX}.{topic_type}.*", queue=_name(spec.agent_type), cb=deliver),
-            ]
+            everyone, one = f"{EVENT_PREFIX}.{topic_type}.*", f"{ONE_PREFIX}.{topic_type}.*"
+            if call.js is None:
+                nats_subscription = [
+                    await nc.subscribe(everyone, cb=to_all),
+                    await nc.subscribe(one, queue=_name(spec.agent_type), cb=to_one),
+                ]
+            else:
+                follower = await _follow(call.js, everyone, self.session.resume.get(key), to_all)
+                call.followers.append(follower)
+                nats_subscription = [follower, await _share(call.js, one, f"o{key}", to_one)]
         # A prefix subscription (AutoGen's "<type>:" for messages sent to a type directly) has
         # no subject to match on NATS; roundtable publishes on no such topic.
         copy = agent_worker_pb2.Subscription()
@@ -157,6 +235,8 @@ class NatsStub:
     async def RemoveSubscription(self, request: Any, metadata: Any = None, timeout: float | None = None) -> Any:
         _, nats_subscriptions = self._subscriptions.pop(request.id, (None, []))
         for nats_subscription in nats_subscriptions:
+            if self.call is not None and nats_subscription in self.call.followers:
+                self.call.followers.remove(nats_subscription)
             await nats_subscription.unsubscribe()
         return agent_worker_pb2.RemoveSubscriptionResponse()
 
@@ -177,6 +257,12 @@ class NatsCall:
         self._stub = stub
         self._requests = requests
         self.nc: NatsClient | None = None
+        self.js: JetStreamContext | None = None  # None: the servers have no JetStream
+        self._unacknowledged: dict[str, Msg] = {}  # delivery -> the JetStream message to acknowledge
+        self._deliveries = 0
+        self._keeping_alive: asyncio.Task[None] | None = None
+        self._watching: asyncio.Task[None] | None = None
+        self.followers: list[Any] = []  # our own consumers (see `_follow`), watched
         self._inbox: asyncio.Queue[Any] = asyncio.Queue()
         self._pump: asyncio.Task[None] | None = None
         self._replies: dict[str, str] = {}  # our request id -> the NATS reply subject
@@ -206,7 +292,93 @@ class NatsCall:
         except (nats.errors.Error, OSError, asyncio.TimeoutError) as error:
             detail = str(error) or type(error).__name__
             raise _error(grpc.StatusCode.UNAVAILABLE, f"cannot reach NATS: {detail}") from None
+        self.js = await self._stream()
+        if self.js is not None:
+            self._keeping_alive = asyncio.create_task(self._keep_alive())
+            self._watching = asyncio.create_task(self._watch_followers())
         self._pump = asyncio.create_task(self._send_all())
+
+    async def _stream(self) -> JetStreamContext | None:
+        """JetStream, with the stream of events made if it is not there yet; None when the servers
+        do not offer JetStream (said once per worker)."""
+        assert self.nc is not None
+        js = self.nc.jetstream(timeout=JETSTREAM_TIMEOUT)
+        try:
+            await js.stream_info(STREAM)
+            return js
+        except nats.js.errors.NotFoundError:
+            pass
+        except nats.js.errors.ServiceUnavailableError:
+            self._without_jetstream()
+            return None
+        except (nats.errors.Error, asyncio.TimeoutError) as error:
+            raise _error(grpc.StatusCode.UNAVAILABLE, f"JetStream is not ready: {_detail(error)}") from None
+        replicas = min(STREAM_REPLICAS, len(self._stub.servers))
+        config = StreamConfig(
+            name=STREAM,
+            subjects=[f"{EVENT_PREFIX}.>", f"{ONE_PREFIX}.>"],
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            max_age=STREAM_MAX_AGE,
+            max_bytes=STREAM_MAX_BYTES,
+            duplicate_window=DUPLICATE_WINDOW,
+        )
+        try:
+            try:
+                await js.add_stream(config)
+            except nats.js.errors.BadRequestError:
+                # Made meanwhile by another process (then it is there now), or a cluster still
+                # forming ("no suitable peers for placement": then not, and connecting is tried again).
+                await js.stream_info(STREAM)
+        except (nats.errors.Error, asyncio.TimeoutError) as error:
+            raise _error(grpc.StatusCode.UNAVAILABLE, f"cannot make the JetStream stream: {_detail(error)}") from None
+        return js
+
+    def _without_jetstream(self) -> None:
+        if not self._stub.session.warned:
+            self._stub.session.warned = True
+            log.warning(
+                "the NATS servers at %s offer no JetStream: events go unstored, and what is in flight when a "
+                "server dies is lost (conversations recover as from a host restart)",
+                ",".join(self._stub.servers),
+            )
+
+    async def _keep_alive(self) -> None:
+        """Tell JetStream that the events still being handled are (else it hands them out again)."""
+        while True:
+            await asyncio.sleep(KEEP_ALIVE)
+            for msg in list(self._unacknowledged.values()):
+                try:
+                    await msg.in_progress()
+                except nats.errors.Error:
+                    pass
+
+    async def _watch_followers(self) -> None:
+        """Our own consumers live on one node each. When that node dies, or one was placed on a
+        node just dying, it hands out nothing more and says nothing: asked after each
+        `FOLLOWER_CHECK`, one not found, or not answering twice running, ends the connection, and
+        the worker connects again and follows on from where it was."""
+        misses: dict[int, int] = {}
+        while True:
+            await asyncio.sleep(FOLLOWER_CHECK)
+            for follower in list(self.followers):
+                try:
+                    await follower.consumer_info()
+                    misses.pop(id(follower), None)
+                except nats.js.errors.NotFoundError:
+                    misses[id(follower)] = FOLLOWER_MISSES
+                except (nats.errors.Error, asyncio.TimeoutError):
+                    misses[id(follower)] = misses.get(id(follower), 0) + 1
+                if misses.get(id(follower), 0) >= FOLLOWER_MISSES:
+                    self.end(grpc.StatusCode.UNAVAILABLE, "a JetStream consumer of ours is gone with its node")
+                    return
+
+    def acknowledge(self, delivery: str) -> None:
+        msg = self._unacknowledged.pop(delivery, None)
+        if msg is not None:
+            task = asyncio.ensure_future(_ack(msg))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
 
     async def _lost(self) -> None:
         self.end(grpc.StatusCode.UNAVAILABLE, "the connection to NATS was lost")
@@ -219,8 +391,8 @@ class NatsCall:
         try:
             async for message in self._requests:
                 await self._send(message)
-        except (nats.errors.Error, OSError) as error:
-            self.end(grpc.StatusCode.UNAVAILABLE, f"publishing to NATS failed: {error}")
+        except (nats.errors.Error, OSError, asyncio.TimeoutError) as error:
+            self.end(grpc.StatusCode.UNAVAILABLE, f"publishing to NATS failed: {_detail(error)}")
 
     async def _send(self, message: agent_worker_pb2.Message) -> None:
         assert self.nc is not None
@@ -236,7 +408,10 @@ class NatsCall:
                     self.nc.max_payload,
                 )
                 return
-            await self.nc.publish(event_subject(event), data)
+            if self.js is None:
+                await self.nc.publish(event_subject(event), data)
+                return
+            await self._store(event_subject(event), data, event.id)
         elif kind == "request":
             task = asyncio.create_task(self._call(message.request))
             self._calls.add(task)
@@ -245,6 +420,24 @@ class NatsCall:
             reply = self._replies.pop(message.response.request_id, None)
             if reply is not None:
                 await self.nc.publish(reply, message.response.SerializeToString())
+
+    async def _store(self, subject: str, data: bytes, event_id: str) -> None:
+        """Publish an event to the stream, and wait until the stream has it. While its leader is
+        being elected again, tried again (by its id, the stream keeps one copy); past
+        `PUBLISH_DEADLINE`, the connection is given up, and the worker sends it on the next one."""
+        assert self.js is not None
+        headers = {"Nats-Msg-Id": event_id} if event_id else None
+        deadline = asyncio.get_running_loop().time() + PUBLISH_DEADLINE
+        while True:
+            try:
+                await self.js.publish(subject, data, headers=headers)
+                return
+            except (nats.errors.Error, asyncio.TimeoutError) as error:
+                if self.nc is None or not self.nc.is_connected or asyncio.get_running_loop().time() > deadline:
+                    self.end(grpc.StatusCode.UNAVAILABLE, f"NATS did not store an event: {_detail(error)}")
+                    raise
+                log.debug("NATS did not store an event yet (%s); trying again", _detail(error))
+                await asyncio.sleep(0.1)
 
     async def _call(self, request: agent_worker_pb2.RpcRequest) -> None:
         assert self.nc is not None
@@ -261,12 +454,32 @@ class NatsCall:
         response.request_id = caller_id
         self._inbox.put_nowait(agent_worker_pb2.Message(response=response))
 
-    async def on_event(self, msg: Msg, agent_type: str) -> None:
+    async def on_event(self, msg: Msg, agent_type: str, resume: str = "", acknowledge: bool = False) -> None:
+        """An event for `agent_type`: into the worker's inbox. From JetStream: `resume` names the
+        subscription whose place in the stream is kept (see `_follow`); one to `acknowledge` is
+        acknowledged once handled (see `_share`); one handed to this process before is dropped."""
+        stored = self.js is not None and bool(msg.reply)
+        session = self._stub.session
+        acknowledge = acknowledge and stored
         try:
             event = cloudevent_pb2.CloudEvent.FromString(msg.data)
         except Exception:  # junk on our subject: skipped, as the host skips it
             log.warning("skipped a message on NATS subject %s that is not an event", msg.subject[:120])
+            if acknowledge:
+                await _ack(msg)
             return
+        if stored:
+            if resume:
+                session.resume[resume] = max(session.resume.get(resume, 0), msg.metadata.sequence.stream)
+            if not session.first_time(f"{agent_type}\n{event.id}"):
+                if acknowledge:
+                    await _ack(msg)  # handed to this process before (it came again): done with
+                return
+        if acknowledge:
+            self._deliveries += 1
+            delivery = str(self._deliveries)
+            self._unacknowledged[delivery] = msg
+            event.attributes[DELIVERY].ce_string = delivery
         event.attributes[DELIVERED_TO].ce_string = agent_type
         self._inbox.put_nowait(agent_worker_pb2.Message(cloudEvent=event))
 
@@ -301,6 +514,9 @@ class NatsCall:
         self.end(grpc.StatusCode.CANCELLED, "closed")
         if self._pump is not None:
             self._pump.cancel()
+        for task in (self._keeping_alive, self._watching):
+            if task is not None:
+                task.cancel()
         for task in list(self._calls):
             task.cancel()
         return True
@@ -312,6 +528,68 @@ class NatsCall:
                 await self.nc.close()
             except nats.errors.Error:
                 pass
+
+
+async def _follow(js: JetStreamContext, subject: str, resume: int | None, deliver: Any) -> Any:
+    """A subscription to every event on `subject` from stream sequence `resume` on (the new ones
+    when None), through a consumer of this connection's own: one node's, in memory, gone a while
+    after the connection is (one cheap to make again, on whichever node is up: no election to wait
+    for when its node dies). Not acknowledged: a worker that connects again picks up from the last
+    event it was handed."""
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.NEW if resume is None else DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=None if resume is None else resume + 1,
+        ack_policy=AckPolicy.NONE,
+        num_replicas=1,
+        mem_storage=True,
+        inactive_threshold=FOLLOWER_IDLE,
+    )
+    return await _subscribe(js, subject, config, deliver)
+
+
+async def _share(js: JetStreamContext, subject: str, name: str, deliver: Any) -> Any:
+    """A subscription that shares the events on `subject` with every process subscribed so: one
+    durable consumer `name`, kept on as many nodes as the stream, made if it is not there. Each
+    event goes to one of them, and is acknowledged once handled; one that is not (its process
+    died) goes to another after `ACK_WAIT`."""
+    config = ConsumerConfig(
+        durable_name=name,
+        deliver_group=name,  # nats-py wants the queue group named as the consumer
+        deliver_policy=DeliverPolicy.NEW,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ACK_WAIT,
+        max_ack_pending=-1,
+        inactive_threshold=SHARED_IDLE,
+    )
+    return await _subscribe(js, subject, config, deliver, queue=name)
+
+
+async def _subscribe(
+    js: JetStreamContext, subject: str, config: ConsumerConfig, deliver: Any, queue: str | None = None
+) -> Any:
+    try:
+        return await js.subscribe(
+            subject,
+            queue=queue,
+            durable=config.durable_name,
+            stream=STREAM,
+            config=config,
+            cb=deliver,
+            manual_ack=True,
+        )
+    except (nats.errors.Error, asyncio.TimeoutError) as error:
+        raise _error(grpc.StatusCode.UNAVAILABLE, f"cannot subscribe on JetStream: {_detail(error)}") from None
+
+
+async def _ack(msg: Msg) -> None:
+    try:
+        await msg.ack()
+    except nats.errors.Error:
+        pass  # gone with its connection: JetStream hands it out again, and it is dropped as seen
+
+
+def _detail(error: BaseException) -> str:
+    return str(error) or type(error).__name__
 
 
 # ---------------------------------------------------------------- `roundtable bus`: a local NATS server
@@ -360,6 +638,8 @@ def server_config(servers: list[str], node: int, directory: Path) -> Path:
         f'ping_interval: "{PING_INTERVAL:g}s"',
         f"ping_max: {MAX_OUTSTANDING_PINGS}",
         f'write_deadline: "{PING_INTERVAL:g}s"',
+        f'server_name: "roundtable-{node}"',
+        f'jetstream {{ store_dir: "{directory / "jetstream"}" }}',
     ]
     if len(servers) > 1:
         routes = ", ".join(f'"nats-route://{route_of(other)}"' for other in servers if other != servers[node])

@@ -34,6 +34,7 @@ MESSAGE_KIND = "agmsgkind"  # ... what kind of message it is (always PUBLISH for
 PUBLISH = "publish"
 #: Set by the NATS bus on receipt (natsbus.py): the one agent type an event was delivered for.
 DELIVERED_TO = "rtdeliveredto"
+DELIVERY = "rtdelivery"  # ... and which of its deliveries to this process, to acknowledge once handled
 TRACE_KEYS = ("traceparent", "tracestate")  # W3C trace context, carried as attributes
 #: The sender of a message published by no agent (a page, a terminal), or by one a client does not own.
 UNKNOWN_SENDER = "unknown"

@@ -51,6 +51,7 @@ from .wire import (
     CLIENT_ID_KEY,
     CONTENT_TYPE,
     DELIVERED_TO,
+    DELIVERY,
     HOST_RECEIVE_LIMIT,
     MAX_GRPC_MESSAGE_BYTES,
     MESSAGE_KIND,
@@ -114,6 +115,10 @@ class Link(Protocol):
 
     stub: Any
 
+    def handled(self, delivery: str) -> None:
+        """The event this link delivered as `delivery` has been handled (a bus that stores events
+        may now forget it)."""
+
     async def close(self) -> None: ...
 
 
@@ -127,6 +132,9 @@ class GrpcLink:
         else:
             self._channel = grpc.aio.insecure_channel(address, options=options)
         self.stub = agent_worker_pb2_grpc.AgentRpcStub(self._channel)
+
+    def handled(self, delivery: str) -> None:
+        """The host stores nothing: nothing to acknowledge."""
 
     async def close(self) -> None:
         await self._channel.close()
@@ -171,9 +179,10 @@ class ResilientConnection:
     def _default_dial(self, address: str, connect_timeout: float) -> Callable[[], Link]:
         """gRPC to a host, or NATS for a nats:// address (natsbus.py)."""
         if address.startswith(NATS_SCHEMES):
-            from .natsbus import NatsLink
+            from .natsbus import NatsLink, Session
 
-            return lambda: NatsLink(address, self._security, connect_timeout)
+            session = Session()  # its consumers, and the events it was handed, outlive a connection
+            return lambda: NatsLink(address, self._security, connect_timeout, session)
         return lambda: GrpcLink(address, self._security)
 
     @property
@@ -188,6 +197,11 @@ class ResilientConnection:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def link(self) -> Link | None:
+        """The link of the connection now (None between connections)."""
+        return self._link
 
     @property
     def client_id(self) -> str:
@@ -296,7 +310,9 @@ class ResilientConnection:
                 attempt += 1
                 try:
                     call = await self._connect()
-                except (grpc.aio.AioRpcError, asyncio.TimeoutError):
+                except (grpc.aio.AioRpcError, asyncio.TimeoutError) as error:
+                    detail = error.details() if isinstance(error, grpc.aio.AioRpcError) else "timed out"
+                    log.debug("connecting to %s again failed: %s", self.address, detail)
                     await self._drop_channel()
                     continue
                 self.reconnects += 1
@@ -381,6 +397,13 @@ class ResilientConnection:
 
     async def recv(self) -> agent_worker_pb2.Message:
         return await self._inbox.get()
+
+    def handled(self, event: cloudevent_pb2.CloudEvent) -> None:
+        """`event`'s handlers have run: the link may acknowledge it (see `Link.handled`). One
+        delivered on an earlier connection is not: the bus hands it out again, and then it is
+        dropped as seen."""
+        if DELIVERY in event.attributes and self._link is not None:
+            self._link.handled(event.attributes[DELIVERY].ce_string)
 
     async def close(self) -> None:
         self._closed = True
@@ -564,6 +587,7 @@ class WorkerRuntime(AgentRuntime):
                 await asyncio.gather(*handlers)
         except Exception as error:
             log.warning("skipped a message on %r that could not be handled: %s", event.type[:80], error)
+        self.connection.handled(event)
 
     async def handle_request(self, request: agent_worker_pb2.RpcRequest) -> None:
         """Answer a call to one of this worker's agents: its handler's result, or its error."""

@@ -225,8 +225,8 @@ class TerminalSink:
             self._line_open = False
 
     async def on_token(self, conversation_id: str, message_id: str, author: str, text: str) -> None:
-        if conversation_id != self.conversation_id:
-            return
+        if conversation_id != self.conversation_id or self.ended.done():
+            return  # after the end, only a late stream of an answer given up on can come: not shown
         self._hear()
         if self._streaming != message_id:
             if self._streaming is not None:

@@ -19,8 +19,9 @@ the stream `ROUNDTABLE`, kept on `min(3, servers listed)` nodes, so an event a n
 survives that node. A publish counts once the stream has it (its `PubAck`; tried again while the
 stream elects a new leader), and carries the event's id as `Nats-Msg-Id`, so the stream keeps one
 copy of an event sent again. Each process follows `rt.ev` through consumers of its own (one node's,
-in memory: cheap to make again on a live node) and remembers the stream sequence of the last event
-each handed it; after a lost connection, the new consumers start just after it. The turn requests
+in memory: cheap to make again on a live node), asked after every 2 s (one gone with its node
+ends the connection), and remembers the stream sequence of the last event each handed it; after
+a lost connection, the new consumers start just after it. The turn requests
 (`rt.one`) go through one durable consumer per agent type and topic type, shared by its processes:
 each request is acknowledged once handled (see `Link.handled`) and kept alive meanwhile, so one
 whose process died goes to another after `ACK_WAIT`. An event handed to this process before (by
@@ -77,7 +78,7 @@ STREAM_MAX_BYTES = 1024**3  # the oldest events go first past this
 DUPLICATE_WINDOW = 120.0  # s within which the stream drops an event published again (by id)
 JETSTREAM_TIMEOUT = 2.0  # s for one answer from JetStream (a stream's leader, a consumer's): the
 #                         node that led may be dead, and the next one is elected within seconds ...
-PUBLISH_DEADLINE = 15.0  # ... so a publish is tried again until this, before the connection is given up
+PUBLISH_DEADLINE = 15.0  # ... so a publish or a subscription is tried again until this, then given up
 ACK_WAIT = 10.0  # s an event handed out may go unacknowledged before it goes again ...
 KEEP_ALIVE = ACK_WAIT / 3  # ... so one still being handled is said to be, this often
 FOLLOWER_IDLE = 30.0  # s after its connection is gone that a connection's own consumers are removed
@@ -567,18 +568,26 @@ async def _share(js: JetStreamContext, subject: str, name: str, deliver: Any) ->
 async def _subscribe(
     js: JetStreamContext, subject: str, config: ConsumerConfig, deliver: Any, queue: str | None = None
 ) -> Any:
-    try:
-        return await js.subscribe(
-            subject,
-            queue=queue,
-            durable=config.durable_name,
-            stream=STREAM,
-            config=config,
-            cb=deliver,
-            manual_ack=True,
-        )
-    except (nats.errors.Error, asyncio.TimeoutError) as error:
-        raise _error(grpc.StatusCode.UNAVAILABLE, f"cannot subscribe on JetStream: {_detail(error)}") from None
+    """Subscribed through a consumer made (or found) by `config`; tried again for up to
+    `PUBLISH_DEADLINE` while JetStream does not answer (a node just lost, a leader being elected)."""
+    deadline = asyncio.get_running_loop().time() + PUBLISH_DEADLINE
+    while True:
+        try:
+            return await js.subscribe(
+                subject,
+                queue=queue,
+                durable=config.durable_name,
+                stream=STREAM,
+                config=config,
+                cb=deliver,
+                manual_ack=True,
+            )
+        except (nats.errors.Error, asyncio.TimeoutError) as error:
+            if asyncio.get_running_loop().time() > deadline:
+                detail = _detail(error)
+                raise _error(grpc.StatusCode.UNAVAILABLE, f"cannot subscribe on JetStream: {detail}") from None
+            log.debug("cannot subscribe on JetStream yet (%s); trying again", _detail(error))
+            await asyncio.sleep(0.2)
 
 
 async def _ack(msg: Msg) -> None:

@@ -132,3 +132,52 @@ def test_no_person_takes_an_agents_name_on_the_page() -> None:
     taken = config.model_copy(update={"ui": config.ui.model_copy(update={"users": {"writer": "pw"}})})
     with pytest.raises(ConfigError, match=r"^ui.users: writer is an agent's name; a person needs a name of their own$"):
         page_settings(taken, "127.0.0.1:1")
+
+
+async def test_a_stream_held_back_past_its_authors_newer_message_is_not_shown() -> None:
+    """After a node's loss the last chunks of a writer's answer given up on can come after the
+    answer that replaced it, and after the editor's began. The terminal shows the first marked as
+    cut short and does not pick it up again; its whole message, should it come, still shows."""
+    import io
+
+    from autogen_core import SingleThreadedAgentRuntime
+    from harness import terminal_messages
+
+    from roundtable.chat import TerminalSink
+    from roundtable.messages import GROUP_CHAT, STREAM, StreamChunk, topic
+    from roundtable.observer import register_observer
+
+    out = io.StringIO()
+    sink = TerminalSink("c", out, color=False)
+    runtime = SingleThreadedAgentRuntime()
+    await register_observer(runtime, "observer", sink)
+    runtime.start()
+
+    async def chunks(message_id: str, author: str, words: range) -> None:
+        for i in words:
+            chunk = StreamChunk(
+                conversation_id="c", message_id=message_id, author=author, index=i, text=f" w{i}" if i else "w0"
+            )
+            await runtime.publish_message(chunk, topic(STREAM, "c"))
+            await runtime.stop_when_idle()
+            runtime.start()
+
+    async def message(message_id: str, author: str, words: int) -> None:
+        content = "".join(f" w{i}" for i in range(words)).strip()
+        chat = ChatMessage(conversation_id="c", id=message_id, author=author, content=content)
+        await runtime.publish_message(chat, topic(GROUP_CHAT, "c"))
+        await runtime.stop_when_idle()
+        runtime.start()
+
+    await chunks("draft-1", "writer", range(0, 3))
+    await message("draft-2", "writer", 6)  # asked again, answered whole by another replica
+    await chunks("feedback", "editor", range(0, 2))
+    await chunks("draft-1", "writer", range(3, 6))  # the first answer's chunks, held back till now
+    await chunks("feedback", "editor", range(2, 6))
+    await message("feedback", "editor", 6)
+    await message("draft-1", "writer", 6)  # and its whole message: shown, nothing is lost
+    await runtime.stop()
+    shown = out.getvalue()
+    assert shown.count("(interrupted)") == 1, shown
+    whole = "w0 w1 w2 w3 w4 w5"
+    assert terminal_messages(shown) == [("writer", whole), ("editor", whole), ("writer", whole)], shown

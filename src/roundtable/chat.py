@@ -232,10 +232,7 @@ class TerminalSink:
             if self._streaming is not None:
                 # One speaker at a time: a new stream while another is open means that
                 # one's author died mid-message. Its turn is being answered again.
-                if not self._line_open:  # a notice came in between: say whose message it was
-                    self._write(self._bold(f"{self._streaming_author} (continued): "))
-                self._write(self._dim(" … (interrupted)"))
-                self._line_open = True
+                self._interrupt()
             self._close_line()
             self._write(self._bold(f"{author}: "))
             self._streaming, self._streamed, self._streaming_author = message_id, "", author
@@ -245,11 +242,22 @@ class TerminalSink:
         self._streamed += text
         self._write(text)
 
+    def _interrupt(self) -> None:
+        """Mark the open stream as cut short."""
+        if not self._line_open:  # a notice came in between: say whose message it was
+            self._write(self._bold(f"{self._streaming_author} (continued): "))
+        self._write(self._dim(" … (interrupted)"))
+        self._line_open = True
+
     async def on_message(self, message: ChatMessage, streamed: bool) -> None:
         if message.conversation_id != self.conversation_id:
             return
         self._hear()
         self.messages.append(message)
+        if self._streaming not in (None, message.id) and self._streaming_author == message.author:
+            # Its author's newer message: the open stream will not go on (the observer drops the rest).
+            self._interrupt()
+            self._streaming = None
         if streamed and self._streaming == message.id:
             printed, self._streaming = self._streamed.strip(), None
             if message.content.startswith(printed):

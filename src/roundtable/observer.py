@@ -59,6 +59,11 @@ class ConversationObserver(RoutedAgent):
         self._done: set[str] = set()  # message ids already shown whole
         self._next_index: dict[str, int] = {}
         self._early: dict[str, dict[int, StreamChunk]] = {}
+        self._open: dict[str, tuple[str, str]] = {}  # streams begun, not yet whole: id -> (conversation, author)
+        # Streams given up on: their author's turn was answered by another message (the author died
+        # mid-message, or a node's loss held its last chunks back until after). Their late chunks
+        # are not shown; their whole message, should it come after all, is.
+        self._abandoned: set[str] = set()
         self._seed = SeedExchange()
         # A call can pass a state twice (approved, run, interrupted, asked about again), each time
         # with a note of its own: the note is part of what makes an event new.
@@ -68,8 +73,11 @@ class ConversationObserver(RoutedAgent):
     async def on_chunk(self, message: StreamChunk, ctx: MessageContext) -> None:
         chunk = message
         async with self._lock:
-            if chunk.message_id in self._done:
+            if chunk.message_id in self._done or chunk.message_id in self._abandoned:
                 return
+            if chunk.message_id not in self._open:
+                self._abandon(chunk.conversation_id, chunk.author, chunk.message_id)
+                self._open[chunk.message_id] = (chunk.conversation_id, chunk.author)
             self._early.setdefault(chunk.message_id, {})[chunk.index] = chunk
             expected = self._next_index.get(chunk.message_id, 0)
             waiting = self._early[chunk.message_id]
@@ -99,7 +107,18 @@ class ConversationObserver(RoutedAgent):
         self._done.add(message.id)
         streamed = self._next_index.pop(message.id, 0) > 0
         self._early.pop(message.id, None)
+        self._open.pop(message.id, None)
+        self._abandon(message.conversation_id, message.author, message.id)
         await self._sink.on_message(message, streamed)
+
+    def _abandon(self, conversation_id: str, author: str, keep: str) -> None:
+        """One message at a time per author: its newer one ends the stream of any other."""
+        for message_id, (conversation, by) in list(self._open.items()):
+            if message_id != keep and (conversation, by) == (conversation_id, author):
+                del self._open[message_id]
+                self._next_index.pop(message_id, None)
+                self._early.pop(message_id, None)
+                self._abandoned.add(message_id)
 
     @message_handler
     async def on_speaker(self, message: SpeakerSelected, ctx: MessageContext) -> None:

@@ -342,20 +342,25 @@ class Tab:
             # One speaker at a time: a new stream while another is open means that one's author
             # died mid-message, and its turn is being answered again. It says so, as in the
             # terminal; should its whole message come after all, that takes the mark's place.
-            for cut_id, cut in self.streams.items():
-                if cut_id not in self.cut:
-                    self.cut.add(cut_id)
-                    self.enter()
-                    await cut.stream_token(INTERRUPTED)
+            await self._cut_streams()
             message = self._message("", author, message_id)
             self.streams[message_id] = message
         self.enter()
         await message.stream_token(text)
 
+    async def _cut_streams(self, author: str | None = None) -> None:
+        """Mark the open streams (of this author) as cut short."""
+        for cut_id, cut in self.streams.items():
+            if cut_id not in self.cut and author in (None, cut.author):
+                self.cut.add(cut_id)
+                self.enter()
+                await cut.stream_token(INTERRUPTED)
+
     async def message(self, chat: ChatMessage) -> None:
         if chat.id in self.on_page:
             return
         message = self.streams.pop(chat.id, None)
+        await self._cut_streams(chat.author)  # its author's newer message: no other of theirs goes on
         if message is None:
             # A person's words read as one's own when they are (typed in another tab, or the seed's
             # opening line); another person's in a shared room stand under their name, as an agent's.
@@ -581,6 +586,8 @@ class Bridge:
             return
         room = self._room(conversation_id)
         async with room.lock:
+            if not room.running:
+                return  # after the end, only a late stream of an answer given up on can come: not shown
             room.stream(message_id, author, text)
             for tab in room.showing():
                 if tab.running:

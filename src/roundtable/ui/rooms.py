@@ -104,7 +104,8 @@ class Room:
 
     def record(self, event: Shown) -> None:
         if isinstance(event, ChatMessage):
-            self.streaming.pop(event.id, None)
+            # Its author's newer message ends any stream of theirs (one cut short is not kept).
+            self.streaming = {k: v for k, v in self.streaming.items() if v[0] != event.author}
             if any(isinstance(m, ChatMessage) and m.id == event.id for m in self.shown):
                 return
             if event.kind == "task":
@@ -112,6 +113,7 @@ class Room:
                 self.owner = self.owner or event.author
         if isinstance(event, ConversationEnded):
             self.running = False
+            self.streaming.clear()
         self.shown.append(event)
 
     def stream(self, message_id: str, author: str, text: str) -> None:

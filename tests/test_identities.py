@@ -19,6 +19,7 @@ import grpc
 import pytest
 import yaml
 from autogen_ext.runtimes.grpc.protos import agent_worker_pb2
+from conftest import certs_command
 from harness import READY, Procs, free_port, processes, scripted_agent, start_cluster, write_config
 from test_security import RawClient, address_of, assert_chat_still_works, rpc_error
 
@@ -26,23 +27,6 @@ from roundtable.config import ConfigError, SecurityConfig
 from roundtable.identities import Authority, grant, load_authority, token_digest
 from roundtable.messages import AgentReply, StopConversation, StreamChunk
 from roundtable.security import Security, load_security
-
-
-def certs_command(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "roundtable", "certs", str(directory), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-@pytest.fixture(scope="module")
-def identities(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("identities")
-    result = certs_command(directory, "--agents", "writer,editor")
-    assert result.returncode == 0, result.stderr
-    return directory
 
 
 def identity_config(tmp_path: Path, directory: Path) -> Path:

@@ -199,13 +199,16 @@ def _host_address(args: argparse.Namespace, config: Config) -> str:
 
 
 async def _bus(args: argparse.Namespace) -> int:
-    from .natsbus import serve_bus
+    from .natsbus import bus_security, serve_bus
 
     config = load_config(args.config)
+    if args.print_security:
+        print("\n".join(bus_security(config.host.security)))
+        return 0
     address = check_address(args.address, "--address") if args.address else config.host.address
     if not address.startswith(NATS_SCHEMES):
         raise ConfigError(f"the bus address {address!r} is not a NATS URL: set `bus: nats://HOST:PORT` or --address")
-    return await serve_bus(address, config.data_path / "nats", args.node)
+    return await serve_bus(address, config.data_path / "nats", args.node, config.host.security)
 
 
 async def _host(args: argparse.Namespace) -> int:
@@ -539,6 +542,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="serve this server of the list (0 first), as a node of a cluster of them all",
+    )
+    bus.add_argument(
+        "--print-security",
+        action="store_true",
+        help="print the NATS config lines for the config's security (TLS; a user per identity, or the token) and exit",
     )
     _add_config(bus)
 

@@ -41,10 +41,8 @@ from .wire import (
     CLIENT_ID_KEY,
     HOST_RECEIVE_LIMIT,
     MAX_GRPC_MESSAGE_BYTES,
-    SENDER_KEY,
-    SENDER_TYPE,
-    UNKNOWN_SENDER,
     HostUnreachable,
+    vouch_sender,
 )
 
 log = logging.getLogger("roundtable")
@@ -279,18 +277,8 @@ class Router:
     # ------------------------------------------------------------ events
 
     def _publish(self, client: Client, event: cloudevent_pb2.CloudEvent) -> None:
-        attributes = event.attributes
-        claimed = attributes[SENDER_TYPE].ce_string if SENDER_TYPE in attributes else ""
         own = client.grant.sender if client.grant is not None else None
-        if own is not None and (not claimed or claimed not in client.agent_types):
-            # An identity's events carry its own name, whatever it claims (or if it claims none).
-            attributes[SENDER_TYPE].ce_string = own
-            key = attributes[SENDER_KEY].ce_string if claimed else ""
-            attributes[SENDER_KEY].ce_string = key or "default"
-        elif claimed and claimed not in client.agent_types:
-            attributes[SENDER_TYPE].ce_string = UNKNOWN_SENDER
-            if SENDER_KEY in attributes:
-                attributes[SENDER_KEY].ce_string = UNKNOWN_SENDER
+        vouch_sender(event.attributes, own, client.agent_types.__contains__)
         try:
             topic = TopicId(event.type, event.source)
         except ValueError:

@@ -13,6 +13,8 @@ knows every caller by its token and lets it do only what its role needs:
 
 An identity makes no direct calls (RPCs): none of our processes does. The sender of every event
 it publishes is the authenticated one: an agent's events carry its own name whatever it claims.
+On a NATS bus the same holds, through NATS's own users and permissions (natsbus.authorization):
+identities.yaml also keeps each token's bcrypt hash, which NATS checks passwords against.
 
 One shared token (ROUNDTABLE_TOKEN, or `token` from `roundtable certs` without --agents) stays as
 the development shortcut: whoever holds it may act as any agent.
@@ -41,6 +43,7 @@ PAGE_IDENTITY = "ui"
 CLIENT_IDENTITY = "client"  # `roundtable chat`, `status` and `up`'s terminal
 FIXED_IDENTITIES: dict[str, Role] = {MANAGER_IDENTITY: "manager", PAGE_IDENTITY: "page", CLIENT_IDENTITY: "page"}
 IDENTITIES_FILE = "identities.yaml"
+BCRYPT_ROUNDS = 10  # each NATS connection checks its password once: about 50 ms of the server's CPU
 TOKENS_DIR = "tokens"
 
 
@@ -125,6 +128,8 @@ class _Identity(BaseModel):
     name: str = Field(pattern=NAME_PATTERN, max_length=64)
     role: Role
     token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    #: The token's bcrypt hash, for a NATS bus's per-user passwords (NATS takes bcrypt, not SHA-256).
+    nats_bcrypt: str | None = Field(default=None, pattern=r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
 
 
 class _IdentitiesFile(BaseModel):
@@ -171,10 +176,16 @@ class Authority:
         return found if found is not None else False
 
 
-def load_authority(path: str | None, shared_token: str | None) -> Authority:
-    """The host's authority from an identities file (if given) and the shared token (if any)."""
-    if path is None:
-        return Authority({}, shared_token)
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    role: Role
+    token_sha256: str
+    nats_bcrypt: str | None
+
+
+def load_identities(path: str) -> list[Identity]:
+    """The entries of an identities file, checked (ConfigError naming what is wrong)."""
     try:
         raw = yaml.safe_load(Path(path).expanduser().read_text(encoding="utf-8"))
     except OSError as error:
@@ -187,14 +198,32 @@ def load_authority(path: str | None, shared_token: str | None) -> Authority:
         detail = error.errors()[0]
         where = ".".join(str(p) for p in detail["loc"])
         raise ConfigError(f"the identities file {path}: {where}: {detail['msg']}") from None
-    grants: dict[bytes, Grant] = {}
     names: set[str] = set()
     for entry in parsed.identities:
         if entry.name in names:
             raise ConfigError(f"the identities file {path} names {entry.name!r} twice")
         names.add(entry.name)
-        grants[bytes.fromhex(entry.token_sha256)] = grant(entry.name, entry.role)
+    return [Identity(e.name, e.role, e.token_sha256, e.nats_bcrypt) for e in parsed.identities]
+
+
+def load_authority(path: str | None, shared_token: str | None) -> Authority:
+    """The host's authority from an identities file (if given) and the shared token (if any)."""
+    if path is None:
+        return Authority({}, shared_token)
+    grants = {bytes.fromhex(e.token_sha256): grant(e.name, e.role) for e in load_identities(path)}
     return Authority(grants, shared_token)
+
+
+def role_of(identity: str) -> Role:
+    """An identity's role by its name: the fixed ones', else an agent's (see write_identities)."""
+    return FIXED_IDENTITIES.get(identity, "agent")
+
+
+def password_hash(token: str) -> str:
+    """What a NATS server keeps of a password (or token): its bcrypt hash."""
+    import bcrypt
+
+    return bcrypt.hashpw(token.encode(), bcrypt.gensalt(BCRYPT_ROUNDS)).decode()
 
 
 def token_path(directory: str, identity: str) -> Path:
@@ -218,7 +247,14 @@ def write_identities(directory: Path, agents: Iterable[str]) -> list[Path]:
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             file.write(token + "\n")
         written.append(path)
-        entries.append({"name": name, "role": role, "token_sha256": token_digest(token).hex()})
+        entries.append(
+            {
+                "name": name,
+                "role": role,
+                "token_sha256": token_digest(token).hex(),
+                "nats_bcrypt": password_hash(token),
+            }
+        )
     listing = directory / IDENTITIES_FILE
     header = "# roundtable identities, for the host (security.identities). No secret here: token hashes only.\n"
     listing.write_text(header + yaml.safe_dump({"identities": entries}, sort_keys=False), encoding="utf-8")

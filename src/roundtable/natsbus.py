@@ -5,11 +5,12 @@ makes every worker dial NATS through this `Link` (see `worker.Link`, the transpo
 reconnecting, the outbox and everything above them stay the same; only the routing moves into
 NATS:
 
-- An event on topic (type T, source S) goes to subject `rt.ev.<T>.<S>`, each name hex-encoded
-  (a subject's tokens may not hold '.', '*', '>' or spaces, and topic names may); a turn request
-  (messages.TAKEN_BY_ONE_REPLICA) to `rt.one.<T>.<S>`.
-- Agent type A subscribed to topic type T is two NATS subscriptions: to `rt.ev.<T>.*`, which
-  every process serving A gets, and to `rt.one.<T>.*` in queue group A, of which one process
+- An event on topic (type T, source S) goes to subject `rt.ev.<T>.<S>.<P>`, T and S hex-encoded
+  (a subject's tokens may not hold '.', '*', '>' or spaces, and topic names may), P the identity
+  that publishes it ("_" without per-identity tokens); a turn request
+  (messages.TAKEN_BY_ONE_REPLICA) to `rt.one.<T>.<S>.<P>`.
+- Agent type A subscribed to topic type T is two NATS subscriptions: to `rt.ev.<T>.*.*`, which
+  every process serving A gets, and to `rt.one.<T>.*.*` in queue group A, of which one process
   serving A gets each: several processes serving one agent type (replicas) share the turns, and
   each hears the rest. The event is handed to A only, in this process.
 - A call to agent type A is a NATS request on `rt.rpc.<A>`, in queue group A.
@@ -28,22 +29,33 @@ whose process died goes to another after `ACK_WAIT`. An event handed to this pro
 id) is dropped. Without JetStream on the servers, events go as plain NATS messages, and each
 worker says so once.
 
+With per-identity tokens (`security.tokens`, `security.identities`), each process connects as
+its own NATS user (its identity, its token as the password), and the servers hold each user to
+what its role may do on the gRPC host (see `authorization`, which `roundtable bus` writes into
+the servers' config): publish on its topics only with its own name as P, read its topics only,
+through consumers whose create subject names their filter, and answers on its own inboxes. A
+receiver takes P as the publisher and sets the event's sender as the host would (`vouch`). With
+one shared token (or none), P is "_" and the sender is what the event claims: for trusted
+networks. What NATS does not do that the gRPC host does: keep one worker per agent type.
+
 NATS reconnects by itself; here a lost connection ends the stream instead, so the worker's own
 recovery runs as on gRPC: it connects again, subscribes again, and its listeners republish and
-ask again. What NATS does not do that the gRPC host does: vouch for senders, and keep one
-worker per agent type. Run it where every client is trusted.
+ask again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import json
 import logging
+import secrets
 import shutil
 import ssl
 import sys
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,16 +69,19 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
-from .config import NATS_SCHEMES, ConfigError
-from .messages import TAKEN_BY_ONE_REPLICA
-from .security import Security, is_loopback
-from .wire import DELIVERED_TO, DELIVERY, SCHEMA
+from .config import NATS_SCHEMES, ConfigError, SecurityConfig
+from .identities import MANAGER_IDENTITY, Grant, Identity, grant, load_identities, password_hash, role_of
+from .messages import TAKEN_BY_ONE_REPLICA, turn_topic_type
+from .security import Security, is_loopback, load_security
+from .wire import DELIVERED_TO, DELIVERY, SCHEMA, vouch_sender
 
 log = logging.getLogger("roundtable")
 
 EVENT_PREFIX = "rt.ev"
 ONE_PREFIX = "rt.one"
 CALL_PREFIX = "rt.rpc"
+ANYONE = "_"  # an event subject's last token without identities: its sender is what it claims
+INBOX_PREFIX = "_INBOX_"  # + an identity: where that identity's answers and deliveries come
 CALL_TIMEOUT = 600.0  # s a call waits for its answer (the worker's own wait is the real bound)
 PING_INTERVAL = 2.0  # s between a client's pings to its NATS node ...
 MAX_OUTSTANDING_PINGS = 2  # ... and how many may go unanswered before it gives the node up
@@ -109,10 +124,24 @@ def _name(text: str) -> str:
     return text.encode().hex() or "_"
 
 
-def event_subject(event: cloudevent_pb2.CloudEvent) -> str:
+def event_subject(event: cloudevent_pb2.CloudEvent, publisher: str | None) -> str:
     schema = event.attributes[SCHEMA].ce_string if SCHEMA in event.attributes else ""
     prefix = ONE_PREFIX if schema in TAKEN_BY_ONE_REPLICA else EVENT_PREFIX
-    return f"{prefix}.{_name(event.type)}.{_name(event.source)}"
+    return f"{prefix}.{_name(event.type)}.{_name(event.source)}.{publisher or ANYONE}"
+
+
+def vouch(event: cloudevent_pb2.CloudEvent, subject: str) -> None:
+    """The sender an event carries, as its publisher's identity (the subject's last token, which
+    the servers' permissions let only that identity publish on) allows: as the gRPC host does."""
+    publisher = subject.rpartition(".")[2]
+    if publisher != ANYONE:
+        allowed = _grant_of(publisher)
+        vouch_sender(event.attributes, allowed.sender, allowed.may_register)
+
+
+@functools.lru_cache(maxsize=256)
+def _grant_of(identity: str) -> Grant:
+    return grant(identity, role_of(identity))
 
 
 def call_subject(agent_type: str) -> str:
@@ -216,7 +245,7 @@ class NatsStub:
                 await call.on_event(msg, agent_type, acknowledge=True)
 
             topic_type = _name(spec.topic_type)
-            everyone, one = f"{EVENT_PREFIX}.{topic_type}.*", f"{ONE_PREFIX}.{topic_type}.*"
+            everyone, one = f"{EVENT_PREFIX}.{topic_type}.*.*", f"{ONE_PREFIX}.{topic_type}.*.*"
             if call.js is None:
                 nats_subscription = [
                     await nc.subscribe(everyone, cb=to_all),
@@ -283,7 +312,12 @@ class NatsCall:
             "disconnected_cb": self._lost,
             "error_cb": self._error,
         }
-        if stub.security.token:
+        identity = stub.security.identity
+        if identity is not None and stub.security.token:
+            # One user per identity, with permissions of its own (see `authorization`); its own
+            # inboxes, which no other user may read.
+            options.update(user=identity, password=stub.security.token, inbox_prefix=f"{INBOX_PREFIX}{identity}")
+        elif stub.security.token:
             options["token"] = stub.security.token
         if stub.security.tls or any(s.startswith("tls://") for s in stub.servers):
             context = ssl.create_default_context(cadata=stub.security.ca.decode() if stub.security.ca else None)
@@ -314,6 +348,9 @@ class NatsCall:
             return None
         except (nats.errors.Error, asyncio.TimeoutError) as error:
             raise _error(grpc.StatusCode.UNAVAILABLE, f"JetStream is not ready: {_detail(error)}") from None
+        if self._stub.security.identity not in (None, MANAGER_IDENTITY):
+            # With an identity per process, only the manager's may make the stream.
+            raise _error(grpc.StatusCode.UNAVAILABLE, f"the stream {STREAM} is not there yet: the manager makes it")
         replicas = min(STREAM_REPLICAS, len(self._stub.servers))
         config = StreamConfig(
             name=STREAM,
@@ -409,10 +446,11 @@ class NatsCall:
                     self.nc.max_payload,
                 )
                 return
+            subject = event_subject(event, self._stub.security.identity)
             if self.js is None:
-                await self.nc.publish(event_subject(event), data)
+                await self.nc.publish(subject, data)
                 return
-            await self._store(event_subject(event), data, event.id)
+            await self._store(subject, data, event.id)
         elif kind == "request":
             task = asyncio.create_task(self._call(message.request))
             self._calls.add(task)
@@ -469,6 +507,7 @@ class NatsCall:
             if acknowledge:
                 await _ack(msg)
             return
+        vouch(event, msg.subject)
         if stored:
             if resume:
                 session.resume[resume] = max(session.resume.get(resume, 0), msg.metadata.sequence.stream)
@@ -538,6 +577,7 @@ async def _follow(js: JetStreamContext, subject: str, resume: int | None, delive
     for when its node dies). Not acknowledged: a worker that connects again picks up from the last
     event it was handed."""
     config = ConsumerConfig(
+        name=f"f{secrets.token_hex(8)}",  # named, so that its subject says what it filters (see `authorization`)
         deliver_policy=DeliverPolicy.NEW if resume is None else DeliverPolicy.BY_START_SEQUENCE,
         opt_start_seq=None if resume is None else resume + 1,
         ack_policy=AckPolicy.NONE,
@@ -554,6 +594,7 @@ async def _share(js: JetStreamContext, subject: str, name: str, deliver: Any) ->
     event goes to one of them, and is acknowledged once handled; one that is not (its process
     died) goes to another after `ACK_WAIT`."""
     config = ConsumerConfig(
+        name=name,
         durable_name=name,
         deliver_group=name,  # nats-py wants the queue group named as the consumer
         deliver_policy=DeliverPolicy.NEW,
@@ -635,8 +676,9 @@ def route_of(server: str) -> str:
     return f"{host}:{route}"
 
 
-def server_config(servers: list[str], node: int, directory: Path) -> Path:
-    """A config file for the NATS server of `servers[node]` (with routes to the others, if any)."""
+def server_config(servers: list[str], node: int, directory: Path, auth: Sequence[str] = ()) -> Path:
+    """A config file for the NATS server of `servers[node]` (with routes to the others, if any,
+    and the `auth` lines: see `bus_security`). Readable by this user only."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "nats-server.conf"
     lines = [
@@ -649,6 +691,7 @@ def server_config(servers: list[str], node: int, directory: Path) -> Path:
         f'write_deadline: "{PING_INTERVAL:g}s"',
         f'server_name: "roundtable-{node}"',
         f'jetstream {{ store_dir: "{directory / "jetstream"}" }}',
+        *auth,
     ]
     if len(servers) > 1:
         routes = ", ".join(f'"nats-route://{route_of(other)}"' for other in servers if other != servers[node])
@@ -659,11 +702,80 @@ def server_config(servers: list[str], node: int, directory: Path) -> Path:
             f"  routes: [{routes}]",
             "}",
         ]
+    path.touch(mode=0o600)
+    path.chmod(0o600)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
-async def serve_bus(address: str, directory: Path, node: int = 0) -> int:
+def authorization(identities: list[Identity], source: str) -> list[str]:
+    """The NATS server's `authorization` lines for per-identity tokens: one user per identity,
+    its password its token's bcrypt hash (from `source`, the identities file), allowed what its
+    role needs, as on the gRPC host (identities.py): to publish on its topics, only as itself (the
+    event subject's last token, which receivers take as the publisher: see `vouch`); to read its
+    topics, only through consumers whose subject names what they filter; its own inboxes only.
+    No one may make calls (none of our processes does), delete the stream or another's consumers."""
+    agents = [i.name for i in identities if i.role == "agent"]
+    users = []
+    for identity in identities:
+        if identity.nats_bcrypt is None:
+            raise ConfigError(
+                f"the identities file {source} has no NATS password for {identity.name!r}: "
+                "it is older than the NATS bus's per-identity tokens; run `roundtable certs DIR --agents ...` again"
+            )
+        allowed = grant(identity.name, identity.role)
+        publish_on = _topic_types(allowed.publish, agents)
+        read = _topic_types(allowed.subscribe, agents)
+        prefixes = (EVENT_PREFIX, ONE_PREFIX)
+        publish = [f"{p}.{_name(t)}.*.{identity.name}" for t in publish_on for p in prefixes]
+        publish += ["$JS.API.INFO", f"$JS.API.STREAM.INFO.{STREAM}", f"$JS.API.CONSUMER.INFO.{STREAM}.*"]
+        publish += [f"$JS.API.CONSUMER.CREATE.{STREAM}.*.{p}.{_name(t)}.*.*" for t in read for p in prefixes]
+        publish.append(f"$JS.ACK.{STREAM}.>")
+        if identity.role == "manager":
+            publish.append(f"$JS.API.STREAM.CREATE.{STREAM}")
+        subscribe = [f"{INBOX_PREFIX}{identity.name}.>"]
+        subscribe += [f"{p}.{_name(t)}.*.*" for t in read for p in prefixes]  # servers without JetStream
+        subscribe += [call_subject(t) for t in allowed.agent_types if not t.endswith("*")]
+        permissions = {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
+        users.append({"user": identity.name, "password": identity.nats_bcrypt, "permissions": permissions})
+    return [f"authorization {{ users: {json.dumps(users)} }}"]
+
+
+def _topic_types(patterns: tuple[str, ...], agents: list[str]) -> list[str]:
+    """The topic types `patterns` cover (a pattern ending in `*` covers the agents' turn topics)."""
+    turns = [turn_topic_type(agent) for agent in agents]
+    found: list[str] = []
+    for pattern in patterns:
+        found += [t for t in turns if t.startswith(pattern[:-1])] if pattern.endswith("*") else [pattern]
+    return found
+
+
+def bus_security(cfg: SecurityConfig) -> list[str]:
+    """The NATS server's config lines for the config's security: TLS with the host's certificate
+    and key (`cert`, `key`), if given; a user per identity (`identities`), else the shared token
+    (its bcrypt hash), else no authorization."""
+    lines = []
+    if cfg.mutual:
+        raise ConfigError(
+            "security.mutual: the NATS bus takes no client certificates (per-identity tokens do their job)"
+        )
+    if (cfg.cert is None) != (cfg.key is None):
+        raise ConfigError("security: the bus needs both `cert` and `key` for TLS, or neither")
+    if cfg.cert is not None and cfg.key is not None:
+        for path in (cfg.cert, cfg.key):
+            if not Path(path).expanduser().is_file():
+                raise ConfigError(f"security: no such file {path}")
+        files = {"cert_file": str(Path(cfg.cert).expanduser()), "key_file": str(Path(cfg.key).expanduser())}
+        lines.append(f"tls {json.dumps(files)}")
+    if cfg.identities is not None:
+        return lines + authorization(load_identities(cfg.identities), cfg.identities)
+    token = load_security(cfg).token
+    if token:
+        lines.append(f"authorization {{ token: {json.dumps(password_hash(token))} }}")
+    return lines
+
+
+async def serve_bus(address: str, directory: Path, node: int = 0, security: SecurityConfig | None = None) -> int:
     """Run the NATS server for server `node` of `address` (a node of a cluster of them all, when
     it lists several), announce it ready, and stop it on a signal. Its own log lines go to our
     standard error."""
@@ -676,7 +788,8 @@ async def serve_bus(address: str, directory: Path, node: int = 0) -> int:
         if not is_loopback(server.split("://", 1)[1]):
             raise ConfigError(f"`roundtable bus` serves on this machine only: {server} is not a loopback address")
     first = servers[node]
-    config = server_config(servers, node, directory / f"node{node}" if len(servers) > 1 else directory)
+    auth = bus_security(security) if security is not None else []
+    config = server_config(servers, node, directory / f"node{node}" if len(servers) > 1 else directory, auth)
     process = await asyncio.create_subprocess_exec(
         server_binary(),
         "-c",

@@ -38,6 +38,8 @@ class Security:
     server_name: str | None = None
     insecure: bool = False
     identities: str | None = None  # the host's identities file: a token per identity, each with its role
+    #: Whose token this is, when it is one of per-identity tokens (`tokens`): on a NATS bus, the user.
+    identity: str | None = None
 
     @property
     def tls(self) -> bool:
@@ -61,7 +63,9 @@ def load_security(cfg: SecurityConfig, identity: str | None = None) -> Security:
     its own in `tokens` (DIR/tokens/<identity>.token, see identities.py)."""
     token = os.environ.get(TOKEN_ENV) or None
     token_file = cfg.token_file
-    if token is None and token_file is None and cfg.tokens and identity is not None:
+    own = token is None and token_file is None and cfg.tokens is not None and identity is not None
+    if own:
+        assert cfg.tokens is not None and identity is not None
         token_file = str(token_path(cfg.tokens, identity))
         if not Path(token_file).is_file():
             raise ConfigError(
@@ -84,6 +88,7 @@ def load_security(cfg: SecurityConfig, identity: str | None = None) -> Security:
         server_name=cfg.server_name,
         insecure=cfg.insecure,
         identities=cfg.identities,
+        identity=identity if own else None,
     )
 
 

@@ -5,6 +5,9 @@ The host and the workers both follow these, so neither side can kill the other's
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 
 class HostUnreachable(Exception):
     """The gRPC host could not be reached; the message says where and what to check."""
@@ -38,3 +41,19 @@ DELIVERY = "rtdelivery"  # ... and which of its deliveries to this process, to a
 TRACE_KEYS = ("traceparent", "tracestate")  # W3C trace context, carried as attributes
 #: The sender of a message published by no agent (a page, a terminal), or by one a client does not own.
 UNKNOWN_SENDER = "unknown"
+
+
+def vouch_sender(attributes: Any, own: str | None, owns: Callable[[str], bool]) -> None:
+    """Set an event's sender (its CloudEvent `attributes`) to what its publisher may claim: a
+    sender it `owns` stands; any other, or none, becomes its identity's `own` (an agent's name, the
+    manager's type) or, for an identity with none (a page), "unknown" (none stays none)."""
+    claimed = attributes[SENDER_TYPE].ce_string if SENDER_TYPE in attributes else ""
+    if own is not None and (not claimed or not owns(claimed)):
+        # An identity's events carry its own name, whatever it claims (or if it claims none).
+        attributes[SENDER_TYPE].ce_string = own
+        key = attributes[SENDER_KEY].ce_string if claimed else ""
+        attributes[SENDER_KEY].ce_string = key or "default"
+    elif claimed and not owns(claimed):
+        attributes[SENDER_TYPE].ce_string = UNKNOWN_SENDER
+        if SENDER_KEY in attributes:
+            attributes[SENDER_KEY].ce_string = UNKNOWN_SENDER

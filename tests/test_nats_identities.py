@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import nats
 import nats.errors
 import pytest
 import yaml
-from harness import Proc, processes, write_config
+from conftest import certs_command
+from harness import READY, Proc, processes, write_config
 from test_nats import assert_one_complete, nats_config, roundtable, start_on_nats
 from test_reliability import chat
 
@@ -139,6 +143,8 @@ def test_per_identity_tokens_on_the_bus_carry_a_conversation_and_hold_against_an
     address = yaml.safe_load(cfg.read_text())["bus"]
     with processes(tmp_path) as procs:
         started = start_on_nats(procs, cfg)
+        page = procs.roundtable("ui", "ui", "--config", str(cfg))  # as `ui`: it follows every conversation
+        page.wait_for(READY, timeout=60)
         conf = next((tmp_path / "data" / "nats").glob("**/nats-server.conf"))
         assert conf.stat().st_mode & 0o077 == 0, oct(conf.stat().st_mode)  # it holds the password hashes
         assert (identities / "tokens" / "writer.token").read_text().strip() not in conf.read_text()
@@ -148,6 +154,8 @@ def test_per_identity_tokens_on_the_bus_carry_a_conversation_and_hold_against_an
         asyncio.run(attack_as_the_writer(address, identities, started["manager"]))
         again = chat(procs, cfg, name="chat-again", task="Write about snow")  # the attacks broke nothing
         assert again.wait_exit(120) == 0, again.output
+        for proc in (page, *(p for name, p in started.items() if name != "bus")):
+            assert "violation" not in proc.output.lower(), proc.output[-3000:]  # each did only what it may
 
 
 def test_an_identities_file_without_nats_passwords_is_one_clear_line(tmp_path: Path, identities: Path) -> None:
@@ -166,3 +174,32 @@ def test_an_identities_file_without_nats_passwords_is_one_clear_line(tmp_path: P
     assert result.returncode == 2, result.stderr
     assert f"the identities file {old} has no NATS password for 'writer'" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_the_shared_token_over_tls_on_the_bus(tmp_path: Path) -> None:
+    """The development shortcut: one token for everyone, which the bus keeps as a bcrypt hash."""
+    directory = tmp_path / "certs"
+    result = certs_command(directory)
+    assert result.returncode == 0, result.stderr
+    cfg = nats_config(tmp_path, rounds=2)
+    data = yaml.safe_load(cfg.read_text())
+    files = {"ca": "ca.pem", "cert": "server.pem", "key": "server.key", "token_file": "token"}
+    data["host"]["security"] = {field: str(directory / name) for field, name in files.items()}
+    write_config(cfg, data)
+    with processes(tmp_path) as procs:
+        start_on_nats(procs, cfg)
+        conf = next((tmp_path / "data" / "nats").glob("**/nats-server.conf")).read_text()
+        assert (directory / "token").read_text().strip() not in conf and "authorization { token" in conf
+        assert_one_complete(tmp_path, chat(procs, cfg), rounds=2)
+        wrong_env = {**os.environ, "ROUNDTABLE_TOKEN": "not-the-token"}
+        refused = subprocess.run(
+            [sys.executable, "-m", "roundtable", "status", "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=wrong_env,
+        )
+        assert refused.returncode != 0 and "rejected this process: missing or wrong token" in refused.stderr, (
+            refused.stderr
+        )
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr

@@ -77,6 +77,17 @@ from .wire import DELIVERED_TO, DELIVERY, SCHEMA, vouch_sender
 
 log = logging.getLogger("roundtable")
 
+
+class _QuietTlsEof(logging.Filter):
+    """asyncio warns at each TLS connection to NATS that a server closes (nats-py's protocol asks
+    to keep a half-closed stream, which TLS cannot): noise, said again on every attempt."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_QuietTlsEof())
+
 EVENT_PREFIX = "rt.ev"
 ONE_PREFIX = "rt.one"
 CALL_PREFIX = "rt.rpc"
@@ -218,7 +229,8 @@ class NatsStub:
     async def RegisterAgent(self, request: Any, metadata: Any = None, timeout: float | None = None) -> Any:
         nc = self._nats()
         agent_type = str(request.type)
-        if agent_type and agent_type not in self._serving:
+        # With per-identity tokens no one may make calls (see `authorization`): none to serve.
+        if agent_type and agent_type not in self._serving and self.security.identity is None:
             call = self.call
             assert call is not None
             self._serving[agent_type] = await nc.subscribe(
@@ -325,8 +337,11 @@ class NatsCall:
         try:
             self.nc = await nats.connect(stub.servers, **options)
         except (nats.errors.Error, OSError, asyncio.TimeoutError) as error:
-            detail = str(error) or type(error).__name__
-            raise _error(grpc.StatusCode.UNAVAILABLE, f"cannot reach NATS: {detail}") from None
+            detail = _detail(error)
+            # A wrong token or user is not tried again (see ResilientConnection's first connection).
+            refused = "authorization violation" in detail.lower()
+            code = grpc.StatusCode.UNAUTHENTICATED if refused else grpc.StatusCode.UNAVAILABLE
+            raise _error(code, f"cannot reach NATS: {detail}") from None
         self.js = await self._stream()
         if self.js is not None:
             self._keeping_alive = asyncio.create_task(self._keep_alive())
@@ -735,7 +750,6 @@ def authorization(identities: list[Identity], source: str) -> list[str]:
             publish.append(f"$JS.API.STREAM.CREATE.{STREAM}")
         subscribe = [f"{INBOX_PREFIX}{identity.name}.>"]
         subscribe += [f"{p}.{_name(t)}.*.*" for t in read for p in prefixes]  # servers without JetStream
-        subscribe += [call_subject(t) for t in allowed.agent_types if not t.endswith("*")]
         permissions = {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
         users.append({"user": identity.name, "password": identity.nats_bcrypt, "permissions": permissions})
     return [f"authorization {{ users: {json.dumps(users)} }}"]

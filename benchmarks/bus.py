@@ -187,8 +187,11 @@ def throughput(log_dir: Path, writers: int, count: int, cpu_ms: float) -> dict[s
         }
         result = driver.request(command, timeout + 30)
     turns = result["count"] * THROUGHPUT_ROUNDS
+    # Whether the turns spread: each writer process logs a line per turn it takes.
+    taken = [(log_dir / f"writer{n}.log").read_text(errors="replace").count(": speaking in ") for n in range(writers)]
     return {
         "writers": writers,
+        "turns_per_writer": taken,
         "seconds": result["seconds"],
         "turns_per_s": turns / result["seconds"] if result["seconds"] else None,
         "lost": result["lost"],

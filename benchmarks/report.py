@@ -305,6 +305,7 @@ def bus_table(data: dict[str, Any]) -> str:
                 f"{n} writer process{'es' if int(n) > 1 else ''}",
                 f"{r['turns_per_s']:.1f}",
                 _x(r["x_one"]),
+                " / ".join(str(t) for t in r.get("turns_per_writer", [])),
                 f"{r['lost']} / {r['duplicated']} / {r['unfinished']}",
             ]
             for n, r in curve.items()
@@ -313,7 +314,7 @@ def bus_table(data: dict[str, Any]) -> str:
             f"Throughput on the NATS bus: {data['conversations']} four-turn conversations at once, "
             f"each writer turn costing {data['cpu_ms']:g} ms of CPU"
         )
-        text += "\n\n" + table(title, ["", "turns/s", "x one", "lost / dup / unfinished"], lines)
+        text += "\n\n" + table(title, ["", "turns/s", "x one", "turns taken by each", "lost / dup / unfinished"], lines)
     recovery = data.get("recovery") or {}
     if recovery:
         sides = ("grpc", "nats")

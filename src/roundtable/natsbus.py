@@ -248,7 +248,11 @@ class NatsStub:
             call = self.call
             assert call is not None
 
-            key = hashlib.sha256(f"{spec.agent_type}\n{spec.topic_type}".encode()).hexdigest()[:24]
+            topic_type = _name(spec.topic_type)
+            everyone, one = f"{EVENT_PREFIX}.{topic_type}.*.*", f"{ONE_PREFIX}.{topic_type}.*.*"
+            # The shared consumer's name says what it filters: a durable one made by a release
+            # with other subjects is not bound to (it would never match), a new one is made.
+            key = hashlib.sha256(f"{spec.agent_type}\n{one}".encode()).hexdigest()[:24]
 
             async def to_all(msg: Msg, agent_type: str = spec.agent_type, key: str = key) -> None:
                 await call.on_event(msg, agent_type, resume=key)
@@ -256,8 +260,6 @@ class NatsStub:
             async def to_one(msg: Msg, agent_type: str = spec.agent_type) -> None:
                 await call.on_event(msg, agent_type, acknowledge=True)
 
-            topic_type = _name(spec.topic_type)
-            everyone, one = f"{EVENT_PREFIX}.{topic_type}.*.*", f"{ONE_PREFIX}.{topic_type}.*.*"
             if call.js is None:
                 nats_subscription = [
                     await nc.subscribe(everyone, cb=to_all),

@@ -151,6 +151,8 @@ def test_per_identity_tokens_on_the_bus_carry_a_conversation_and_hold_against_an
         assert '"user": "writer"' in conf.read_text() and "cert_file" in conf.read_text()
         terminal = chat(procs, cfg)
         assert_one_complete(tmp_path, terminal, rounds=2)
+        status = roundtable("status", "--config", str(cfg))  # as `client`: it hears the heartbeats
+        assert status.returncode == 0 and "participants: editor, writer" in status.stdout, status
         asyncio.run(attack_as_the_writer(address, identities, started["manager"]))
         again = chat(procs, cfg, name="chat-again", task="Write about snow")  # the attacks broke nothing
         assert again.wait_exit(120) == 0, again.output

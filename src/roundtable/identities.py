@@ -9,7 +9,7 @@ knows every caller by its token and lets it do only what its role needs:
 |---------|------------------------------|-------------------------------------|------------------------------|
 | agent   | its own name                 | turn.<name>, the seed topics        | control, stream, presence, seed |
 | manager | the manager's two types      | control, presence                   | group_chat, turn.*, control  |
-| page    | ui_*, terminal_* (observers) | group_chat, stream, the seed topic  | control                      |
+| page    | ui_*, terminal_*, status_*   | group_chat, stream, the seed topic, presence | control             |
 
 An identity makes no direct calls (RPCs): none of our processes does. The sender of every event
 it publishes is the authenticated one: an agent's events carry its own name whatever it claims.
@@ -115,8 +115,8 @@ def grant(identity: str, role: Role) -> Grant:
     return Grant(
         identity,
         role,
-        agent_types=("ui_*", "terminal_*"),
-        subscribe=(GROUP_CHAT, STREAM, SEED_TOPIC),
+        agent_types=("ui_*", "terminal_*", "status_*"),  # `roundtable status` listens to heartbeats on a bus
+        subscribe=(GROUP_CHAT, STREAM, SEED_TOPIC, PRESENCE),
         publish=(CONTROL,),
         sender=None,
     )

@@ -8,6 +8,7 @@ The attacks hold a valid credential, the writer's, against a real bus with the r
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import ssl
@@ -21,7 +22,7 @@ import pytest
 import yaml
 from conftest import certs_command
 from harness import READY, Proc, processes, write_config
-from test_nats import assert_one_complete, nats_config, roundtable, start_on_nats
+from test_nats import assert_one_complete, nats_config, roundtable, start_bus, start_on_nats
 from test_reliability import chat
 
 from roundtable.config import SecurityConfig
@@ -116,6 +117,9 @@ async def attack_as_the_writer(address: str, directory: Path, manager: Proc) -> 
         as_manager = f"rt.ev.{hexed(GROUP_CHAT)}.{hexed('c')}.manager"
         await nc.publish(as_manager, b"forged")
         await spy.refused(f'permissions violation for publish to "{as_manager}"')
+        with pytest.raises((nats.errors.Error, asyncio.TimeoutError)):  # its state lists every subject
+            await js.stream_info(STREAM)
+        await spy.refused(f'permissions violation for publish to "$js.api.stream.info.{STREAM.lower()}"')
         with pytest.raises((nats.errors.Error, asyncio.TimeoutError)):
             await js.delete_stream(STREAM)
         await spy.refused(f'permissions violation for publish to "$js.api.stream.delete.{STREAM.lower()}"')
@@ -205,3 +209,32 @@ def test_the_shared_token_over_tls_on_the_bus(tmp_path: Path) -> None:
             refused.stderr
         )
         assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+
+
+def test_a_shared_consumer_made_by_another_client_is_not_bound_to(tmp_path: Path) -> None:
+    """Without identities a turn consumer's name can be worked out. One made under that name by
+    another client, filtering other subjects, would leave the agent without its turns, silently:
+    the agent says so and exits instead."""
+    cfg = nats_config(tmp_path, rounds=2)
+    address = yaml.safe_load(cfg.read_text())["bus"]
+    with processes(tmp_path) as procs:
+        start_bus(procs, cfg)
+        procs.roundtable("manager", "manager", "--config", str(cfg)).wait_for(READY, timeout=60)  # makes the stream
+
+        async def squat() -> None:
+            nc = await nats.connect(address)
+            try:
+                theirs = f"rt.one.{hexed(turn_topic_type('editor'))}.*.*"
+                name = "o" + hashlib.sha256(f"editor\n{theirs}".encode()).hexdigest()[:24]
+                other = f"rt.one.{hexed(turn_topic_type('writer'))}.*.*"
+                config = nats.js.api.ConsumerConfig(
+                    name=name, durable_name=name, deliver_group=name, deliver_subject="squat", filter_subject=other
+                )
+                await nc.jetstream(timeout=5).add_consumer(STREAM, config)
+            finally:
+                await nc.close()
+
+        asyncio.run(squat())
+        editor = procs.roundtable("agent-editor", "agent", "--config", str(cfg), "--name", "editor")
+        assert editor.wait_exit(60) == 1, editor.output
+        assert "another client made it" in editor.output, editor.output

@@ -181,3 +181,24 @@ async def test_a_stream_held_back_past_its_authors_newer_message_is_not_shown() 
     assert shown.count("(interrupted)") == 1, shown
     whole = "w0 w1 w2 w3 w4 w5"
     assert terminal_messages(shown) == [("writer", whole), ("editor", whole), ("writer", whole)], shown
+
+
+def test_an_event_on_the_bus_is_taken_only_on_its_own_subject_and_vouched_by_its_publisher() -> None:
+    from autogen_ext.runtimes.grpc.protos import cloudevent_pb2
+
+    from roundtable.natsbus import event_subject, on_its_subject, vouch
+    from roundtable.wire import SENDER_TYPE
+
+    event = cloudevent_pb2.CloudEvent(id="1", type="turn.editor", source="c")
+    event.attributes[SENDER_TYPE].ce_string = "roundtable_manager"
+    own = event_subject(event, "manager")
+    assert on_its_subject(event, own)
+    # Delivered through another's consumer, on a subject the publisher may use but not this topic's.
+    assert not on_its_subject(event, own.replace(b"turn.editor".hex(), b"seed_hello".hex()))
+    vouch(event, own.replace(".manager", ".writer"), strict=True)  # the writer claiming the manager
+    assert event.attributes[SENDER_TYPE].ce_string == "writer"
+    event.attributes[SENDER_TYPE].ce_string = "roundtable_manager"
+    vouch(event, own.replace(".manager", "._"), strict=False)  # no identities: the claim stands
+    assert event.attributes[SENDER_TYPE].ce_string == "roundtable_manager"
+    vouch(event, own.replace(".manager", "._"), strict=True)  # identities, and none behind it
+    assert event.attributes[SENDER_TYPE].ce_string == "unknown"

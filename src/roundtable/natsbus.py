@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import hmac
 import json
 import logging
 import secrets
@@ -141,13 +142,22 @@ def event_subject(event: cloudevent_pb2.CloudEvent, publisher: str | None) -> st
     return f"{prefix}.{_name(event.type)}.{_name(event.source)}.{publisher or ANYONE}"
 
 
-def vouch(event: cloudevent_pb2.CloudEvent, subject: str) -> None:
+def vouch(event: cloudevent_pb2.CloudEvent, subject: str, strict: bool) -> None:
     """The sender an event carries, as its publisher's identity (the subject's last token, which
-    the servers' permissions let only that identity publish on) allows: as the gRPC host does."""
+    the servers' permissions let only that identity publish on) allows: as the gRPC host does.
+    `strict` (this process has an identity of its own): no publisher ("_") vouches for no sender."""
     publisher = subject.rpartition(".")[2]
     if publisher != ANYONE:
         allowed = _grant_of(publisher)
         vouch_sender(event.attributes, allowed.sender, allowed.may_register)
+    elif strict:
+        vouch_sender(event.attributes, None, lambda claimed: False)
+
+
+def on_its_subject(event: cloudevent_pb2.CloudEvent, subject: str) -> bool:
+    """Whether an event came on the subject its own topic and kind give it (one delivered to us on
+    another, through a consumer pointed at our subscription, is not taken)."""
+    return subject.rpartition(".")[0] == event_subject(event, None).rpartition(".")[0]
 
 
 @functools.lru_cache(maxsize=256)
@@ -253,6 +263,12 @@ class NatsStub:
             # The shared consumer's name says what it filters: a durable one made by a release
             # with other subjects is not bound to (it would never match), a new one is made.
             key = hashlib.sha256(f"{spec.agent_type}\n{one}".encode()).hexdigest()[:24]
+            shared = f"o{key}"
+            if self.security.identity is not None and self.security.token:
+                # Named from the token too: every process of this identity finds it, and no one
+                # else can guess it, to take it over, squat its name or acknowledge its events.
+                secret = self.security.token.encode()
+                shared = "o" + hmac.new(secret, f"{spec.agent_type}\n{one}".encode(), "sha256").hexdigest()[:32]
 
             async def to_all(msg: Msg, agent_type: str = spec.agent_type, key: str = key) -> None:
                 await call.on_event(msg, agent_type, resume=key)
@@ -268,7 +284,7 @@ class NatsStub:
             else:
                 follower = await _follow(call.js, everyone, self.session.resume.get(key), to_all)
                 call.followers.append(follower)
-                nats_subscription = [follower, await _share(call.js, one, f"o{key}", to_one)]
+                nats_subscription = [follower, await _share(call.js, one, shared, to_one)]
         # A prefix subscription (AutoGen's "<type>:" for messages sent to a type directly) has
         # no subject to match on NATS; roundtable publishes on no such topic.
         copy = agent_worker_pb2.Subscription()
@@ -313,6 +329,7 @@ class NatsCall:
         self._next = 0
         self._calls: set[asyncio.Task[None]] = set()
         self._ended: grpc.aio.AioRpcError | None = None
+        self._warned_subject = False
 
     async def wait_for_connection(self) -> None:
         stub = self._stub
@@ -356,6 +373,12 @@ class NatsCall:
         assert self.nc is not None
         js = self.nc.jetstream(timeout=JETSTREAM_TIMEOUT)
         try:
+            if self._stub.security.identity not in (None, MANAGER_IDENTITY):
+                # With an identity per process, only the manager may ask after the stream (its
+                # state lists every subject in it) and make it: the others learn that JetStream
+                # is there, and that the stream is by using it (tried again until it is).
+                await js.account_info()
+                return js
             await js.stream_info(STREAM)
             return js
         except nats.js.errors.NotFoundError:
@@ -365,9 +388,6 @@ class NatsCall:
             return None
         except (nats.errors.Error, asyncio.TimeoutError) as error:
             raise _error(grpc.StatusCode.UNAVAILABLE, f"JetStream is not ready: {_detail(error)}") from None
-        if self._stub.security.identity not in (None, MANAGER_IDENTITY):
-            # With an identity per process, only the manager's may make the stream.
-            raise _error(grpc.StatusCode.UNAVAILABLE, f"the stream {STREAM} is not there yet: the manager makes it")
         replicas = min(STREAM_REPLICAS, len(self._stub.servers))
         config = StreamConfig(
             name=STREAM,
@@ -524,7 +544,16 @@ class NatsCall:
             if acknowledge:
                 await _ack(msg)
             return
-        vouch(event, msg.subject)
+        if not on_its_subject(event, msg.subject):
+            if not self._warned_subject:
+                self._warned_subject = True
+                log.warning("dropped an event that came on NATS subject %s, not its own", msg.subject[:120])
+            if acknowledge:
+                await _ack(msg)
+            return
+        vouch(event, msg.subject, strict=self._stub.security.identity is not None)
+        if DELIVERY in event.attributes:
+            del event.attributes[DELIVERY]  # ours to set (below), never the publisher's
         if stored:
             if resume:
                 session.resume[resume] = max(session.resume.get(resume, 0), msg.metadata.sequence.stream)
@@ -620,7 +649,26 @@ async def _share(js: JetStreamContext, subject: str, name: str, deliver: Any) ->
         max_ack_pending=-1,
         inactive_threshold=SHARED_IDLE,
     )
-    return await _subscribe(js, subject, config, deliver, queue=name)
+    deadline = asyncio.get_running_loop().time() + PUBLISH_DEADLINE
+    while True:
+        subscription = await _subscribe(js, subject, config, deliver, queue=name)
+        try:
+            found = (await subscription.consumer_info()).config
+            break
+        except (nats.errors.Error, asyncio.TimeoutError) as error:
+            await subscription.unsubscribe()
+            if asyncio.get_running_loop().time() > deadline:
+                detail = f"cannot ask after the JetStream consumer {name}: {_detail(error)}"
+                raise _error(grpc.StatusCode.UNAVAILABLE, detail) from None
+            await asyncio.sleep(0.2)
+    if (found.filter_subject, found.deliver_group, found.ack_policy) != (subject, name, AckPolicy.EXPLICIT):
+        # nats-py binds to a durable consumer of that name as it finds it.
+        await subscription.unsubscribe()
+        raise _error(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"the JetStream consumer {name} filters {found.filter_subject!r}, not {subject!r}: another client made it",
+        )
+    return subscription
 
 
 async def _subscribe(
@@ -735,6 +783,8 @@ def authorization(identities: list[Identity], source: str) -> list[str]:
     agents = [i.name for i in identities if i.role == "agent"]
     users = []
     for identity in identities:
+        if identity.name == ANYONE:
+            raise ConfigError(f"the identities file {source} names {ANYONE!r}, which on NATS means no identity")
         if identity.nats_bcrypt is None:
             raise ConfigError(
                 f"the identities file {source} has no NATS password for {identity.name!r}: "
@@ -745,11 +795,11 @@ def authorization(identities: list[Identity], source: str) -> list[str]:
         read = _topic_types(allowed.subscribe, agents)
         prefixes = (EVENT_PREFIX, ONE_PREFIX)
         publish = [f"{p}.{_name(t)}.*.{identity.name}" for t in publish_on for p in prefixes]
-        publish += ["$JS.API.INFO", f"$JS.API.STREAM.INFO.{STREAM}", f"$JS.API.CONSUMER.INFO.{STREAM}.*"]
+        publish += ["$JS.API.INFO", f"$JS.API.CONSUMER.INFO.{STREAM}.*"]
         publish += [f"$JS.API.CONSUMER.CREATE.{STREAM}.*.{p}.{_name(t)}.*.*" for t in read for p in prefixes]
         publish.append(f"$JS.ACK.{STREAM}.>")
-        if identity.role == "manager":
-            publish.append(f"$JS.API.STREAM.CREATE.{STREAM}")
+        if identity.role == "manager":  # the stream's state lists every subject in it: the manager's only
+            publish += [f"$JS.API.STREAM.CREATE.{STREAM}", f"$JS.API.STREAM.INFO.{STREAM}"]
         subscribe = [f"{INBOX_PREFIX}{identity.name}.>"]
         subscribe += [f"{p}.{_name(t)}.*.*" for t in read for p in prefixes]  # servers without JetStream
         permissions = {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}

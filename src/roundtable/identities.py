@@ -122,8 +122,10 @@ def grant(identity: str, role: Role) -> Grant:
     )
 
 
-class _Identity(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Identity(BaseModel):
+    """One entry of identities.yaml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=NAME_PATTERN, max_length=64)
     role: Role
@@ -135,7 +137,7 @@ class _Identity(BaseModel):
 class _IdentitiesFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    identities: list[_Identity] = Field(min_length=1)
+    identities: list[Identity] = Field(min_length=1)
 
 
 def token_digest(token: str) -> bytes:
@@ -176,14 +178,6 @@ class Authority:
         return found if found is not None else False
 
 
-@dataclass(frozen=True)
-class Identity:
-    name: str
-    role: Role
-    token_sha256: str
-    nats_bcrypt: str | None
-
-
 def load_identities(path: str) -> list[Identity]:
     """The entries of an identities file, checked (ConfigError naming what is wrong)."""
     try:
@@ -203,7 +197,7 @@ def load_identities(path: str) -> list[Identity]:
         if entry.name in names:
             raise ConfigError(f"the identities file {path} names {entry.name!r} twice")
         names.add(entry.name)
-    return [Identity(e.name, e.role, e.token_sha256, e.nats_bcrypt) for e in parsed.identities]
+    return parsed.identities
 
 
 def load_authority(path: str | None, shared_token: str | None) -> Authority:

@@ -262,13 +262,13 @@ class NatsStub:
             everyone, one = f"{EVENT_PREFIX}.{topic_type}.*.*", f"{ONE_PREFIX}.{topic_type}.*.*"
             # The shared consumer's name says what it filters: a durable one made by a release
             # with other subjects is not bound to (it would never match), a new one is made.
-            key = hashlib.sha256(f"{spec.agent_type}\n{one}".encode()).hexdigest()[:24]
+            basis = f"{spec.agent_type}\n{one}".encode()
+            key = hashlib.sha256(basis).hexdigest()[:24]
             shared = f"o{key}"
             if self.security.identity is not None and self.security.token:
                 # Named from the token too: every process of this identity finds it, and no one
                 # else can guess it, to take it over, squat its name or acknowledge its events.
-                secret = self.security.token.encode()
-                shared = "o" + hmac.new(secret, f"{spec.agent_type}\n{one}".encode(), "sha256").hexdigest()[:32]
+                shared = "o" + hmac.new(self.security.token.encode(), basis, "sha256").hexdigest()[:32]
 
             async def to_all(msg: Msg, agent_type: str = spec.agent_type, key: str = key) -> None:
                 await call.on_event(msg, agent_type, resume=key)
@@ -631,7 +631,7 @@ async def _follow(js: JetStreamContext, subject: str, resume: int | None, delive
         mem_storage=True,
         inactive_threshold=FOLLOWER_IDLE,
     )
-    return await _subscribe(js, subject, config, deliver)
+    return (await _subscribe(js, subject, config, deliver))[0]
 
 
 async def _share(js: JetStreamContext, subject: str, name: str, deliver: Any) -> Any:
@@ -649,18 +649,8 @@ async def _share(js: JetStreamContext, subject: str, name: str, deliver: Any) ->
         max_ack_pending=-1,
         inactive_threshold=SHARED_IDLE,
     )
-    deadline = asyncio.get_running_loop().time() + PUBLISH_DEADLINE
-    while True:
-        subscription = await _subscribe(js, subject, config, deliver, queue=name)
-        try:
-            found = (await subscription.consumer_info()).config
-            break
-        except (nats.errors.Error, asyncio.TimeoutError) as error:
-            await subscription.unsubscribe()
-            if asyncio.get_running_loop().time() > deadline:
-                detail = f"cannot ask after the JetStream consumer {name}: {_detail(error)}"
-                raise _error(grpc.StatusCode.UNAVAILABLE, detail) from None
-            await asyncio.sleep(0.2)
+    subscription, found = await _subscribe(js, subject, config, deliver, queue=name)
+    assert found is not None
     if (found.filter_subject, found.deliver_group, found.ack_policy) != (subject, name, AckPolicy.EXPLICIT):
         # nats-py binds to a durable consumer of that name as it finds it.
         await subscription.unsubscribe()
@@ -673,13 +663,15 @@ async def _share(js: JetStreamContext, subject: str, name: str, deliver: Any) ->
 
 async def _subscribe(
     js: JetStreamContext, subject: str, config: ConsumerConfig, deliver: Any, queue: str | None = None
-) -> Any:
-    """Subscribed through a consumer made (or found) by `config`; tried again for up to
-    `PUBLISH_DEADLINE` while JetStream does not answer (a node just lost, a leader being elected)."""
+) -> tuple[Any, ConsumerConfig | None]:
+    """Subscribed through a consumer made (or found) by `config`, and for a shared one (`queue`)
+    that consumer's config as it is; tried again for up to `PUBLISH_DEADLINE` while JetStream does
+    not answer (a node just lost, a leader being elected)."""
     deadline = asyncio.get_running_loop().time() + PUBLISH_DEADLINE
     while True:
+        subscription = None
         try:
-            return await js.subscribe(
+            subscription = await js.subscribe(
                 subject,
                 queue=queue,
                 durable=config.durable_name,
@@ -688,7 +680,10 @@ async def _subscribe(
                 cb=deliver,
                 manual_ack=True,
             )
+            return subscription, (await subscription.consumer_info()).config if queue is not None else None
         except (nats.errors.Error, asyncio.TimeoutError) as error:
+            if subscription is not None:
+                await subscription.unsubscribe()
             if asyncio.get_running_loop().time() > deadline:
                 detail = _detail(error)
                 raise _error(grpc.StatusCode.UNAVAILABLE, f"cannot subscribe on JetStream: {detail}") from None
@@ -820,22 +815,20 @@ def bus_security(cfg: SecurityConfig) -> list[str]:
     """The NATS server's config lines for the config's security: TLS with the host's certificate
     and key (`cert`, `key`), if given; a user per identity (`identities`), else the shared token
     (its bcrypt hash), else no authorization."""
-    lines = []
+    lines: list[str] = []
     if cfg.mutual:
         raise ConfigError(
             "security.mutual: the NATS bus takes no client certificates (per-identity tokens do their job)"
         )
     if (cfg.cert is None) != (cfg.key is None):
         raise ConfigError("security: the bus needs both `cert` and `key` for TLS, or neither")
+    security = load_security(cfg)  # reads the files: one that cannot be read is one clear line
     if cfg.cert is not None and cfg.key is not None:
-        for path in (cfg.cert, cfg.key):
-            if not Path(path).expanduser().is_file():
-                raise ConfigError(f"security: no such file {path}")
         files = {"cert_file": str(Path(cfg.cert).expanduser()), "key_file": str(Path(cfg.key).expanduser())}
         lines.append(f"tls {json.dumps(files)}")
     if cfg.identities is not None:
         return lines + authorization(load_identities(cfg.identities), cfg.identities)
-    token = load_security(cfg).token
+    token = security.token
     if token:
         lines.append(f"authorization {{ token: {json.dumps(password_hash(token))} }}")
     return lines

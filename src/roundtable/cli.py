@@ -392,22 +392,28 @@ async def _lead(
     from .runtime import announce_ready, unless_stopped
     from .worker import stop_worker
 
-    runtime = await _connect(args, config)
+    # Renewed from the moment it is taken: connecting and subscribing can take longer than the
+    # term (a bus node just lost), and a lease left alone meanwhile lapses to a standby.
+    keeping = asyncio.ensure_future(lease.keep())
     try:
-        watcher = await register_manager(
-            runtime, config.agents, config.manager, store, selector, config.host.heartbeat, lease=lease
-        )
-        names = ", ".join(a.name for a in config.agents)
-        announce_ready(f"manager ({config.manager.strategy}; agents: {names})")
+        runtime = await _connect(args, config)
         try:
-            await unless_stopped(lease.keep(), stopped)
-        except LeaseLost as error:
-            print(f"roundtable: error: {error}; stopping: another manager drives the conversations now", flush=True)
-            return 1
+            watcher = await register_manager(
+                runtime, config.agents, config.manager, store, selector, config.host.heartbeat, lease=lease
+            )
+            names = ", ".join(a.name for a in config.agents)
+            announce_ready(f"manager ({config.manager.strategy}; agents: {names})")
+            try:
+                await unless_stopped(keeping, stopped)
+            except LeaseLost as error:
+                print(f"roundtable: error: {error}; stopping: another manager drives the conversations now", flush=True)
+                return 1
+            finally:
+                watcher.cancel()
         finally:
-            watcher.cancel()
+            await stop_worker(runtime)
     finally:
-        await stop_worker(runtime)
+        keeping.cancel()
     return 0
 
 

@@ -23,18 +23,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from autogen_core import AgentId
 from fakeclock import FakeClockLoop, held
 from fakeopenai import FakeOpenAI
 from test_tools import counted, counting_writer
 
+from roundtable import clock
 from roundtable.chat import Outcome, run_chat
 from roundtable.config import AgentConfig, BudgetConfig, HostConfig, ManagerConfig, ModelConfig
 from roundtable.manager import register_manager
 from roundtable.memory import MemoryHost
-from roundtable.messages import CONTROL, ChatMessage, HumanMessage, topic
+from roundtable.messages import (
+    CONTROL,
+    MANAGER_TYPE,
+    ChatMessage,
+    HumanMessage,
+    RequestToSpeak,
+    topic,
+    turn_topic_type,
+)
 from roundtable.models import build_client
 from roundtable.outbox import Outbox
-from roundtable.participant import register_participant
+from roundtable.participant import Participant, register_participant
 from roundtable.store import TranscriptStore
 from roundtable.tools import AgentTools
 from roundtable.worker import WorkerRuntime, stop_worker
@@ -169,6 +179,44 @@ async def test_a_conversation_runs_in_one_process_and_is_stored_once_in_order(tm
         (5, "editor"),
     ]
     assert shown.count("writer: Draft") == 2 and shown.count("editor: Feedback") == 2, shown
+
+
+async def test_a_first_ask_is_answered_at_once_and_one_that_comes_late_is_checked_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each new turn's first ask vouches for the turn for a moment: no check, no round trip to
+    the manager. The same ask come seconds late (as one held through a reconnect would) is
+    checked, and for a turn stored since, not answered: no model call."""
+    checked: list[str] = []
+    check = Participant._turn_open
+
+    async def counted_check(self: Participant, message: RequestToSpeak) -> bool:
+        checked.append(message.turn_id)
+        return await check(self, message)
+
+    monkeypatch.setattr(Participant, "_turn_open", counted_check)
+    calls = tmp_path / "editor-calls.jsonl"
+    editor = agent("editor", "Feedback {n}: shorter", record=str(calls))
+    async with room(tmp_path, [WRITER, editor]) as state:
+        outcome, _ = await state.chat("Write about rain")
+        assert outcome.ok and checked == [], (outcome, checked)
+        assert len(calls.read_text().splitlines()) == 2  # the editor's two turns
+        stored = await _stored(state)
+        conversation = stored[0].conversation_id
+        late = RequestToSpeak(
+            conversation_id=conversation,
+            speaker="editor",
+            history=stored,
+            asked_at=clock.now() - 5,
+            fresh_for=1.0,
+        )
+        await state.runtimes["manager"].publish_message(
+            late, topic(turn_topic_type("editor"), conversation), sender=AgentId(MANAGER_TYPE, conversation)
+        )
+        await asyncio.sleep(10)  # time enough to have answered, had it not checked
+        assert await _stored(state) == stored
+    assert checked == [late.turn_id]
+    assert len(calls.read_text().splitlines()) == 2  # no model call for the late ask
 
 
 async def test_a_stream_cut_mid_conversation_reconnects_and_nothing_is_lost_or_doubled(tmp_path: Path) -> None:

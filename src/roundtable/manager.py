@@ -67,6 +67,12 @@ log = logging.getLogger("roundtable.manager")
 ANNOUNCE_ENDS_WITHIN = 60.0
 #: Processes serving agents whose heartbeats the manager follows, at most.
 REPLICAS_TRACKED = 10_000
+#: How long a new turn's first ask vouches for the turn being open, in seconds (at most half
+#: the turn timeout): an agent that gets it sooner answers without asking the manager first.
+#: A first ask goes stale only when its turn is given up (no sooner than the turn timeout) or its
+#: conversation stopped (the agent then stops its answer). An ask delayed longer (held through a
+#: reconnect, or read on a machine whose clock is this far off) still costs the check.
+FRESH_ASK = 1.0
 
 
 @dataclass
@@ -223,6 +229,7 @@ class Budget:
     left_out: set[str] = field(default_factory=set)  # agents that used their budget (on_exceeded: skip)
     end: str | None = None  # why the conversation ends, if a budget ends it
     note: str = ""
+    usage: UsageUpdate | None = None  # what each agent used so far, for everyone to hear
 
 
 def used_up(budget: BudgetConfig, used: Usage) -> str | None:
@@ -549,8 +556,9 @@ class GroupChatManager(RoutedAgent):
         crash_point("manager.reply.stored")
         await self._publish(reply)
         if choice is not None and request is not None:
-            await self._begin_turn(conv, request, choice.note)
+            await self._begin_turn(conv, request, choice.note, budget.usage)
         else:
+            await self._tell_usage(budget)
             await self._announce_end(conv, str(reason), ok=True)
 
     @message_handler
@@ -760,6 +768,7 @@ class GroupChatManager(RoutedAgent):
     async def _next_turn(self, conv: Conversation, note: str = "", skip: str | None = None) -> None:
         budget = await self._budget(conv)
         if budget.end is not None:
+            await self._tell_usage(budget)
             await self._end(conv, budget.end)
             return
         left_out = budget.left_out | ({skip} if skip else set())
@@ -770,7 +779,7 @@ class GroupChatManager(RoutedAgent):
             conversation_id=conv.id, turn_id=new_id(), speaker=choice.speaker, history=conv.transcript
         )
         await self._store.set_pending(conv.id, choice.speaker, request.turn_id)
-        await self._begin_turn(conv, request, "; ".join(n for n in (note, choice.note, budget.note) if n))
+        await self._begin_turn(conv, request, "; ".join(n for n in (note, choice.note, budget.note) if n), budget.usage)
 
     # ------------------------------------------------------------ budgets
 
@@ -785,27 +794,28 @@ class GroupChatManager(RoutedAgent):
 
     async def _budget(self, conv: Conversation) -> Budget:
         """Checked before each speaker is asked: who is left out for using its budget, or why
-        the conversation ends. Everyone hears the usage so far."""
+        the conversation ends. Everyone hears the usage so far: with the next speaker, or alone
+        before the end (`_tell_usage`)."""
         usage = await self._usage(conv)
-        await self._publish(UsageUpdate(conversation_id=conv.id, usage=usage, limits=self._limits))
+        update = UsageUpdate(conversation_id=conv.id, usage=usage, limits=self._limits)
         total = Usage(
             tokens=sum(u.tokens for u in usage.values()), tool_calls=sum(u.tool_calls for u in usage.values())
         )
         over = used_up(self._settings.budget, total)
         if over:
-            return Budget(end=f"the conversation used its budget ({over})")
-        verdict = Budget()
+            return Budget(end=f"the conversation used its budget ({over})", usage=update)
+        verdict = Budget(usage=update)
         notes = []
         for agent in self._agents:
             over = used_up(agent.budget, usage[agent.name])
             if not over:
                 continue
             if agent.budget.on_exceeded == "end":
-                return Budget(end=f"{agent.name} used its budget ({over})")
+                return Budget(end=f"{agent.name} used its budget ({over})", usage=update)
             verdict.left_out.add(agent.name)
             notes.append(f"{agent.name} is left out: it used its budget ({over})")
         if len(verdict.left_out) == len(self._agents):
-            return Budget(end="every agent has used its budget")
+            return Budget(end="every agent has used its budget", usage=update)
         verdict.note = "; ".join(notes)
         return verdict
 
@@ -818,19 +828,30 @@ class GroupChatManager(RoutedAgent):
         limits[""] = limit(self._settings.budget)
         return limits
 
-    async def _begin_turn(self, conv: Conversation, request: RequestToSpeak, note: str) -> None:
-        """Announce the (stored) next speaker and ask it."""
+    async def _tell_usage(self, budget: Budget) -> None:
+        if budget.usage is not None:
+            await self._publish(budget.usage)
+
+    async def _begin_turn(
+        self, conv: Conversation, request: RequestToSpeak, note: str, usage: UsageUpdate | None = None
+    ) -> None:
+        """Announce the (stored) next speaker, with the usage so far, and ask it."""
         conv.pending = request
         conv.last_sign_of_life = 0.0
         if self._is_human(request.speaker):
             note = "; ".join(n for n in (note, "a person's turn: type the answer") if n)
         await self._publish(
-            SpeakerSelected(conversation_id=conv.id, speaker=request.speaker, note=note, turn_id=request.turn_id)
+            SpeakerSelected(
+                conversation_id=conv.id, speaker=request.speaker, note=note, turn_id=request.turn_id, usage=usage
+            )
         )
         conv.attempts = 0
-        await self._ask(conv)
+        await self._ask(conv, first=True)
 
-    async def _ask(self, conv: Conversation) -> None:
+    async def _ask(self, conv: Conversation, first: bool = False) -> None:
+        """Ask the pending turn's speaker. Only a new turn's first ask vouches for the turn being
+        open (RequestToSpeak.fresh_for): one repeated (a timeout, a restart, a silent process)
+        may come after the turn was answered elsewhere, so the agent checks it first."""
         request = conv.pending
         assert request is not None
         conv.attempts += 1
@@ -840,8 +861,10 @@ class GroupChatManager(RoutedAgent):
             log.info("waiting for a person in seat %s for turn %s", request.speaker, request.turn_id[:8])
         else:
             log.info("asking %s for turn %s (ask %d)", request.speaker, request.turn_id[:8], conv.asks)
+            window = min(FRESH_ASK, self._settings.turn_timeout / 2) if first else 0.0
+            ask = request.model_copy(update={"asked_at": clock.now(), "fresh_for": window})
             crash_point("manager.ask.before_publish")
-            await self.publish_message(request, topic(turn_topic_type(request.speaker), conv.id))
+            await self.publish_message(ask, topic(turn_topic_type(request.speaker), conv.id))
             crash_point("manager.ask.published")
         self._timers.append(asyncio.create_task(self._turn_deadline(request.turn_id, conv.asks)))
 

@@ -102,6 +102,11 @@ class RequestToSpeak(_Wire):
     turn_id: str = Field(default_factory=new_id)
     speaker: str
     history: list[ChatMessage]
+    # The manager's wall clock when it asked, and for how long the ask vouches that the turn
+    # is open: got within that time, it is answered at once. Got later, or with no time (an ask
+    # repeated after a timeout, a restart or a silent process), the agent checks first.
+    asked_at: float = 0.0
+    fresh_for: float = Field(default=0.0, ge=0.0)
 
 
 class AgentReply(_Wire):
@@ -148,15 +153,6 @@ class StreamChunk(_Wire):
     done: bool = False
 
 
-class SpeakerSelected(_Wire):
-    conversation_id: str
-    speaker: str
-    note: str = ""
-    #: The turn it announces. A manager that restarts announces its pending turn again, and
-    #: the page and the terminal show each turn's once.
-    turn_id: str = ""
-
-
 class Usage(BaseModel):
     """What one agent has used in a conversation."""
 
@@ -173,11 +169,24 @@ class ConversationEnded(_Wire):
 
 
 class UsageUpdate(_Wire):
-    """The manager, after each turn: what each agent has used so far, and the limits."""
+    """The manager, after each turn: what each agent has used so far, and the limits. It comes
+    with the next SpeakerSelected; alone only before the end."""
 
     conversation_id: str
     usage: dict[str, Usage]
     limits: dict[str, Usage] = Field(default_factory=dict)  # by agent, 0 for no limit; "" for the conversation
+
+
+class SpeakerSelected(_Wire):
+    conversation_id: str
+    speaker: str
+    note: str = ""
+    #: The turn it announces. A manager that restarts announces its pending turn again, and
+    #: the page and the terminal show each turn's once.
+    turn_id: str = ""
+    #: What the agents have used so far, as the budgets saw it before choosing this speaker:
+    #: one message a turn, not two.
+    usage: UsageUpdate | None = None
 
 
 class AgentOnline(_Wire):

@@ -123,6 +123,8 @@ class ConversationObserver(RoutedAgent):
     @message_handler
     async def on_speaker(self, message: SpeakerSelected, ctx: MessageContext) -> None:
         async with self._lock:
+            if message.usage is not None:
+                await self._sink.on_usage(message.usage)
             await self._sink.on_speaker(message)
 
     @message_handler

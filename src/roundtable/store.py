@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     delete,
     event,
     func,
@@ -178,6 +179,10 @@ class TranscriptStore:
         self.url = store_url(url)  # str() of a URL hides its password, so it is safe to show
         self._backend = self.url.get_backend_name()
         self._insert_or_skip = _INSERT_OR_SKIP[self._backend]
+        # A turn's two statements, built once: each write only binds its values (the SET columns
+        # of the update are the keys given to it).
+        self._add_message = self._insert_or_skip(messages).on_conflict_do_nothing()
+        self._change_conversation = update(conversations).where(conversations.c.id == bindparam("conversation"))
         options: dict[str, Any] = {}
         if self._backend == "postgresql":
             # A server that restarted or a proxy that dropped idle connections leaves dead
@@ -272,20 +277,17 @@ class TranscriptStore:
         return True
 
     async def _insert_message(self, conn: AsyncConnection, message: ChatMessage, now: float) -> Any:
-        return await conn.execute(
-            self._insert_or_skip(messages)
-            .values(
-                conversation_id=message.conversation_id,
-                seq=message.seq,
-                id=message.id,
-                author=_text(message.author),
-                kind=message.kind,
-                content=_text(message.content),
-                created_at=now,
-                tokens=message.tokens,
-            )
-            .on_conflict_do_nothing()
-        )
+        values = {
+            "conversation_id": message.conversation_id,
+            "seq": message.seq,
+            "id": message.id,
+            "author": _text(message.author),
+            "kind": message.kind,
+            "content": _text(message.content),
+            "created_at": now,
+            "tokens": message.tokens,
+        }
+        return await conn.execute(self._add_message, values)
 
     async def append(self, message: ChatMessage, **conversation: Any) -> bool:
         """Store one numbered message, and in the same transaction any changes to its
@@ -298,11 +300,8 @@ class TranscriptStore:
                 return False
             if "reason" in conversation and conversation["reason"] is not None:
                 conversation["reason"] = _text(conversation["reason"])
-            await conn.execute(
-                update(conversations)
-                .where(conversations.c.id == message.conversation_id)
-                .values(updated_at=now, **conversation)
-            )
+            changes = {"conversation": message.conversation_id, "updated_at": now, **conversation}
+            await conn.execute(self._change_conversation, changes)
         return True
 
     async def set_pending(self, conversation_id: str, speaker: str | None, turn_id: str | None) -> None:

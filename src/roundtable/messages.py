@@ -143,7 +143,8 @@ class TurnState(_Wire):
 
 
 class StreamChunk(_Wire):
-    """A piece of a message as the model generates it. `index` restores order; `done` closes it."""
+    """A piece of a message as the model generates it. `index` restores order. The stream ends
+    with the whole message (ChatMessage); `done` marks a last piece sent with what was left."""
 
     conversation_id: str
     message_id: str

@@ -108,7 +108,8 @@ def render_prompt(settings: AgentConfig, history: Sequence[ChatMessage]) -> str 
 
 
 #: Tokens that come within this long of the last chunk sent travel together in the next one.
-#: A real model's tokens are further apart and go one by one; a burst costs one message.
+#: A real model's tokens are further apart and go one by one; a burst costs one message, and a
+#: reply that comes whole (a scripted model, a cache) one chunk.
 COALESCE_SECONDS = 0.015
 
 
@@ -125,15 +126,14 @@ class _ChunkSender:
         self._last_sent = 0.0
         self._flush: asyncio.Task[None] | None = None
 
-    async def add(self, text: str) -> None:
+    def add(self, text: str) -> None:
         self._buffer += text
         if self._flush is not None:
             return  # a send is already due; this token goes with it
-        wait = self._last_sent + COALESCE_SECONDS - clock.monotonic()
-        if wait <= 0:
-            await self._send()
-        else:
-            self._flush = asyncio.create_task(self._send_after(wait))
+        # Due at once after a quiet spell, yet not before the model's next wait: the tokens of a
+        # burst (a whole reply at once, several in one network read) go as one chunk.
+        wait = max(0.0, self._last_sent + COALESCE_SECONDS - clock.monotonic())
+        self._flush = asyncio.create_task(self._send_after(wait))
 
     async def _send_after(self, wait: float) -> None:
         await asyncio.sleep(wait)
@@ -142,7 +142,7 @@ class _ChunkSender:
 
     async def _send(self, done: bool = False) -> None:
         text, self._buffer = self._buffer, ""
-        if not text and not done:
+        if not text:
             return
         self._last_sent = clock.monotonic()
         chunk = StreamChunk(
@@ -165,11 +165,13 @@ class _ChunkSender:
         self._buffer = ""
 
     async def close(self) -> None:
-        """Send what is left and mark the message done."""
+        """Send what is left, marked as the last piece. With nothing left (a model whose tokens
+        come apart went one by one), nothing: the whole message follows and ends the stream."""
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None
-        await self._send(done=True)
+        if self._buffer:
+            await self._send(done=True)
 
 
 class Participant(RoutedAgent):
@@ -237,7 +239,7 @@ class Participant(RoutedAgent):
         try:
             async for event in self._assistant.on_messages_stream(new_messages, CancellationToken()):
                 if isinstance(event, ModelClientStreamingChunkEvent):
-                    await chunks.add(event.content)
+                    chunks.add(event.content)
                 elif isinstance(event, Response):
                     final = event.chat_message.to_text()
         except asyncio.CancelledError:

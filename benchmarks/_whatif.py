@@ -22,11 +22,15 @@ def without_store() -> None:
     async def none_open(self: Any) -> list[str]:
         return []
 
+    async def no_calls(self: Any, *args: Any) -> list[Any]:
+        return []
+
     cls: Any = store.TranscriptStore
-    for name in ("start", "set_pending", "end", "get"):
+    for name in ("set_pending", "end", "get"):
         setattr(cls, name, nothing)
-    cls.append = stored
+    cls.start = cls.append = stored  # a new conversation, each message: as if written
     cls.open_ids = none_open
+    cls.tool_calls = no_calls
 
 
 if __name__ == "__main__":

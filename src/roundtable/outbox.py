@@ -13,9 +13,9 @@ guards against is the process dying, which the operating system's cache survives
 crash of the whole machine, the worst case is one more model call.
 
 The files are small and go to the page cache, so they are written in the event loop, and
-which conversations have one is known from a listing at start: a turn costs one append (about
-10 us here, against 140 us for a write and a rename), and no read unless there is something
-to read.
+which conversations have one is known from a listing at start, and which turn each holds from
+the last append: a turn costs one append (about 10 us here, against 140 us for a write and a
+rename), and no read but after a restart.
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ COMPACT_BYTES = 64 * 1024
 class Outbox:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._kept = {file.stem for file in directory.glob("*.json")}
+        # The conversations with a file: the turn of the reply last kept there, by this process;
+        # None for a file found at start, whose turn only reading it tells.
+        self._kept: dict[str, str | None] = {file.stem: None for file in directory.glob("*.json")}
 
     @classmethod
     def at(cls, directory: Path) -> Outbox | None:
@@ -59,8 +61,8 @@ class Outbox:
     def get(self, conversation_id: str, turn_id: str) -> AgentReply | None:
         """The kept reply to this turn, if there is one."""
         name = self._name(conversation_id)
-        if name not in self._kept:
-            return None
+        if name not in self._kept or self._kept[name] not in (None, turn_id):
+            return None  # no file, or this process kept another turn's reply there last
         file = self.directory / f"{name}.json"
         try:
             lines = file.read_bytes().splitlines()
@@ -95,11 +97,11 @@ class Outbox:
         except OSError as error:  # the reply still goes out; only a crash before then would cost it
             log.warning("could not keep the reply to turn %s on disk: %s", reply.turn_id[:8], error)
             return
-        self._kept.add(name)
+        self._kept[name] = reply.turn_id
 
     def drop(self, conversation_id: str) -> None:
         """The conversation has ended: nothing of it will be asked for again."""
         name = self._name(conversation_id)
         if name in self._kept:
-            self._kept.discard(name)
+            del self._kept[name]
             (self.directory / f"{name}.json").unlink(missing_ok=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -190,9 +191,9 @@ async def test_a_first_ask_is_answered_at_once_and_one_that_comes_late_is_checke
     checked: list[str] = []
     check = Participant._turn_open
 
-    async def counted_check(self: Participant, message: RequestToSpeak) -> bool:
+    async def counted_check(self: Participant, message: RequestToSpeak, send_history: bool = False) -> object:
         checked.append(message.turn_id)
-        return await check(self, message)
+        return await check(self, message, send_history)
 
     monkeypatch.setattr(Participant, "_turn_open", counted_check)
     calls = tmp_path / "editor-calls.jsonl"
@@ -217,6 +218,38 @@ async def test_a_first_ask_is_answered_at_once_and_one_that_comes_late_is_checke
         assert await _stored(state) == stored
     assert checked == [late.turn_id]
     assert len(calls.read_text().splitlines()) == 2  # no model call for the late ask
+
+
+async def test_an_ask_leaves_out_what_the_agent_has_and_a_process_without_it_gets_it_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new turn's first ask carries only the messages since the agent's last ask. The
+    editor's process is made to forget them before its second turn (as a restarted process, or
+    another process of the same agent, would): it asks for the history with its turn check and
+    answers from the whole of it."""
+    asks: list[tuple[str, int, int]] = []
+    whole = Participant._whole_history
+
+    def forgetful(self: Participant, message: RequestToSpeak) -> list[ChatMessage] | None:
+        asks.append((self.name, message.base, len(message.history)))
+        if self.name == "editor":
+            self._history = []
+        return whole(self, message)
+
+    monkeypatch.setattr(Participant, "_whole_history", forgetful)
+    calls = tmp_path / "calls.jsonl"
+    writer = agent("writer", "Draft {n}: rain on the roof", record=str(calls))
+    editor = agent("editor", "Feedback {n}: shorter", record=str(calls))
+    async with room(tmp_path, [writer, editor]) as state:
+        outcome, _ = await state.chat("Write about rain")
+        stored = await _stored(state)
+    assert outcome.ok, outcome
+    # The writer's second ask leaves out the task; the editor's, the task and the first draft.
+    assert asks == [("writer", 0, 1), ("editor", 0, 2), ("writer", 1, 2), ("editor", 2, 2)], asks
+    inputs = {(c["model"], c["call"]): c["input"] for c in map(json.loads, calls.read_text().splitlines())}
+    said = [m.content for m in stored]
+    # What each model saw after its system message: the whole conversation so far.
+    assert inputs[("writer", 2)][1:] == said[:3] and inputs[("editor", 2)][1:] == said[:4], inputs
 
 
 async def test_a_stream_cut_mid_conversation_reconnects_and_nothing_is_lost_or_doubled(tmp_path: Path) -> None:

@@ -102,6 +102,8 @@ class Conversation:
     # an agent starts a call; always for one resumed. Usage is counted without a query otherwise.
     may_have_tool_calls: bool = True
     taker: str = ""  # the replica that said it took the pending turn (its TurnCheck)
+    # How many messages each agent's last ask carried: its next first ask leaves them out.
+    sent: dict[str, int] = field(default_factory=dict)
 
     @property
     def last_speaker(self) -> str | None:
@@ -575,15 +577,19 @@ class GroupChatManager(RoutedAgent):
         # that holds the lock can be about to open the turn asked about.
         conv = self._conv
         taker = ""
+        history = None
         if conv is not None:
             pending = conv.pending
             still = not conv.ended and pending is not None and pending.turn_id == message.turn_id
-            if still and ctx.sender is not None and ctx.sender.type == message.agent:
+            if still and pending is not None and ctx.sender is not None and ctx.sender.type == message.agent:
                 conv.taker = taker = message.replica  # the latest to check takes it; one before stops
+                history = pending.history if message.send_history else None
         else:  # not held here (ended and let go, or not taken up yet): the store knows
             stored = await self._store.get(message.conversation_id)
             still = stored is not None and stored.status == "open" and stored.pending_turn_id == message.turn_id
-        state = TurnState(conversation_id=message.conversation_id, turn_id=message.turn_id, open=still, taker=taker)
+        state = TurnState(
+            conversation_id=message.conversation_id, turn_id=message.turn_id, open=still, taker=taker, history=history
+        )
         await self.publish_message(state, topic(turn_topic_type(message.agent), message.conversation_id))
 
     # ------------------------------------------------------------ the tool-call journal
@@ -867,7 +873,13 @@ class GroupChatManager(RoutedAgent):
         else:
             log.info("asking %s for turn %s (ask %d)", request.speaker, request.turn_id[:8], conv.asks)
             window = min(FRESH_ASK, self._settings.turn_timeout / 2) if first and self._fresh_asks else 0.0
-            ask = request.model_copy(update={"asked_at": clock.now(), "fresh_for": window})
+            update: dict[str, object] = {"asked_at": clock.now(), "fresh_for": window}
+            history = request.history
+            base = conv.sent.get(request.speaker, 0) if first else 0
+            if 0 < base <= len(history):  # what the agent had last time, it is not sent again
+                update |= {"history": history[base:], "base": base, "base_id": history[base - 1].id}
+            conv.sent[request.speaker] = len(history)
+            ask = request.model_copy(update=update)
             crash_point("manager.ask.before_publish")
             await self.publish_message(ask, topic(turn_topic_type(request.speaker), conv.id))
             crash_point("manager.ask.published")

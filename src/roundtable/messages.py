@@ -96,12 +96,19 @@ class HumanMessage(_Wire):
 
 class RequestToSpeak(_Wire):
     """The manager asks one participant for the next message. The history travels with it,
-    so a participant on any machine needs no shared state and survives restarts."""
+    so a participant on any machine needs no shared state and survives restarts.
+
+    A new turn's first ask may leave out the `base` messages the manager sent this agent with
+    its last ask (`history` is then what came after them; `base_id` is the id of the last one
+    left out). A process that does not hold exactly those (restarted, or another process of the
+    same agent) gets the whole history with the manager's TurnState (TurnCheck.send_history)."""
 
     conversation_id: str
     turn_id: str = Field(default_factory=new_id)
     speaker: str
     history: list[ChatMessage]
+    base: int = Field(default=0, ge=0)
+    base_id: str = ""
     # The manager's wall clock when it asked, and for how long the ask vouches that the turn
     # is open: got within that time, it is answered at once. Got later, or with no time (an ask
     # repeated after a timeout, a restart or a silent process), the agent checks first.
@@ -129,6 +136,7 @@ class TurnCheck(_Wire):
     turn_id: str
     agent: str
     replica: str = ""  # which process serving the agent took the turn (see AgentOnline)
+    send_history: bool = False  # the ask left out messages this process does not hold
 
 
 class TurnState(_Wire):
@@ -140,6 +148,7 @@ class TurnState(_Wire):
     turn_id: str
     open: bool
     taker: str = ""
+    history: list[ChatMessage] | None = None  # the open turn's whole history, if asked for it
 
 
 class StreamChunk(_Wire):

@@ -198,7 +198,8 @@ class Participant(RoutedAgent):
         self._answered: dict[str, AgentReply] = {}
         self._answering: set[str] = set()
         self._outbox = outbox  # ... and the same after a restart, from the disk
-        self._checks: dict[str, asyncio.Future[bool]] = {}  # turn id -> the manager's word on it
+        self._checks: dict[str, asyncio.Future[TurnState]] = {}  # turn id -> the manager's word on it
+        self._history: list[ChatMessage] = []  # the history of the last turn asked here
         self._speaking: dict[str, asyncio.Future[AgentReply]] = {}  # turn id -> its answer being made
         self._seed_exchange = SeedExchange()
         self._seed_answering = asyncio.Lock()
@@ -266,10 +267,23 @@ class Participant(RoutedAgent):
             if answered is not None:
                 await self.publish_message(answered, reply_topic)
                 return
-            if not vouched(message) and not await self._turn_open(message):
-                log.info("%s: turn %s is no longer open; not answering it", self.name, message.turn_id[:8])
-                return
-            answering = self._speaking[message.turn_id] = asyncio.ensure_future(self._answer(message))
+            history = self._whole_history(message)
+            if history is None or not vouched(message):
+                state = await self._turn_open(message, send_history=history is None)
+                if state is not None and not state.open:
+                    log.info("%s: turn %s is no longer open; not answering it", self.name, message.turn_id[:8])
+                    return
+                if history is None and state is not None:
+                    history = state.history
+                if history is None:
+                    log.warning(
+                        "%s: the manager did not send the history of turn %s; it will ask again",
+                        self.name,
+                        message.turn_id[:8],
+                    )
+                    return
+            self._history = history
+            answering = self._speaking[message.turn_id] = asyncio.ensure_future(self._answer(message, history))
             try:
                 reply = await answering
             except asyncio.CancelledError:
@@ -292,13 +306,28 @@ class Participant(RoutedAgent):
         await self.publish_message(reply, reply_topic)
         crash_point("agent.reply.sent")
 
-    async def _turn_open(self, message: RequestToSpeak) -> bool:
-        """The manager's word on whether the turn still waits for this agent; True without one."""
+    def _whole_history(self, message: RequestToSpeak) -> list[ChatMessage] | None:
+        """The ask's whole history: as sent, or completed from the last ask this process had;
+        None when the ask left out messages this process does not hold."""
+        if message.base == 0:
+            return message.history
+        held = self._history
+        if len(held) < message.base or held[message.base - 1].id != message.base_id:
+            return None
+        return held[: message.base] + message.history
+
+    async def _turn_open(self, message: RequestToSpeak, send_history: bool = False) -> TurnState | None:
+        """The manager's word on whether the turn still waits for this agent (with its whole
+        history, if asked for); None if the manager does not answer in time."""
         loop = asyncio.get_running_loop()
         check = TurnCheck(
-            conversation_id=message.conversation_id, turn_id=message.turn_id, agent=self.name, replica=REPLICA
+            conversation_id=message.conversation_id,
+            turn_id=message.turn_id,
+            agent=self.name,
+            replica=REPLICA,
+            send_history=send_history,
         )
-        answer: asyncio.Future[bool] = loop.create_future()
+        answer: asyncio.Future[TurnState] = loop.create_future()
         self._checks[message.turn_id] = answer
         deadline = loop.time() + TURN_CHECK_TIMEOUT
         try:
@@ -310,12 +339,12 @@ class Participant(RoutedAgent):
                 except asyncio.TimeoutError:
                     continue
             log.warning(
-                "%s: the manager did not say within %g s whether turn %s is open; answering it",
+                "%s: the manager did not say within %g s whether turn %s is open",
                 self.name,
                 TURN_CHECK_TIMEOUT,
                 message.turn_id[:8],
             )
-            return True
+            return None
         finally:
             self._checks.pop(message.turn_id, None)
 
@@ -325,13 +354,13 @@ class Participant(RoutedAgent):
             return
         answer = self._checks.get(message.turn_id)
         if answer is not None and not answer.done():
-            answer.set_result(message.open)
+            answer.set_result(message)
             return
         answering = self._speaking.get(message.turn_id)
         if answering is not None and message.taker and message.taker != REPLICA:
             answering.cancel()  # asked again and taken by another process: one answer, from it
 
-    async def _answer(self, message: RequestToSpeak) -> AgentReply:
+    async def _answer(self, message: RequestToSpeak, history: Sequence[ChatMessage]) -> AgentReply:
         """Generate this turn's reply; a model failure is the reply's error."""
         self._journal.begin_turn(message.turn_id)
         message_id = new_id()
@@ -341,7 +370,7 @@ class Participant(RoutedAgent):
         crash_point("agent.turn.begun")
         try:
             with span("roundtable.agent.speak", agent=self.name, conversation=message.conversation_id):
-                content = await self.speak(message.conversation_id, message_id, message.history)
+                content = await self.speak(message.conversation_id, message_id, history)
         except RuntimeStopped:
             raise  # this process is going away mid-turn: no reply; the turn is asked again
         except Exception as failure:  # any model failure ends the turn with a reason

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -181,6 +182,51 @@ async def test_a_stream_held_back_past_its_authors_newer_message_is_not_shown() 
     assert shown.count("(interrupted)") == 1, shown
     whole = "w0 w1 w2 w3 w4 w5"
     assert terminal_messages(shown) == [("writer", whole), ("editor", whole), ("writer", whole)], shown
+
+
+async def test_a_stream_that_overtakes_the_announcement_of_its_turn_is_shown_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On the NATS bus each topic has its own consumer: a writer that answers at once can stream
+    before the editor's message and "writer speaks next" arrive. Its chunks wait for that turn's
+    SpeakerSelected; those of a turn whose announcement never comes (joined mid-turn) wait 1 s."""
+    import io
+
+    from autogen_core import SingleThreadedAgentRuntime
+
+    from roundtable import observer
+    from roundtable.chat import TerminalSink
+    from roundtable.messages import GROUP_CHAT, STREAM, SpeakerSelected, StreamChunk, topic
+
+    monkeypatch.setattr(observer, "HOLD_UNANNOUNCED", 0.2)
+    out = io.StringIO()
+    runtime = SingleThreadedAgentRuntime()
+    await observer.register_observer(runtime, "observer", TerminalSink("c", out, color=False))
+    runtime.start()
+
+    async def publish(message: object, topic_type: str) -> None:
+        await runtime.publish_message(message, topic(topic_type, "c"))
+        await runtime.stop_when_idle()
+        runtime.start()
+
+    def chunk(message_id: str, turn_id: str, index: int, text: str) -> StreamChunk:
+        return StreamChunk(
+            conversation_id="c", message_id=message_id, turn_id=turn_id, author="writer", index=index, text=text
+        )
+
+    await publish(chunk("draft-2", "t3", 0, "Draft"), STREAM)
+    await publish(chunk("draft-2", "t3", 1, " two"), STREAM)
+    assert "Draft" not in out.getvalue()  # held: its turn is not announced yet
+    await publish(ChatMessage(conversation_id="c", id="fb", author="editor", content="Shorter"), GROUP_CHAT)
+    await publish(SpeakerSelected(conversation_id="c", speaker="writer", turn_id="t3"), GROUP_CHAT)
+    await publish(chunk("draft-2", "t3", 2, " here"), STREAM)  # the turn is announced: shown at once
+    assert out.getvalue().endswith("writer: Draft two here"), out.getvalue()
+    await publish(ChatMessage(conversation_id="c", id="draft-2", author="writer", content="Draft two here"), GROUP_CHAT)
+    await publish(chunk("draft-3", "t5", 0, "Unannounced"), STREAM)
+    await asyncio.sleep(0.5)
+    await runtime.stop()
+    lines = [line for line in out.getvalue().splitlines() if line.strip()]
+    assert lines == ["editor: Shorter", "· writer speaks next", "writer: Draft two here", "writer: Unannounced"], lines
 
 
 def test_an_event_on_the_bus_is_taken_only_on_its_own_subject_and_vouched_by_its_publisher() -> None:

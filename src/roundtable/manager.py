@@ -72,9 +72,6 @@ REPLICAS_TRACKED = 10_000
 #: A first ask goes stale only when its turn is given up (no sooner than the turn timeout) or its
 #: conversation stopped (the agent then stops its answer). An ask delayed longer (held through a
 #: reconnect, or read on a machine whose clock is this far off) still costs the check.
-#: Not on the NATS bus: there a page or terminal follows each topic through a consumer of its
-#: own, and an agent that streams at once can overtake the announcement of its turn (seen in
-#: the chaos tests); the check's round trip leaves the announcement time to arrive first.
 FRESH_ASK = 1.0
 
 
@@ -258,11 +255,9 @@ class GroupChatManager(RoutedAgent):
         registry: dict[str, GroupChatManager],
         selector: ChatCompletionClient | None = None,
         lease: Lease | None = None,
-        fresh_asks: bool = True,
     ) -> None:
         super().__init__("Group chat manager")
         self._lease = lease
-        self._fresh_asks = fresh_asks  # see FRESH_ASK
         self._agents = list(agents)
         self._seats = {a.name: a for a in self._agents if a.human}  # the human seats, by name
         self._agent_names = {a.name for a in self._agents if not a.human}  # no person speaks as one
@@ -872,7 +867,7 @@ class GroupChatManager(RoutedAgent):
             log.info("waiting for a person in seat %s for turn %s", request.speaker, request.turn_id[:8])
         else:
             log.info("asking %s for turn %s (ask %d)", request.speaker, request.turn_id[:8], conv.asks)
-            window = min(FRESH_ASK, self._settings.turn_timeout / 2) if first and self._fresh_asks else 0.0
+            window = min(FRESH_ASK, self._settings.turn_timeout / 2) if first else 0.0
             update: dict[str, object] = {"asked_at": clock.now(), "fresh_for": window}
             history = request.history
             base = conv.sent.get(request.speaker, 0) if first else 0
@@ -1024,11 +1019,10 @@ async def register_manager(
     registry: dict[str, GroupChatManager] = {}
     if lease is not None:
         store.fence = lease.fence
-    fresh_asks = runtime.connection.in_order_across_topics
     await GroupChatManager.register(
         runtime,
         MANAGER_TYPE,
-        lambda: GroupChatManager(agents, settings, store, registry, selector, lease, fresh_asks),
+        lambda: GroupChatManager(agents, settings, store, registry, selector, lease),
     )
     await runtime.add_subscription(TypeSubscription(CONTROL, MANAGER_TYPE))
     presence = Presence(registry, heartbeat)

@@ -153,10 +153,12 @@ class TurnState(_Wire):
 
 class StreamChunk(_Wire):
     """A piece of a message as the model generates it. `index` restores order. The stream ends
-    with the whole message (ChatMessage); `done` marks a last piece sent with what was left."""
+    with the whole message (ChatMessage); `done` marks a last piece sent with what was left.
+    `turn_id`: the managed turn it answers, so that it is shown after that turn's SpeakerSelected."""
 
     conversation_id: str
     message_id: str
+    turn_id: str = ""
     author: str
     index: int
     text: str

@@ -29,6 +29,13 @@ from .messages import (
 )
 from .worker import forget
 
+#: How long a chunk of a turn not yet announced waits for the turn's SpeakerSelected, in seconds.
+#: On a bus that follows each topic through a consumer of its own (NATS), an agent that answers
+#: at once can stream before the manager's announcement (and the previous turn's message) come;
+#: held, it is shown after them. One whose announcement was missed (joined mid-turn) is shown
+#: after this long.
+HOLD_UNANNOUNCED = 1.0
+
 
 class Sink(Protocol):
     """Where a followed conversation goes. Calls for one conversation never overlap."""
@@ -64,6 +71,10 @@ class ConversationObserver(RoutedAgent):
         # mid-message, or a node's loss held its last chunks back until after). Their late chunks
         # are not shown; their whole message, should it come after all, is.
         self._abandoned: set[str] = set()
+        self._announced: set[str] = set()  # turn ids whose SpeakerSelected came (or was waited for)
+        self._held: dict[str, list[StreamChunk]] = {}  # turn id -> its chunks, until announced
+        self._hold_timers: dict[str, asyncio.TimerHandle] = {}
+        self._releases: set[asyncio.Task[None]] = set()
         self._seed = SeedExchange()
         # A call can pass a state twice (approved, run, interrupted, asked about again), each time
         # with a note of its own: the note is part of what makes an event new.
@@ -71,22 +82,52 @@ class ConversationObserver(RoutedAgent):
 
     @message_handler
     async def on_chunk(self, message: StreamChunk, ctx: MessageContext) -> None:
-        chunk = message
         async with self._lock:
-            if chunk.message_id in self._done or chunk.message_id in self._abandoned:
+            if message.turn_id and message.turn_id not in self._announced:
+                self._hold(message)
                 return
-            if chunk.message_id not in self._open:
-                self._abandon(chunk.conversation_id, chunk.author, chunk.message_id)
-                self._open[chunk.message_id] = (chunk.conversation_id, chunk.author)
-            self._early.setdefault(chunk.message_id, {})[chunk.index] = chunk
-            expected = self._next_index.get(chunk.message_id, 0)
-            waiting = self._early[chunk.message_id]
-            while expected in waiting:
-                ready = waiting.pop(expected)
-                expected += 1
-                if ready.text:
-                    await self._sink.on_token(ready.conversation_id, ready.message_id, ready.author, ready.text)
-            self._next_index[chunk.message_id] = expected
+            await self._take(message)
+
+    def _hold(self, chunk: StreamChunk) -> None:
+        turn_id = chunk.turn_id
+        self._held.setdefault(turn_id, []).append(chunk)
+        if turn_id not in self._hold_timers:
+            loop = asyncio.get_running_loop()
+            self._hold_timers[turn_id] = loop.call_later(HOLD_UNANNOUNCED, self._release_later, turn_id)
+
+    def _release_later(self, turn_id: str) -> None:
+        async def release() -> None:
+            async with self._lock:
+                await self._release(turn_id)
+
+        task = asyncio.ensure_future(release())
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _release(self, turn_id: str) -> None:
+        """The turn is announced (or waited for long enough): show its chunks, and any to come."""
+        self._announced.add(turn_id)
+        timer = self._hold_timers.pop(turn_id, None)
+        if timer is not None:
+            timer.cancel()
+        for chunk in self._held.pop(turn_id, []):
+            await self._take(chunk)
+
+    async def _take(self, chunk: StreamChunk) -> None:
+        if chunk.message_id in self._done or chunk.message_id in self._abandoned:
+            return
+        if chunk.message_id not in self._open:
+            self._abandon(chunk.conversation_id, chunk.author, chunk.message_id)
+            self._open[chunk.message_id] = (chunk.conversation_id, chunk.author)
+        self._early.setdefault(chunk.message_id, {})[chunk.index] = chunk
+        expected = self._next_index.get(chunk.message_id, 0)
+        waiting = self._early[chunk.message_id]
+        while expected in waiting:
+            ready = waiting.pop(expected)
+            expected += 1
+            if ready.text:
+                await self._sink.on_token(ready.conversation_id, ready.message_id, ready.author, ready.text)
+        self._next_index[chunk.message_id] = expected
 
     @message_handler
     async def on_chat_message(self, message: ChatMessage, ctx: MessageContext) -> None:
@@ -126,10 +167,16 @@ class ConversationObserver(RoutedAgent):
             if message.usage is not None:
                 await self._sink.on_usage(message.usage)
             await self._sink.on_speaker(message)
+            if message.turn_id:
+                await self._release(message.turn_id)
 
     @message_handler
     async def on_ended(self, message: ConversationEnded, ctx: MessageContext) -> None:
         async with self._lock:
+            for timer in self._hold_timers.values():
+                timer.cancel()
+            self._hold_timers.clear()
+            self._held.clear()
             await self._sink.on_ended(message)
         forget(self)
 

@@ -116,11 +116,12 @@ COALESCE_SECONDS = 0.015
 class _ChunkSender:
     """Publishes one message's tokens as `StreamChunk`s, numbered so the order can be restored."""
 
-    def __init__(self, agent: Participant, conversation_id: str, message_id: str) -> None:
+    def __init__(self, agent: Participant, conversation_id: str, message_id: str, turn_id: str) -> None:
         self._agent = agent
         self._topic = topic(STREAM, conversation_id)
         self._conversation_id = conversation_id
         self._message_id = message_id
+        self._turn_id = turn_id
         self._index = 0
         self._buffer = ""
         self._last_sent = 0.0
@@ -148,6 +149,7 @@ class _ChunkSender:
         chunk = StreamChunk(
             conversation_id=self._conversation_id,
             message_id=self._message_id,
+            turn_id=self._turn_id,
             author=self._agent.name,
             index=self._index,
             text=text,
@@ -232,10 +234,12 @@ class Participant(RoutedAgent):
         last = history[-1]
         return [TextMessage(content=last.content, source=last.author)]
 
-    async def speak(self, conversation_id: str, message_id: str, history: Sequence[ChatMessage]) -> str:
+    async def speak(
+        self, conversation_id: str, message_id: str, history: Sequence[ChatMessage], turn_id: str = ""
+    ) -> str:
         """Generate the next message, streaming tokens as they arrive. Raises on model failure."""
         new_messages = await self._prepare(history)
-        chunks = _ChunkSender(self, conversation_id, message_id)
+        chunks = _ChunkSender(self, conversation_id, message_id, turn_id)
         final: str | None = None
         try:
             async for event in self._assistant.on_messages_stream(new_messages, CancellationToken()):
@@ -370,7 +374,7 @@ class Participant(RoutedAgent):
         crash_point("agent.turn.begun")
         try:
             with span("roundtable.agent.speak", agent=self.name, conversation=message.conversation_id):
-                content = await self.speak(message.conversation_id, message_id, history)
+                content = await self.speak(message.conversation_id, message_id, history, message.turn_id)
         except RuntimeStopped:
             raise  # this process is going away mid-turn: no reply; the turn is asked again
         except Exception as failure:  # any model failure ends the turn with a reason

@@ -191,13 +191,6 @@ class ResilientConnection:
         return self.address.startswith(NATS_SCHEMES)
 
     @property
-    def in_order_across_topics(self) -> bool:
-        """Whether a subscriber gets one publisher's events in the order they were published,
-        whatever their topics: a host routes each client's events in order; the bus follows each
-        topic through a consumer of its own, so an event can overtake one published before it."""
-        return not self.address.startswith(NATS_SCHEMES)
-
-    @property
     def metadata(self) -> list[tuple[str, str]]:
         return [(CLIENT_ID_KEY, self._client_id), *token_metadata(self._security)]
 

@@ -15,10 +15,12 @@ from autogen_core import AgentId, MessageContext, RoutedAgent, TypeSubscription,
 
 from roundtable.messages import (
     CONTROL,
+    GROUP_CHAT,
     MANAGER_TYPE,
     AgentReply,
     ChatMessage,
     RequestToSpeak,
+    SpeakerSelected,
     TurnCheck,
     TurnState,
     new_id,
@@ -107,7 +109,11 @@ async def main() -> None:
         clock.tokens[conversation_id] = []
         start = time.monotonic()
         speaker_topic = topic(turn_topic_type(command["agent"]), conversation_id)
-        await runtime.publish_message(request, speaker_topic, sender=AgentId(MANAGER_TYPE, conversation_id))
+        manager = AgentId(MANAGER_TYPE, conversation_id)
+        await runtime.publish_message(request, speaker_topic, sender=manager)
+        # As the manager announces each turn: the observer shows a turn's chunks after that.
+        announced = SpeakerSelected(conversation_id=conversation_id, speaker=command["agent"], turn_id=request.turn_id)
+        await runtime.publish_message(announced, topic(GROUP_CHAT, conversation_id), sender=manager)
         try:
             reply = await asyncio.wait_for(future, float(command["timeout"]))
         finally:

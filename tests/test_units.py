@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -184,12 +183,11 @@ async def test_a_stream_held_back_past_its_authors_newer_message_is_not_shown() 
     assert terminal_messages(shown) == [("writer", whole), ("editor", whole), ("writer", whole)], shown
 
 
-async def test_a_stream_that_overtakes_the_announcement_of_its_turn_is_shown_after_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """On the NATS bus each topic has its own consumer: a writer that answers at once can stream
-    before the editor's message and "writer speaks next" arrive. Its chunks wait for that turn's
-    SpeakerSelected; those of a turn whose announcement never comes (joined mid-turn) wait 1 s."""
+async def test_a_stream_that_overtakes_the_announcement_of_its_turn_is_shown_after_it() -> None:
+    """The manager asks the next speaker before it publishes the last message and "writer speaks
+    next", and on the NATS bus each topic has its own consumer: the writer's stream can come first.
+    Its chunks wait for that turn's SpeakerSelected; a turn whose announcement never comes (one
+    followed from mid-turn) shows its message whole when it comes."""
     import io
 
     from autogen_core import SingleThreadedAgentRuntime
@@ -198,7 +196,6 @@ async def test_a_stream_that_overtakes_the_announcement_of_its_turn_is_shown_aft
     from roundtable.chat import TerminalSink
     from roundtable.messages import GROUP_CHAT, STREAM, SpeakerSelected, StreamChunk, topic
 
-    monkeypatch.setattr(observer, "HOLD_UNANNOUNCED", 0.2)
     out = io.StringIO()
     runtime = SingleThreadedAgentRuntime()
     await observer.register_observer(runtime, "observer", TerminalSink("c", out, color=False))
@@ -223,10 +220,40 @@ async def test_a_stream_that_overtakes_the_announcement_of_its_turn_is_shown_aft
     assert out.getvalue().endswith("writer: Draft two here"), out.getvalue()
     await publish(ChatMessage(conversation_id="c", id="draft-2", author="writer", content="Draft two here"), GROUP_CHAT)
     await publish(chunk("draft-3", "t5", 0, "Unannounced"), STREAM)
-    await asyncio.sleep(0.5)
+    assert "Unannounced" not in out.getvalue()
+    await publish(ChatMessage(conversation_id="c", id="draft-3", author="writer", content="Unannounced"), GROUP_CHAT)
+    await publish(chunk("draft-3", "t5", 1, " late"), STREAM)  # after its whole message: dropped
     await runtime.stop()
     lines = [line for line in out.getvalue().splitlines() if line.strip()]
     assert lines == ["editor: Shorter", "· writer speaks next", "writer: Draft two here", "writer: Unannounced"], lines
+
+
+async def test_chunks_waiting_for_their_turn_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of turns never announced (an agent that names turns that do not exist) cannot
+    fill the page's memory: past the bound, the oldest turn's are let go."""
+    import io
+
+    from autogen_core import SingleThreadedAgentRuntime
+
+    from roundtable import observer
+    from roundtable.chat import TerminalSink
+    from roundtable.messages import GROUP_CHAT, STREAM, SpeakerSelected, StreamChunk, topic
+
+    monkeypatch.setattr(observer, "HELD_CHARS", 10)
+    out = io.StringIO()
+    runtime = SingleThreadedAgentRuntime()
+    await observer.register_observer(runtime, "observer", TerminalSink("c", out, color=False))
+    runtime.start()
+    for turn, text in (("t1", "aaaaaaaa"), ("t2", "bbbbbbbb")):
+        chunk = StreamChunk(conversation_id="c", message_id=f"m-{turn}", turn_id=turn, author="w", index=0, text=text)
+        await runtime.publish_message(chunk, topic(STREAM, "c"))
+        await runtime.stop_when_idle()
+        runtime.start()
+    for turn in ("t1", "t2"):
+        announced = SpeakerSelected(conversation_id="c", speaker="w", turn_id=turn)
+        await runtime.publish_message(announced, topic(GROUP_CHAT, "c"))
+    await runtime.stop_when_idle()
+    assert "aaaaaaaa" not in out.getvalue() and "w: bbbbbbbb" in out.getvalue(), out.getvalue()
 
 
 def test_an_event_on_the_bus_is_taken_only_on_its_own_subject_and_vouched_by_its_publisher() -> None:

@@ -556,10 +556,10 @@ class GroupChatManager(RoutedAgent):
             self._taken_over(conv)
             return
         crash_point("manager.reply.stored")
-        await self._publish(reply)
         if choice is not None and request is not None:
-            await self._begin_turn(conv, request, choice.note, budget.usage)
+            await self._begin_turn(conv, request, choice.note, budget.usage, said=reply)
         else:
+            await self._publish(reply)
             await self._tell_usage(budget)
             await self._announce_end(conv, str(reason), ok=True)
 
@@ -839,11 +839,21 @@ class GroupChatManager(RoutedAgent):
             await self._publish(budget.usage)
 
     async def _begin_turn(
-        self, conv: Conversation, request: RequestToSpeak, note: str, usage: UsageUpdate | None = None
+        self,
+        conv: Conversation,
+        request: RequestToSpeak,
+        note: str,
+        usage: UsageUpdate | None = None,
+        said: ChatMessage | None = None,
     ) -> None:
-        """Announce the (stored) next speaker, with the usage so far, and ask it."""
+        """Ask the (stored) next speaker, then show what was just said and announce the turn,
+        with the usage so far."""
         conv.pending = request
         conv.last_sign_of_life = 0.0
+        conv.attempts = 0
+        await self._ask(conv, first=True)
+        if said is not None:
+            await self._publish(said)
         if self._is_human(request.speaker):
             note = "; ".join(n for n in (note, "a person's turn: type the answer") if n)
         await self._publish(
@@ -851,8 +861,6 @@ class GroupChatManager(RoutedAgent):
                 conversation_id=conv.id, speaker=request.speaker, note=note, turn_id=request.turn_id, usage=usage
             )
         )
-        conv.attempts = 0
-        await self._ask(conv, first=True)
 
     async def _ask(self, conv: Conversation, first: bool = False) -> None:
         """Ask the pending turn's speaker. Only a new turn's first ask vouches for the turn being

@@ -29,12 +29,12 @@ from .messages import (
 )
 from .worker import forget
 
-#: How long a chunk of a turn not yet announced waits for the turn's SpeakerSelected, in seconds.
-#: On a bus that follows each topic through a consumer of its own (NATS), an agent that answers
-#: at once can stream before the manager's announcement (and the previous turn's message) come;
-#: held, it is shown after them. One whose announcement was missed (joined mid-turn) is shown
-#: after this long.
-HOLD_UNANNOUNCED = 1.0
+#: A chunk of a turn not yet announced waits for the turn's SpeakerSelected: the manager asks the
+#: speaker before it publishes the previous message and the announcement, and on a bus that
+#: follows each topic through a consumer of its own (NATS) the order between topics is not kept
+#: anyway. A turn whose announcement never comes (followed from mid-turn) shows its message whole.
+#: What waits is bounded, in characters; past that the oldest turn's chunks are let go.
+HELD_CHARS = 1_000_000
 
 
 class Sink(Protocol):
@@ -71,10 +71,9 @@ class ConversationObserver(RoutedAgent):
         # mid-message, or a node's loss held its last chunks back until after). Their late chunks
         # are not shown; their whole message, should it come after all, is.
         self._abandoned: set[str] = set()
-        self._announced: set[str] = set()  # turn ids whose SpeakerSelected came (or was waited for)
+        self._announced: set[str] = set()  # turn ids whose SpeakerSelected came
         self._held: dict[str, list[StreamChunk]] = {}  # turn id -> its chunks, until announced
-        self._hold_timers: dict[str, asyncio.TimerHandle] = {}
-        self._releases: set[asyncio.Task[None]] = set()
+        self._held_chars = 0
         self._seed = SeedExchange()
         # A call can pass a state twice (approved, run, interrupted, asked about again), each time
         # with a note of its own: the note is part of what makes an event new.
@@ -89,28 +88,22 @@ class ConversationObserver(RoutedAgent):
             await self._take(message)
 
     def _hold(self, chunk: StreamChunk) -> None:
-        turn_id = chunk.turn_id
-        self._held.setdefault(turn_id, []).append(chunk)
-        if turn_id not in self._hold_timers:
-            loop = asyncio.get_running_loop()
-            self._hold_timers[turn_id] = loop.call_later(HOLD_UNANNOUNCED, self._release_later, turn_id)
+        if chunk.message_id in self._done:
+            return
+        self._held.setdefault(chunk.turn_id, []).append(chunk)
+        self._held_chars += len(chunk.text)
+        while self._held_chars > HELD_CHARS:
+            self._let_go(next(iter(self._held)))
 
-    def _release_later(self, turn_id: str) -> None:
-        async def release() -> None:
-            async with self._lock:
-                await self._release(turn_id)
-
-        task = asyncio.ensure_future(release())
-        self._releases.add(task)
-        task.add_done_callback(self._releases.discard)
+    def _let_go(self, turn_id: str) -> list[StreamChunk]:
+        chunks = self._held.pop(turn_id, [])
+        self._held_chars -= sum(len(c.text) for c in chunks)
+        return chunks
 
     async def _release(self, turn_id: str) -> None:
-        """The turn is announced (or waited for long enough): show its chunks, and any to come."""
+        """The turn is announced: show its chunks, and any to come."""
         self._announced.add(turn_id)
-        timer = self._hold_timers.pop(turn_id, None)
-        if timer is not None:
-            timer.cancel()
-        for chunk in self._held.pop(turn_id, []):
+        for chunk in self._let_go(turn_id):
             await self._take(chunk)
 
     async def _take(self, chunk: StreamChunk) -> None:
@@ -146,6 +139,11 @@ class ConversationObserver(RoutedAgent):
         if message.id in self._done:
             return
         self._done.add(message.id)
+        for turn_id, held in list(self._held.items()):  # a turn never announced here: shown whole
+            if any(c.message_id == message.id for c in held):
+                kept = [c for c in self._let_go(turn_id) if c.message_id != message.id]
+                for chunk in kept:
+                    self._hold(chunk)
         streamed = self._next_index.pop(message.id, 0) > 0
         self._early.pop(message.id, None)
         self._open.pop(message.id, None)
@@ -173,10 +171,8 @@ class ConversationObserver(RoutedAgent):
     @message_handler
     async def on_ended(self, message: ConversationEnded, ctx: MessageContext) -> None:
         async with self._lock:
-            for timer in self._hold_timers.values():
-                timer.cancel()
-            self._hold_timers.clear()
             self._held.clear()
+            self._held_chars = 0
             await self._sink.on_ended(message)
         forget(self)
 

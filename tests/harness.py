@@ -134,7 +134,12 @@ def processes(log_dir: Path) -> Iterator[Procs]:
     procs = Procs(log_dir)
     try:
         yield procs
-    finally:
+    except BaseException:
+        procs.stop_all()
+        for proc in procs.all:  # pytest shows what a failed test printed: every process's last words
+            print(f"----- {proc.name} ({proc.log_path}), last lines:\n{proc.output[-2500:]}")
+        raise
+    else:
         procs.stop_all()
 
 

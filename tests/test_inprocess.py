@@ -22,9 +22,10 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
-from autogen_core import AgentId
+from autogen_core import AgentId, TopicId
 from fakeclock import FakeClockLoop, held
 from fakeopenai import FakeOpenAI
 from test_tools import counted, counting_writer
@@ -32,7 +33,7 @@ from test_tools import counted, counting_writer
 from roundtable import clock
 from roundtable.chat import Outcome, run_chat
 from roundtable.config import AgentConfig, BudgetConfig, HostConfig, ManagerConfig, ModelConfig
-from roundtable.manager import register_manager
+from roundtable.manager import GroupChatManager, register_manager
 from roundtable.memory import MemoryHost
 from roundtable.messages import (
     CONTROL,
@@ -40,6 +41,7 @@ from roundtable.messages import (
     ChatMessage,
     HumanMessage,
     RequestToSpeak,
+    TurnState,
     topic,
     turn_topic_type,
 )
@@ -250,6 +252,41 @@ async def test_an_ask_leaves_out_what_the_agent_has_and_a_process_without_it_get
     said = [m.content for m in stored]
     # What each model saw after its system message: the whole conversation so far.
     assert inputs[("writer", 2)][1:] == said[:3] and inputs[("editor", 2)][1:] == said[:4], inputs
+
+
+async def test_an_agent_without_the_history_keeps_asking_for_it_until_the_manager_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The editor lacks the messages its second ask leaves out, and the manager's first answers
+    to its check are lost (as when the host is restarted meanwhile): it cannot answer without
+    them, so it asks again until an answer comes, rather than leaving the turn to the turn
+    timeout (3 minutes)."""
+    whole = Participant._whole_history
+
+    def forgetful(self: Participant, message: RequestToSpeak) -> list[ChatMessage] | None:
+        if self.name == "editor":
+            self._history = []
+        return whole(self, message)
+
+    lost: list[TurnState] = []
+    publish = GroupChatManager.publish_message
+
+    async def lossy(self: GroupChatManager, message: object, topic_id: TopicId, **options: Any) -> None:
+        if isinstance(message, TurnState) and message.history is not None and len(lost) < 5:
+            lost.append(message)  # five answers at one a second: past the plain check's 3 s
+            return
+        await publish(self, message, topic_id, **options)
+
+    monkeypatch.setattr(Participant, "_whole_history", forgetful)
+    monkeypatch.setattr(GroupChatManager, "publish_message", lossy)
+    async with room(tmp_path, [WRITER, EDITOR]) as state:
+        began = clock.monotonic()
+        outcome, _ = await state.chat("Write about rain")
+        took = clock.monotonic() - began
+    assert outcome.ok, outcome
+    assert len(lost) == 5 and {m.turn_id for m in lost} == {lost[0].turn_id}, lost
+    assert [m.author for m in outcome.messages] == ["user", "writer", "editor", "writer", "editor"]
+    assert took < 30, f"the turn waited {took:.0f} s (virtual): it was left to the turn timeout"
 
 
 async def test_a_stream_cut_mid_conversation_reconnects_and_nothing_is_lost_or_doubled(tmp_path: Path) -> None:

@@ -68,11 +68,14 @@ log = logging.getLogger("roundtable.participant")
 #: Before it calls the model for a turn asked late or again, a participant asks the manager
 #: whether the turn is still open, every TURN_CHECK_RESEND s; with no answer within
 #: TURN_CHECK_TIMEOUT it speaks anyway (what it says is kept, so a manager that comes back
-#: later gets it without a second model call).
+#: later gets it without a second model call). One that lacks the messages its ask left out
+#: cannot speak without them: it keeps asking for up to HISTORY_WAIT s (a host back up, or a
+#: manager that took over, answers by then), then leaves the turn to the manager's next ask.
 #: This process, among those serving the same agent (see AgentOnline.replica).
 REPLICA = new_id()[:12]
 TURN_CHECK_RESEND = 1.0
 TURN_CHECK_TIMEOUT = 3.0
+HISTORY_WAIT = 60.0
 
 
 def _since_last_turn(name: str, history: Sequence[ChatMessage]) -> list[ChatMessage]:
@@ -333,7 +336,8 @@ class Participant(RoutedAgent):
         )
         answer: asyncio.Future[TurnState] = loop.create_future()
         self._checks[message.turn_id] = answer
-        deadline = loop.time() + TURN_CHECK_TIMEOUT
+        waiting = HISTORY_WAIT if send_history else TURN_CHECK_TIMEOUT
+        deadline = loop.time() + waiting
         try:
             while loop.time() < deadline:
                 await self.publish_message(check, topic(CONTROL, message.conversation_id))
@@ -345,7 +349,7 @@ class Participant(RoutedAgent):
             log.warning(
                 "%s: the manager did not say within %g s whether turn %s is open",
                 self.name,
-                TURN_CHECK_TIMEOUT,
+                waiting,
                 message.turn_id[:8],
             )
             return None

@@ -132,15 +132,14 @@ class Procs:
 @contextmanager
 def processes(log_dir: Path) -> Iterator[Procs]:
     procs = Procs(log_dir)
+    failed = True
     try:
         yield procs
-    except BaseException:
+        failed = False
+    finally:
         procs.stop_all()
-        for proc in procs.all:  # pytest shows what a failed test printed: every process's last words
+        for proc in procs.all if failed else ():  # pytest shows what a failed test printed
             print(f"----- {proc.name} ({proc.log_path}), last lines:\n{proc.output[-2500:]}")
-        raise
-    else:
-        procs.stop_all()
 
 
 def write_config(path: Path, data: dict[str, Any]) -> Path:

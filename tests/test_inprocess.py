@@ -222,6 +222,22 @@ async def test_a_first_ask_is_answered_at_once_and_one_that_comes_late_is_checke
     assert len(calls.read_text().splitlines()) == 2  # no model call for the late ask
 
 
+def editor_forgets(monkeypatch: pytest.MonkeyPatch, asks: list[tuple[str, int, int]] | None = None) -> None:
+    """Every ask finds the editor's process without the messages it had (as a restarted
+    process, or another process of the same agent, would); `asks` gets (agent, base, messages
+    sent) for each ask."""
+    whole = Participant._whole_history
+
+    def forgetful(self: Participant, message: RequestToSpeak) -> list[ChatMessage] | None:
+        if asks is not None:
+            asks.append((self.name, message.base, len(message.history)))
+        if self.name == "editor":
+            self._history = []
+        return whole(self, message)
+
+    monkeypatch.setattr(Participant, "_whole_history", forgetful)
+
+
 async def test_an_ask_leaves_out_what_the_agent_has_and_a_process_without_it_gets_it_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -230,15 +246,7 @@ async def test_an_ask_leaves_out_what_the_agent_has_and_a_process_without_it_get
     another process of the same agent, would): it asks for the history with its turn check and
     answers from the whole of it."""
     asks: list[tuple[str, int, int]] = []
-    whole = Participant._whole_history
-
-    def forgetful(self: Participant, message: RequestToSpeak) -> list[ChatMessage] | None:
-        asks.append((self.name, message.base, len(message.history)))
-        if self.name == "editor":
-            self._history = []
-        return whole(self, message)
-
-    monkeypatch.setattr(Participant, "_whole_history", forgetful)
+    editor_forgets(monkeypatch, asks)
     calls = tmp_path / "calls.jsonl"
     writer = agent("writer", "Draft {n}: rain on the roof", record=str(calls))
     editor = agent("editor", "Feedback {n}: shorter", record=str(calls))
@@ -261,13 +269,7 @@ async def test_an_agent_without_the_history_keeps_asking_for_it_until_the_manage
     to its check are lost (as when the host is restarted meanwhile): it cannot answer without
     them, so it asks again until an answer comes, rather than leaving the turn to the turn
     timeout (3 minutes)."""
-    whole = Participant._whole_history
-
-    def forgetful(self: Participant, message: RequestToSpeak) -> list[ChatMessage] | None:
-        if self.name == "editor":
-            self._history = []
-        return whole(self, message)
-
+    editor_forgets(monkeypatch)
     lost: list[TurnState] = []
     publish = GroupChatManager.publish_message
 
@@ -277,7 +279,6 @@ async def test_an_agent_without_the_history_keeps_asking_for_it_until_the_manage
             return
         await publish(self, message, topic_id, **options)
 
-    monkeypatch.setattr(Participant, "_whole_history", forgetful)
     monkeypatch.setattr(GroupChatManager, "publish_message", lossy)
     async with room(tmp_path, [WRITER, EDITOR]) as state:
         began = clock.monotonic()

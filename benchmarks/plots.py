@@ -53,7 +53,7 @@ def turns(data: dict[str, Any], out: Path) -> Path:
         ax.plot(range(1, len(series) + 1), series, lw=0.9, label=label)
     ax.axhline(2.0, color="green", ls="--", lw=0.8, label="target p50 2 ms")
     ax.axhline(10.0, color="red", ls="--", lw=0.8, label="target p99 10 ms")
-    ax.set_xlabel("turn in the conversation (the history the manager sends grows with it)")
+    ax.set_xlabel("turn in the conversation (the history grows with it; an ask carries only what is new)")
     ax.set_ylabel("ChatMessage to ChatMessage at the observer (ms)")
     ax.set_title("Turn time, scripted agents answering at once")
     ax.set_ylim(bottom=0)

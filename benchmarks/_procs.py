@@ -224,6 +224,7 @@ class Proc:
         while any(alive(p) for p in family) and time.monotonic() < deadline:
             time.sleep(0.1)
         _kill([p for p in family if alive(p)], signal.SIGKILL)
+        self._reader.join(5)  # it ends at the pipe's end: closed under it, it would fail mid-read
         for stream in (self.popen.stdin, self.popen.stdout):
             with contextlib.suppress(OSError):
                 if stream is not None:

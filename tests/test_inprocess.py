@@ -47,7 +47,7 @@ from roundtable.messages import (
 )
 from roundtable.models import build_client
 from roundtable.outbox import Outbox
-from roundtable.participant import Participant, register_participant
+from roundtable.participant import CHECK_WAIT, TURN_CHECK_RESEND, Participant, register_participant
 from roundtable.store import TranscriptStore
 from roundtable.tools import AgentTools
 from roundtable.worker import WorkerRuntime, stop_worker
@@ -205,21 +205,54 @@ async def test_a_first_ask_is_answered_at_once_and_one_that_comes_late_is_checke
         assert outcome.ok and checked == [], (outcome, checked)
         assert len(calls.read_text().splitlines()) == 2  # the editor's two turns
         stored = await _stored(state)
-        conversation = stored[0].conversation_id
-        late = RequestToSpeak(
-            conversation_id=conversation,
-            speaker="editor",
-            history=stored,
-            asked_at=clock.now() - 5,
-            fresh_for=1.0,
-        )
-        await state.runtimes["manager"].publish_message(
-            late, topic(turn_topic_type("editor"), conversation), sender=AgentId(MANAGER_TYPE, conversation)
-        )
+        late = await ask_late(state, "editor", stored)
         await asyncio.sleep(10)  # time enough to have answered, had it not checked
         assert await _stored(state) == stored
     assert checked == [late.turn_id]
     assert len(calls.read_text().splitlines()) == 2  # no model call for the late ask
+
+
+async def ask_late(state: Room, speaker: str, history: list[ChatMessage]) -> RequestToSpeak:
+    """The manager's ask for a turn after `history`, come 5 s late (as one held through a
+    reconnect would)."""
+    conversation = history[0].conversation_id
+    late = RequestToSpeak(
+        conversation_id=conversation, speaker=speaker, history=history, asked_at=clock.now() - 5, fresh_for=1.0
+    )
+    await state.runtimes["manager"].publish_message(
+        late, topic(turn_topic_type(speaker), conversation), sender=AgentId(MANAGER_TYPE, conversation)
+    )
+    return late
+
+
+async def test_an_agent_speaks_only_on_the_managers_word_and_asks_for_it_for_a_minute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every answer to an agent's turn check is lost (a manager too busy, or gone): the agent
+    keeps asking, and calls no model without the manager's word. Speaking anyway, as it did
+    after 3 s, made two processes serving one agent answer the same turn under load."""
+    lost: list[TurnState] = []
+    publish = GroupChatManager.publish_message
+
+    async def lossy(self: GroupChatManager, message: object, topic_id: TopicId, **options: Any) -> None:
+        if isinstance(message, TurnState):
+            lost.append(message)
+            return
+        await publish(self, message, topic_id, **options)
+
+    calls = tmp_path / "editor-calls.jsonl"
+    editor = agent("editor", "Feedback {n}: shorter", record=str(calls))
+    async with room(tmp_path, [WRITER, editor]) as state:
+        outcome, _ = await state.chat("Write about rain")
+        assert outcome.ok, outcome
+        monkeypatch.setattr(GroupChatManager, "publish_message", lossy)
+        stored = await _stored(state)
+        late = await ask_late(state, "editor", stored)
+        await asyncio.sleep(CHECK_WAIT + 10)
+        assert await _stored(state) == stored
+    assert {m.turn_id for m in lost} == {late.turn_id}, lost
+    assert len(lost) >= CHECK_WAIT / TURN_CHECK_RESEND - 1, f"it stopped asking after {len(lost)} checks"
+    assert len(calls.read_text().splitlines()) == 2  # no model call for the unconfirmed turn
 
 
 def editor_forgets(monkeypatch: pytest.MonkeyPatch, asks: list[tuple[str, int, int]] | None = None) -> None:

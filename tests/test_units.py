@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -73,17 +74,31 @@ def test_a_reply_cut_by_its_token_limit_ends_at_its_last_full_sentence(text: str
     assert finish_reply(text, reason) == expected
 
 
-async def test_a_scripted_reply_with_a_cpu_cost_spends_that_cpu_in_this_process() -> None:
-    """The benchmarks' agent whose turn costs CPU (cpu_ms): the work holds the process."""
+async def test_a_scripted_reply_with_a_cpu_cost_spends_that_cpu_in_this_process_beside_its_event_loop() -> None:
+    """The benchmarks' agent whose turn costs CPU (cpu_ms): the work is this process's, and the
+    event loop goes on meanwhile (heartbeats, turn checks), as beside a real model or tool."""
     from autogen_core.models import UserMessage
 
     from roundtable.scripted import ScriptedChatCompletionClient
 
-    client = ScriptedChatCompletionClient(["done"], cpu_ms=50)
+    client = ScriptedChatCompletionClient(["done"], cpu_ms=300)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticking = asyncio.create_task(tick())
     before = time.process_time()
-    result = await client.create([UserMessage(content="go", source="user")])
+    try:
+        result = await client.create([UserMessage(content="go", source="user")])
+    finally:
+        ticking.cancel()
     assert result.content == "done"
-    assert time.process_time() - before >= 0.05
+    assert time.process_time() - before >= 0.3
+    assert ticks >= 3, "the event loop stood still while the reply's CPU was spent"
 
 
 def test_a_room_link_and_a_persons_name_are_read_strictly() -> None:

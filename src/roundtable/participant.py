@@ -66,16 +66,15 @@ from .worker import WorkerRuntime, forget
 log = logging.getLogger("roundtable.participant")
 
 #: Before it calls the model for a turn asked late or again, a participant asks the manager
-#: whether the turn is still open, every TURN_CHECK_RESEND s; with no answer within
-#: TURN_CHECK_TIMEOUT it speaks anyway (what it says is kept, so a manager that comes back
-#: later gets it without a second model call). One that lacks the messages its ask left out
-#: cannot speak without them: it keeps asking for up to HISTORY_WAIT s (a host back up, or a
-#: manager that took over, answers by then), then leaves the turn to the manager's next ask.
+#: whether the turn is still open (and for the messages its ask left out, if it lacks them),
+#: every TURN_CHECK_RESEND s, for up to CHECK_WAIT s: a host back up, or a manager that took
+#: over, answers by then. It speaks only on the manager's word: with no answer it leaves the
+#: turn to the manager's next ask, so a slow manager never gets two processes serving one
+#: agent to answer the same turn.
 #: This process, among those serving the same agent (see AgentOnline.replica).
 REPLICA = new_id()[:12]
 TURN_CHECK_RESEND = 1.0
-TURN_CHECK_TIMEOUT = 3.0
-HISTORY_WAIT = 60.0
+CHECK_WAIT = 60.0
 
 
 def _since_last_turn(name: str, history: Sequence[ChatMessage]) -> list[ChatMessage]:
@@ -277,10 +276,12 @@ class Participant(RoutedAgent):
             history = self._whole_history(message)
             if history is None or not vouched(message):
                 state = await self._turn_open(message, send_history=history is None)
-                if state is not None and not state.open:
+                if state is None:
+                    return  # the manager did not answer: its next ask (timeout, restart) comes here again
+                if not state.open:
                     log.info("%s: turn %s is no longer open; not answering it", self.name, message.turn_id[:8])
                     return
-                if history is None and state is not None:
+                if history is None:
                     history = state.history
                 if history is None:
                     log.warning(
@@ -336,8 +337,7 @@ class Participant(RoutedAgent):
         )
         answer: asyncio.Future[TurnState] = loop.create_future()
         self._checks[message.turn_id] = answer
-        waiting = HISTORY_WAIT if send_history else TURN_CHECK_TIMEOUT
-        deadline = loop.time() + waiting
+        deadline = loop.time() + CHECK_WAIT
         try:
             while loop.time() < deadline:
                 await self.publish_message(check, topic(CONTROL, message.conversation_id))
@@ -347,9 +347,9 @@ class Participant(RoutedAgent):
                 except asyncio.TimeoutError:
                     continue
             log.warning(
-                "%s: the manager did not say within %g s whether turn %s is open",
+                "%s: the manager did not say within %g s whether turn %s is open; left to its next ask",
                 self.name,
-                waiting,
+                CHECK_WAIT,
                 message.turn_id[:8],
             )
             return None

@@ -46,6 +46,12 @@ def _tool_call(reply: str, number: int) -> list[FunctionCall] | None:
     return [FunctionCall(id=f"call_{number}", name=name, arguments=arguments.strip() or "{}")]
 
 
+def _spend_cpu(seconds: float) -> None:
+    until = time.thread_time() + seconds
+    while time.thread_time() < until:
+        pass
+
+
 class ScriptedChatCompletionClient(ChatCompletionClient):
     """Replies come from `replies` in turn. `{n}` in a reply is the call number (from 1),
     `{last}` the text of the last input message. A word counts as a token: a reply longer
@@ -90,15 +96,17 @@ class ScriptedChatCompletionClient(ChatCompletionClient):
                 out.write(json.dumps(entry) + "\n")
         return template.replace("{n}", str(self._calls)).replace("{last}", last[:200])
 
+    async def _work(self) -> None:
+        """The CPU the reply costs (`cpu_ms`), spent in this process as a model or a tool run
+        beside the event loop spends it: on a thread of its own, so the process goes on hearing
+        and sending (its heartbeats, its turn checks) meanwhile."""
+        if self._cpu_seconds:
+            await asyncio.to_thread(_spend_cpu, self._cpu_seconds)
+
     def _answer(
         self, messages: Sequence[LLMMessage], tools: Sequence[Tool | ToolSchema]
     ) -> tuple[CreateResult, list[str]]:
         """The next reply, and its words to stream (none for a tool call). Usage counts words."""
-        if self._cpu_seconds:
-            # Work that holds this process, as a local model or a tool would: the turn costs CPU.
-            until = time.process_time() + self._cpu_seconds
-            while time.process_time() < until:
-                pass
         reply = self._next_reply(messages)
         prompt = self.count_tokens(messages)
         calls = _tool_call(reply, self._calls) if tools else None
@@ -119,6 +127,7 @@ class ScriptedChatCompletionClient(ChatCompletionClient):
         extra_create_args: Mapping[str, Any] = {},
         cancellation_token: CancellationToken | None = None,
     ) -> CreateResult:
+        await self._work()
         return self._answer(messages, tools)[0]
 
     async def create_stream(
@@ -131,6 +140,7 @@ class ScriptedChatCompletionClient(ChatCompletionClient):
         extra_create_args: Mapping[str, Any] = {},
         cancellation_token: CancellationToken | None = None,
     ) -> AsyncGenerator[str | CreateResult, None]:
+        await self._work()
         result, words = self._answer(messages, tools)
         for i, word in enumerate(words):
             if self._token_delay:

@@ -13,7 +13,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter as Tally
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -24,7 +26,7 @@ from harness import READY, Proc, Procs, free_port, processes, scripted_agent, wr
 from test_reliability import LONG, assert_complete, assert_shown_once, chat, stored
 
 from roundtable.crashpoints import CRASH_ENV
-from roundtable.natsbus import ACK_WAIT, ROUTE_PORT_OFFSET, STREAM, NatsLink, server_binary
+from roundtable.natsbus import ACK_WAIT, ONE_PREFIX, ROUTE_PORT_OFFSET, STREAM, NatsLink, _share, server_binary
 from roundtable.worker import WorkerRuntime, connect_worker, stop_worker
 
 
@@ -324,3 +326,46 @@ async def test_servers_without_jetstream_carry_events_unstored_and_say_so(
     assert seen == ["a", "b", "c"]
     warnings = [r.getMessage() for r in caplog.records if "offer no JetStream" in r.getMessage()]
     assert len(warnings) == 2, warnings  # once per worker
+
+
+async def test_processes_that_make_the_shared_consumer_at_once_each_get_turns(tmp_path: Path) -> None:
+    """Two processes of one agent start at once and both make the turn requests' shared consumer
+    (neither found it). Both must be handed requests: the consumer delivers to one subject named
+    from it, not to the inbox of whichever process made it last (CI saw one writer of two take
+    all 18 turns, and the other never get its crash point)."""
+    port = free_port()
+    address = f"nats://127.0.0.1:{port}"
+    subject = f"{ONE_PREFIX}.t.*.*"
+    handed: list[Tally[str]] = [Tally(), Tally()]
+    with processes(tmp_path) as procs:
+        args = ("-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp_path / "js"))
+        procs.start("nats", server_binary(), *args).wait_for("Server is ready", timeout=30)
+        connections = [await nats.connect(address) for _ in range(3)]
+        try:
+            js = [nc.jetstream() for nc in connections]
+            await js[2].add_stream(name=STREAM, subjects=[f"{ONE_PREFIX}.>"])
+
+            def taker(n: int) -> Any:
+                async def take(msg: Any) -> None:
+                    handed[n][msg.data.decode()] += 1
+                    await msg.ack()
+
+                return take
+
+            for _ in range(2):  # a second time with the consumer there: both bind to it
+                subscriptions = await asyncio.gather(
+                    *(_share(js[n], subject, "oshared", taker(n), deliver_to="_INBOX.rt.oshared") for n in (0, 1))
+                )
+                for n in range(20):
+                    await js[2].publish(f"{ONE_PREFIX}.t.s.p", str(n).encode())
+                deadline = time.monotonic() + 30
+                while sum(sum(c.values()) for c in handed) < 20 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                assert all(handed), f"one process was handed nothing: {[sum(c.values()) for c in handed]}"
+                assert sum(handed, Tally()) == Tally({str(n): 1 for n in range(20)}), handed
+                for subscription in subscriptions:
+                    await subscription.unsubscribe()
+                handed = [Tally(), Tally()]
+        finally:
+            for nc in connections:
+                await nc.close()

@@ -284,7 +284,10 @@ class NatsStub:
             else:
                 follower = await _follow(call.js, everyone, self.session.resume.get(key), to_all)
                 call.followers.append(follower)
-                nats_subscription = [follower, await _share(call.js, one, shared, to_one)]
+                user = own_user(self.security)
+                inbox = f"{INBOX_PREFIX}{user}" if user is not None else "_INBOX"
+                shared_subscription = await _share(call.js, one, shared, to_one, deliver_to=f"{inbox}.{shared}")
+                nats_subscription = [follower, shared_subscription]
         # A prefix subscription (AutoGen's "<type>:" for messages sent to a type directly) has
         # no subject to match on NATS; roundtable publishes on no such topic.
         copy = agent_worker_pb2.Subscription()
@@ -343,8 +346,8 @@ class NatsCall:
             "disconnected_cb": self._lost,
             "error_cb": self._error,
         }
-        identity = stub.security.identity
-        if identity is not None and stub.security.token:
+        identity = own_user(stub.security)
+        if identity is not None:
             # One user per identity, with permissions of its own (see `authorization`); its own
             # inboxes, which no other user may read.
             options.update(user=identity, password=stub.security.token, inbox_prefix=f"{INBOX_PREFIX}{identity}")
@@ -616,6 +619,12 @@ class NatsCall:
                 pass
 
 
+def own_user(security: Security) -> str | None:
+    """The NATS user this process connects as, with per-identity tokens: its identity, whose
+    inboxes (`INBOX_PREFIX` + identity) only it may read. None with the shared token, or none."""
+    return security.identity if security.identity is not None and security.token else None
+
+
 async def _follow(js: JetStreamContext, subject: str, resume: int | None, deliver: Any) -> Any:
     """A subscription to every event on `subject` from stream sequence `resume` on (the new ones
     when None), through a consumer of this connection's own: one node's, in memory, gone a while
@@ -634,14 +643,17 @@ async def _follow(js: JetStreamContext, subject: str, resume: int | None, delive
     return (await _subscribe(js, subject, config, deliver))[0]
 
 
-async def _share(js: JetStreamContext, subject: str, name: str, deliver: Any) -> Any:
+async def _share(js: JetStreamContext, subject: str, name: str, deliver: Any, deliver_to: str) -> Any:
     """A subscription that shares the events on `subject` with every process subscribed so: one
     durable consumer `name`, kept on as many nodes as the stream, made if it is not there. Each
     event goes to one of them, and is acknowledged once handled; one that is not (its process
-    died) goes to another after `ACK_WAIT`."""
+    died) goes to another after `ACK_WAIT`. The consumer delivers to `deliver_to`, the same in
+    every process: processes that start at once each make it, and making it again with another
+    subject (nats-py's default: a new inbox of its own) would move it away from the others."""
     config = ConsumerConfig(
         name=name,
         durable_name=name,
+        deliver_subject=deliver_to,
         deliver_group=name,  # nats-py wants the queue group named as the consumer
         deliver_policy=DeliverPolicy.NEW,
         ack_policy=AckPolicy.EXPLICIT,

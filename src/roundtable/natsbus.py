@@ -284,9 +284,8 @@ class NatsStub:
             else:
                 follower = await _follow(call.js, everyone, self.session.resume.get(key), to_all)
                 call.followers.append(follower)
-                user = own_user(self.security)
-                inbox = f"{INBOX_PREFIX}{user}" if user is not None else "_INBOX"
-                shared_subscription = await _share(call.js, one, shared, to_one, deliver_to=f"{inbox}.{shared}")
+                deliver_to = f"{inboxes(self.security)}.{shared}"
+                shared_subscription = await _share(call.js, one, shared, to_one, deliver_to=deliver_to)
                 nats_subscription = [follower, shared_subscription]
         # A prefix subscription (AutoGen's "<type>:" for messages sent to a type directly) has
         # no subject to match on NATS; roundtable publishes on no such topic.
@@ -350,7 +349,7 @@ class NatsCall:
         if identity is not None:
             # One user per identity, with permissions of its own (see `authorization`); its own
             # inboxes, which no other user may read.
-            options.update(user=identity, password=stub.security.token, inbox_prefix=f"{INBOX_PREFIX}{identity}")
+            options.update(user=identity, password=stub.security.token, inbox_prefix=inboxes(stub.security))
         elif stub.security.token:
             options["token"] = stub.security.token
         if stub.security.tls or any(s.startswith("tls://") for s in stub.servers):
@@ -623,6 +622,12 @@ def own_user(security: Security) -> str | None:
     """The NATS user this process connects as, with per-identity tokens: its identity, whose
     inboxes (`INBOX_PREFIX` + identity) only it may read. None with the shared token, or none."""
     return security.identity if security.identity is not None and security.token else None
+
+
+def inboxes(security: Security) -> str:
+    """The prefix of this process's inboxes: its own user's (see `own_user`), else nats-py's."""
+    user = own_user(security)
+    return f"{INBOX_PREFIX}{user}" if user is not None else "_INBOX"
 
 
 async def _follow(js: JetStreamContext, subject: str, resume: int | None, deliver: Any) -> Any:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import re
 import time
@@ -26,6 +27,7 @@ from typing import Any
 
 import pytest
 from autogen_core import AgentId, TopicId
+from autogen_core.models import LLMMessage, SystemMessage
 from fakeclock import FakeClockLoop, held
 from fakeopenai import FakeOpenAI
 from test_tools import counted, counting_writer
@@ -48,6 +50,7 @@ from roundtable.messages import (
 from roundtable.models import build_client
 from roundtable.outbox import Outbox
 from roundtable.participant import CHECK_WAIT, TURN_CHECK_RESEND, Participant, register_participant
+from roundtable.scripted import ScriptedChatCompletionClient
 from roundtable.store import TranscriptStore
 from roundtable.tools import AgentTools
 from roundtable.worker import WorkerRuntime, stop_worker
@@ -182,6 +185,35 @@ async def test_a_conversation_runs_in_one_process_and_is_stored_once_in_order(tm
         (5, "editor"),
     ]
     assert shown.count("writer: Draft") == 2 and shown.count("editor: Feedback") == 2, shown
+
+
+async def test_a_long_conversation_costs_each_turn_the_same_one_deadline_and_each_message_made_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a turn does does not grow with the transcript: the manager keeps one turn deadline
+    (the last ask's), not one per turn so far, and an agent makes the model's form of each
+    earlier message once, not all of them again each turn. The model still reads the whole
+    history, in order."""
+    seen: list[tuple[list[LLMMessage], int]] = []  # (what the model read, turn deadlines), by turn
+    create_stream = ScriptedChatCompletionClient.create_stream
+
+    def reading(self: ScriptedChatCompletionClient, messages: Sequence[LLMMessage], **kwargs: Any) -> Any:
+        deadlines = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__.endswith("._turn_deadline")]
+        seen.append(([m for m in messages if not isinstance(m, SystemMessage)], len(deadlines)))
+        return create_stream(self, messages, **kwargs)
+
+    monkeypatch.setattr(ScriptedChatCompletionClient, "create_stream", reading)
+    async with room(tmp_path, [WRITER, EDITOR], termination={"max_rounds": 12}) as state:
+        outcome, _ = await state.chat("Write about rain")
+    assert outcome.ok and len(seen) == 12, outcome
+    assert [deadlines for _, deadlines in seen] == [1] * 12
+    said = [(m.author, m.content) for m in outcome.messages]
+    for turn, (read, _) in enumerate(seen):
+        assert [(m.source, m.content) for m in read] == said[: turn + 1], f"turn {turn + 1}"
+    for agent_turns in (seen[0::2], seen[1::2]):  # the writer's, the editor's
+        for (before, _), (after, _) in itertools.pairwise(agent_turns):
+            made = before[:-1]  # the last is the turn's input, which the agent passes as it came
+            assert all(a is b for a, b in zip(made, after, strict=False)), "earlier messages made again"
 
 
 async def test_a_first_ask_is_answered_at_once_and_one_that_comes_late_is_checked_first(

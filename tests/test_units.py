@@ -34,6 +34,21 @@ def test_without_templates_the_history_goes_as_it_is() -> None:
     assert render_prompt(AgentConfig(name="writer"), [msg("user", "hi", "task")]) is None
 
 
+def test_tokens_are_counted_once_per_message_and_again_when_one_counted_is_taken_back() -> None:
+    def said(author: str, tokens: int) -> ChatMessage:
+        return msg(author, "words").model_copy(update={"tokens": tokens})
+
+    conv = Conversation(id="c", task="t", transcript=[said("writer", 5), said("editor", 3)])
+    assert conv.tokens_by_author() == {"writer": 5, "editor": 3}
+    conv.transcript.append(said("writer", 7))
+    assert conv.tokens_by_author() == {"writer": 12, "editor": 3}
+    conv.transcript.pop()  # not stored (another manager wrote first), and another in its place
+    conv.transcript.append(said("editor", 1))
+    assert conv.tokens_by_author() == {"writer": 5, "editor": 4}
+    conv.transcript.pop()
+    assert conv.tokens_by_author() == {"writer": 5, "editor": 3}
+
+
 def test_the_selector_answer_names_the_first_participant_it_mentions() -> None:
     names = ["writer", "editor"]
     assert find_named("I pick editor, then writer", names) == "editor"

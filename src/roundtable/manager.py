@@ -101,6 +101,21 @@ class Conversation:
     taker: str = ""  # the replica that said it took the pending turn (its TurnCheck)
     # How many messages each agent's last ask carried: its next first ask leaves them out.
     sent: dict[str, int] = field(default_factory=dict)
+    # The tokens of the transcript up to the message `counted_to` (its id), by author.
+    counted_to: tuple[int, str] = (0, "")
+    tokens: Counter[str] = field(default_factory=Counter)
+
+    def tokens_by_author(self) -> Counter[str]:
+        """The tokens of each author's messages, each message counted once as the transcript
+        grows (again from the start if one counted was taken back)."""
+        counted, last_id = self.counted_to
+        if counted and (counted > len(self.transcript) or self.transcript[counted - 1].id != last_id):
+            counted, self.tokens = 0, Counter()
+        for m in self.transcript[counted:]:
+            self.tokens[m.author] += m.tokens
+        if self.transcript:
+            self.counted_to = (len(self.transcript), self.transcript[-1].id)
+        return self.tokens
 
     @property
     def last_speaker(self) -> str | None:
@@ -267,6 +282,8 @@ class GroupChatManager(RoutedAgent):
         self._lock = asyncio.Lock()
         self._conv: Conversation | None = None
         self._timers: list[asyncio.Task[None]] = []
+        # The last ask's deadline: one at a time, as an earlier ask's would find the turn moved on.
+        self._deadline: asyncio.Task[None] | None = None
         self._choose: Callable[[Conversation, Sequence[AgentConfig]], Choice | Awaitable[Choice]]
         if settings.strategy == "selector":
             if selector is None:
@@ -299,10 +316,11 @@ class GroupChatManager(RoutedAgent):
         conv.ended = True
         conv.pending = None
         self._registry.pop(conv.id, None)
-        for timer in self._timers:
-            if timer is not asyncio.current_task():
+        for timer in [*self._timers, self._deadline]:
+            if timer is not None and timer is not asyncio.current_task():
                 timer.cancel()
         self._timers.clear()
+        self._deadline = None
 
     def _taken_over(self, conv: Conversation) -> None:
         # Someone else stored this place first: another manager is running this
@@ -791,9 +809,7 @@ class GroupChatManager(RoutedAgent):
 
     async def _usage(self, conv: Conversation) -> dict[str, Usage]:
         """What each agent has used so far: the tokens of its messages, the calls it ran."""
-        tokens: Counter[str] = Counter()
-        for m in conv.transcript:
-            tokens[m.author] += m.tokens
+        tokens = conv.tokens_by_author()
         stored = await self._store.tool_calls(conv.id) if conv.may_have_tool_calls else []
         calls = Counter(c.agent for c in stored if c.status in RAN_TOOL_STATES)
         return {a.name: Usage(tokens=tokens[a.name], tool_calls=calls[a.name]) for a in self._agents}
@@ -886,7 +902,9 @@ class GroupChatManager(RoutedAgent):
             crash_point("manager.ask.before_publish")
             await self.publish_message(ask, topic(turn_topic_type(request.speaker), conv.id))
             crash_point("manager.ask.published")
-        self._timers.append(asyncio.create_task(self._turn_deadline(request.turn_id, conv.asks)))
+        if self._deadline is not None and self._deadline is not asyncio.current_task():
+            self._deadline.cancel()
+        self._deadline = asyncio.create_task(self._turn_deadline(request.turn_id, conv.asks))
 
     async def _turn_deadline(self, turn_id: str, ask: int) -> None:
         wait = self._settings.turn_timeout

@@ -87,8 +87,10 @@ def _since_last_turn(name: str, history: Sequence[ChatMessage]) -> list[ChatMess
 
 def render_prompt(settings: AgentConfig, history: Sequence[ChatMessage]) -> str | None:
     """The one user message built from the agent's template, or None to pass the history as is."""
-    mine = [m for m in history if m.author == settings.name]
-    template = settings.prompt if mine or not settings.first_prompt else settings.first_prompt
+    if settings.prompt is None and settings.first_prompt is None:
+        return None
+    my_last = next((m.content for m in reversed(history) if m.author == settings.name), None)
+    template = settings.prompt if my_last is not None or not settings.first_prompt else settings.first_prompt
     if template is None:
         return None
     task = next((m.content for m in history if m.kind == "task"), history[0].content if history else "")
@@ -103,7 +105,7 @@ def render_prompt(settings: AgentConfig, history: Sequence[ChatMessage]) -> str 
         "history": "\n".join(f"{m.author}: {m.content}" for m in history[-12:]),
         "last_author": " and ".join(authors) or "user",
         "last_message": last_message,
-        "my_last": mine[-1].content if mine else "",
+        "my_last": my_last or "",
         "name": settings.name,
     }
     return template.format_map(values)
@@ -204,6 +206,10 @@ class Participant(RoutedAgent):
         self._outbox = outbox  # ... and the same after a restart, from the disk
         self._checks: dict[str, asyncio.Future[TurnState]] = {}  # turn id -> the manager's word on it
         self._history: list[ChatMessage] = []  # the history of the last turn asked here
+        # The model's form of the history before a turn's last message, as the last turn loaded
+        # it, with the ids it came from: a turn makes only the messages new since.
+        self._earlier: list[LLMMessage] = []
+        self._earlier_ids: list[str] = []
         self._speaking: dict[str, asyncio.Future[AgentReply]] = {}  # turn id -> its answer being made
         self._seed_exchange = SeedExchange()
         self._seed_answering = asyncio.Lock()
@@ -225,16 +231,27 @@ class Participant(RoutedAgent):
         prompt = render_prompt(self._settings, history)
         if prompt is not None:
             return [TextMessage(content=prompt, source="user")]
-        earlier: list[LLMMessage] = []
-        for m in history[:-1]:
-            if m.author == self.name:
-                earlier.append(AssistantMessage(content=m.content, source=m.author))
-            else:
-                earlier.append(UserMessage(content=m.content, source=m.author))
-        for llm_message in earlier:
+        for llm_message in self._model_form(history[:-1]):
             await self._context.add_message(llm_message)
         last = history[-1]
         return [TextMessage(content=last.content, source=last.author)]
+
+    def _model_form(self, earlier: Sequence[ChatMessage]) -> list[LLMMessage]:
+        """`earlier` as the model reads it: this agent's own messages as its, the rest as the
+        user's. Made anew only past what the last turn made: a transcript only grows, and each
+        message keeps its id, so a long conversation's turn costs no more than a short one's."""
+        ids = self._earlier_ids
+        made = len(ids)
+        if made > len(earlier) or (made and (earlier[0].id != ids[0] or earlier[made - 1].id != ids[-1])):
+            self._earlier, self._earlier_ids = [], []  # not the history the last turn had
+            ids, made = self._earlier_ids, 0
+        for m in earlier[made:]:
+            if m.author == self.name:
+                self._earlier.append(AssistantMessage(content=m.content, source=m.author))
+            else:
+                self._earlier.append(UserMessage(content=m.content, source=m.author))
+            ids.append(m.id)
+        return self._earlier
 
     async def speak(
         self, conversation_id: str, message_id: str, history: Sequence[ChatMessage], turn_id: str = ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import traceback
 from collections.abc import Awaitable, Callable
@@ -21,7 +22,14 @@ def say_ready() -> None:
 
 
 def reply(result: dict[str, Any]) -> None:
-    print(REPLY + json.dumps(result), flush=True)
+    """One line, written whole. The benchmark runs children unbuffered, where a write to a pipe
+    that a signal interrupts (py-spy's sampling, for --profile) can end part way: print() would
+    drop the rest of a long line (seen: a 185 kB reply cut at 128 kB), so what is left is
+    written again until the line is out."""
+    sys.stdout.flush()
+    line = memoryview((REPLY + json.dumps(result) + "\n").encode())
+    while line:
+        line = line[os.write(sys.stdout.fileno(), line) :]
 
 
 async def serve_commands(handler: Handler) -> None:

@@ -10,7 +10,7 @@ import pytest
 from roundtable.config import AgentConfig, ManagerConfig, TerminationConfig
 from roundtable.manager import Conversation, find_named, termination_reason
 from roundtable.messages import ChatMessage
-from roundtable.participant import render_prompt
+from roundtable.participant import ModelForm, render_prompt
 
 
 def msg(author: str, content: str, kind: str = "agent") -> ChatMessage:
@@ -41,12 +41,35 @@ def test_tokens_are_counted_once_per_message_and_again_when_one_counted_is_taken
     conv = Conversation(id="c", task="t", transcript=[said("writer", 5), said("editor", 3)])
     assert conv.tokens_by_author() == {"writer": 5, "editor": 3}
     conv.transcript.append(said("writer", 7))
+    # A message counted is not looked at again: one changed behind the count's back stays as counted.
+    conv.transcript[0] = conv.transcript[0].model_copy(update={"tokens": 500})
     assert conv.tokens_by_author() == {"writer": 12, "editor": 3}
     conv.transcript.pop()  # not stored (another manager wrote first), and another in its place
     conv.transcript.append(said("editor", 1))
-    assert conv.tokens_by_author() == {"writer": 5, "editor": 4}
+    assert conv.tokens_by_author() == {"writer": 500, "editor": 4}
     conv.transcript.pop()
-    assert conv.tokens_by_author() == {"writer": 5, "editor": 3}
+    assert conv.tokens_by_author() == {"writer": 500, "editor": 3}
+
+
+def test_the_models_form_of_a_history_is_made_once_per_message_and_anew_for_another_history() -> None:
+    form = ModelForm("writer")
+    history = [msg("user", "Write", "task"), msg("writer", "Draft 1"), msg("editor", "Shorter")]
+    first = form.of(history[:2])
+    assert [(type(m).__name__, m.source, m.content) for m in first] == [
+        ("UserMessage", "user", "Write"),
+        ("AssistantMessage", "writer", "Draft 1"),
+    ]
+    longer = form.of(history)  # goes on from the last: the first two are the same objects
+    assert longer[:2] == first and all(a is b for a, b in zip(first, longer[:2], strict=True))
+    assert (type(longer[2]).__name__, longer[2].content) == ("UserMessage", "Shorter")
+    older = form.of(history[:1])  # an older ask, shorter than what was made: made anew
+    assert [m.content for m in older] == ["Write"] and older[0] is not first[0]
+    other = [msg("user", "Paint", "task"), msg("writer", "Sketch")]  # another history altogether
+    assert [m.content for m in form.of(other)] == ["Paint", "Sketch"]
+    swapped = [other[0], msg("editor", "Not the sketch")]  # same first message, another second
+    assert [m.content for m in form.of(swapped)] == ["Paint", "Not the sketch"]
+    again = form.of([*swapped, msg("writer", "Draft 2")])  # and it grows on from there
+    assert [m.content for m in again] == ["Paint", "Not the sketch", "Draft 2"]
 
 
 def test_the_selector_answer_names_the_first_participant_it_mentions() -> None:

@@ -101,21 +101,21 @@ class Conversation:
     taker: str = ""  # the replica that said it took the pending turn (its TurnCheck)
     # How many messages each agent's last ask carried: its next first ask leaves them out.
     sent: dict[str, int] = field(default_factory=dict)
-    # The tokens of the transcript up to the message `counted_to` (its id), by author.
-    counted_to: tuple[int, str] = (0, "")
-    tokens: Counter[str] = field(default_factory=Counter)
+    # The tokens of the transcript's messages up to `_counted_to` (how many, the last one's id).
+    _counted_to: tuple[int, str] = field(default=(0, ""), init=False, repr=False, compare=False)
+    _tokens: Counter[str] = field(default_factory=Counter, init=False, repr=False, compare=False)
 
     def tokens_by_author(self) -> Counter[str]:
         """The tokens of each author's messages, each message counted once as the transcript
         grows (again from the start if one counted was taken back)."""
-        counted, last_id = self.counted_to
+        counted, last_id = self._counted_to
         if counted and (counted > len(self.transcript) or self.transcript[counted - 1].id != last_id):
-            counted, self.tokens = 0, Counter()
+            counted, self._tokens = 0, Counter()
         for m in self.transcript[counted:]:
-            self.tokens[m.author] += m.tokens
+            self._tokens[m.author] += m.tokens
         if self.transcript:
-            self.counted_to = (len(self.transcript), self.transcript[-1].id)
-        return self.tokens
+            self._counted_to = (len(self.transcript), self.transcript[-1].id)
+        return Counter(self._tokens)
 
     @property
     def last_speaker(self) -> str | None:

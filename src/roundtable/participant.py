@@ -111,6 +111,30 @@ def render_prompt(settings: AgentConfig, history: Sequence[ChatMessage]) -> str 
     return template.format_map(values)
 
 
+class ModelForm:
+    """A conversation's messages as the model reads them: the agent's own as its, the rest as
+    the user's. Each is made once: a transcript only grows, and each message keeps its id, so
+    a long conversation's turn costs no more than a short one's. A history that does not go on
+    from the last one (an older ask, another conversation) is made anew."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._made: list[LLMMessage] = []
+        self._ids: list[str] = []
+
+    def of(self, history: Sequence[ChatMessage]) -> list[LLMMessage]:
+        made = len(self._ids)
+        if made > len(history) or (made and (history[0].id != self._ids[0] or history[made - 1].id != self._ids[-1])):
+            self._made, self._ids, made = [], [], 0
+        for m in history[made:]:
+            if m.author == self.name:
+                self._made.append(AssistantMessage(content=m.content, source=m.author))
+            else:
+                self._made.append(UserMessage(content=m.content, source=m.author))
+            self._ids.append(m.id)
+        return list(self._made)
+
+
 #: Tokens that come within this long of the last chunk sent travel together in the next one.
 #: A real model's tokens are further apart and go one by one; a burst costs one message, and a
 #: reply that comes whole (a scripted model, a cache) one chunk.
@@ -206,10 +230,7 @@ class Participant(RoutedAgent):
         self._outbox = outbox  # ... and the same after a restart, from the disk
         self._checks: dict[str, asyncio.Future[TurnState]] = {}  # turn id -> the manager's word on it
         self._history: list[ChatMessage] = []  # the history of the last turn asked here
-        # The model's form of the history before a turn's last message, as the last turn loaded
-        # it, with the ids it came from: a turn makes only the messages new since.
-        self._earlier: list[LLMMessage] = []
-        self._earlier_ids: list[str] = []
+        self._earlier = ModelForm(settings.name)  # the history before a turn's last message
         self._speaking: dict[str, asyncio.Future[AgentReply]] = {}  # turn id -> its answer being made
         self._seed_exchange = SeedExchange()
         self._seed_answering = asyncio.Lock()
@@ -231,27 +252,10 @@ class Participant(RoutedAgent):
         prompt = render_prompt(self._settings, history)
         if prompt is not None:
             return [TextMessage(content=prompt, source="user")]
-        for llm_message in self._model_form(history[:-1]):
+        for llm_message in self._earlier.of(history[:-1]):
             await self._context.add_message(llm_message)
         last = history[-1]
         return [TextMessage(content=last.content, source=last.author)]
-
-    def _model_form(self, earlier: Sequence[ChatMessage]) -> list[LLMMessage]:
-        """`earlier` as the model reads it: this agent's own messages as its, the rest as the
-        user's. Made anew only past what the last turn made: a transcript only grows, and each
-        message keeps its id, so a long conversation's turn costs no more than a short one's."""
-        ids = self._earlier_ids
-        made = len(ids)
-        if made > len(earlier) or (made and (earlier[0].id != ids[0] or earlier[made - 1].id != ids[-1])):
-            self._earlier, self._earlier_ids = [], []  # not the history the last turn had
-            ids, made = self._earlier_ids, 0
-        for m in earlier[made:]:
-            if m.author == self.name:
-                self._earlier.append(AssistantMessage(content=m.content, source=m.author))
-            else:
-                self._earlier.append(UserMessage(content=m.content, source=m.author))
-            ids.append(m.id)
-        return self._earlier
 
     async def speak(
         self, conversation_id: str, message_id: str, history: Sequence[ChatMessage], turn_id: str = ""

@@ -140,6 +140,7 @@ def test_chaos_on_a_three_node_cluster_loses_and_repeats_no_turn(tmp_path: Path)
     stored and shown once."""
     seed = int(os.environ.get("CHAOS_SEED", str(time.time_ns() % 1_000_000)))
     rng = random.Random(seed)
+    print(f"chaos seed {seed} (CHAOS_SEED={seed} kills in the same order)")
     rounds = 12
     cfg = nats_config(tmp_path, rounds=rounds, lease=LEASE)
     write_config(cfg, {**yaml.safe_load(cfg.read_text()), "bus": cluster_address()})

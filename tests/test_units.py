@@ -281,6 +281,63 @@ async def test_a_stream_that_overtakes_the_announcement_of_its_turn_is_shown_aft
     assert lines == ["editor: Shorter", "· writer speaks next", "writer: Draft two here", "writer: Unannounced"], lines
 
 
+async def test_a_message_that_overtakes_one_it_follows_waits_for_it_then_for_no_more_than_a_while(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bus node that dies with a message in flight loses it for this follower, and the next one
+    comes first; the manager publishes the conversation again (reconnected, or a standby that took
+    over) and the two are shown in order. One that never comes holds the rest up only GAP_WAIT s."""
+    import io
+
+    from autogen_core import SingleThreadedAgentRuntime
+
+    from roundtable import observer
+    from roundtable.chat import TerminalSink
+    from roundtable.messages import GROUP_CHAT, SpeakerSelected, topic
+
+    monkeypatch.setattr(observer, "GAP_WAIT", 0.05)
+    out = io.StringIO()
+    runtime = SingleThreadedAgentRuntime()
+    await observer.register_observer(runtime, "observer", TerminalSink("c", out, color=False))
+    runtime.start()
+
+    async def publish(message: object) -> None:
+        await runtime.publish_message(message, topic(GROUP_CHAT, "c"))
+        await runtime.stop_when_idle()
+        runtime.start()
+
+    def said(seq: int, author: str, content: str) -> ChatMessage:
+        kind = "task" if seq == 1 else "agent"
+        return ChatMessage(conversation_id="c", id=f"m{seq}", seq=seq, author=author, content=content, kind=kind)
+
+    def shown() -> list[str]:
+        return [line for line in out.getvalue().splitlines() if line.strip()]
+
+    await publish(said(1, "user", "Write"))
+    await publish(said(2, "writer", "Draft 1"))
+    await publish(said(4, "writer", "Draft 2"))  # the editor's message (3) was lost on the way
+    await publish(SpeakerSelected(conversation_id="c", speaker="editor", turn_id="t5"))
+    assert "Draft 2" not in out.getvalue()
+    for seq, author, content in ((1, "user", "Write"), (2, "writer", "Draft 1"), (3, "editor", "Shorter")):
+        await publish(said(seq, author, content))  # the manager publishes the conversation again
+    assert shown() == [
+        "user (task): Write",
+        "writer: Draft 1",
+        "· editor speaks next",
+        "editor: Shorter",
+        "writer: Draft 2",
+    ], shown()
+
+    await publish(said(7, "writer", "Draft 3"))  # 5 and 6 never come
+    deadline = time.monotonic() + 30
+    while "Draft 3" not in out.getvalue():
+        assert time.monotonic() < deadline, "what waits for a message that never comes was never shown"
+        await asyncio.sleep(0.01)
+    await publish(said(6, "editor", "Late"))  # one that comes after all is shown when it does
+    await runtime.stop()
+    assert shown()[-2:] == ["writer: Draft 3", "editor: Late"], shown()
+
+
 async def test_chunks_waiting_for_their_turn_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks of turns never announced (an agent that names turns that do not exist) cannot
     fill the page's memory: past the bound, the oldest turn's are let go."""

@@ -1,8 +1,8 @@
 """Following a conversation from the outside: the terminal and the web page both use this.
 
 AutoGen hands each incoming message to its own task, so order is not guaranteed.
-The observer restores it (chunks by index), drops duplicates by message id, and
-calls its sink one event at a time. In seed mode it numbers the tutorial's TextMessages
+The observer restores it (chunks by index, messages by seq), drops duplicates by message id,
+and calls its sink one event at a time. In seed mode it numbers the tutorial's TextMessages
 (see messages.SeedExchange), whoever sent them, and shows them as ChatMessages.
 """
 
@@ -35,6 +35,14 @@ from .worker import forget
 #: anyway. A turn whose announcement never comes (followed from mid-turn) shows its message whole.
 #: What waits is bounded, in characters; past that the oldest turn's chunks are let go.
 HELD_CHARS = 1_000_000
+
+#: A message that comes before one it follows waits for it, up to GAP_WAIT s: the earlier one
+#: was lost on its way here (its publisher's bus node died with it in flight, say), and the
+#: manager publishes the conversation again when it reconnects or a standby takes over. Past the
+#: wait, or with more than GAP_MESSAGES waiting, what waits is shown, and the missing one if it
+#: comes after all.
+GAP_WAIT = 10.0
+GAP_MESSAGES = 100
 
 
 class Sink(Protocol):
@@ -75,6 +83,9 @@ class ConversationObserver(RoutedAgent):
         self._held: dict[str, list[StreamChunk]] = {}  # turn id -> its chunks, until announced
         self._held_chars = 0
         self._seed = SeedExchange()
+        self._last_seq = 0  # the conversation's last message shown in order (0: none numbered yet)
+        self._waiting: dict[int, ChatMessage] = {}  # by seq: messages that came before one they follow
+        self._gap: asyncio.Task[None] | None = None  # shows what waits once GAP_WAIT has passed
         # A call can pass a state twice (approved, run, interrupted, asked about again), each time
         # with a note of its own: the note is part of what makes an event new.
         self._tool_events: set[tuple[str, str, str, int, str, str]] = set()
@@ -125,7 +136,42 @@ class ConversationObserver(RoutedAgent):
     @message_handler
     async def on_chat_message(self, message: ChatMessage, ctx: MessageContext) -> None:
         async with self._lock:
-            await self._show(message)
+            await self._in_order(message)
+
+    async def _in_order(self, message: ChatMessage) -> None:
+        """Show `message` in its place: after the ones it follows (see GAP_WAIT)."""
+        if message.id in self._done:
+            return
+        if self._last_seq and message.seq > self._last_seq + 1:
+            self._waiting[message.seq] = message
+            if len(self._waiting) > GAP_MESSAGES:
+                await self._show_waiting()
+            elif self._gap is None:
+                self._gap = asyncio.create_task(self._gap_passed())
+            return
+        await self._show(message)
+        self._last_seq = max(self._last_seq, message.seq)
+        while self._last_seq + 1 in self._waiting:  # the gap is filled
+            self._last_seq += 1
+            await self._show(self._waiting.pop(self._last_seq))
+        if not self._waiting and self._gap is not None:
+            self._gap.cancel()
+            self._gap = None
+
+    async def _show_waiting(self) -> None:
+        """Show what waits for a message that has not come, in order; the missing one, if it
+        comes, is shown when it does."""
+        if self._gap is not None and self._gap is not asyncio.current_task():
+            self._gap.cancel()
+        self._gap = None
+        for seq in sorted(self._waiting):
+            await self._show(self._waiting.pop(seq))
+            self._last_seq = max(self._last_seq, seq)
+
+    async def _gap_passed(self) -> None:
+        await asyncio.sleep(GAP_WAIT)
+        async with self._lock:
+            await self._show_waiting()
 
     @message_handler
     async def on_seed_message(self, message: TextMessage, ctx: MessageContext) -> None:
@@ -173,6 +219,7 @@ class ConversationObserver(RoutedAgent):
         async with self._lock:
             self._held.clear()
             self._held_chars = 0
+            await self._show_waiting()
             await self._sink.on_ended(message)
         forget(self)
 

@@ -6,10 +6,11 @@ import asyncio
 import time
 
 import pytest
+from autogen_core import ClosureContext, MessageContext
 
 from roundtable.config import AgentConfig, ManagerConfig, TerminationConfig
 from roundtable.manager import Conversation, find_named, termination_reason
-from roundtable.messages import ChatMessage
+from roundtable.messages import ChatMessage, ResumeConversation
 from roundtable.participant import ModelForm, render_prompt
 
 
@@ -285,20 +286,27 @@ async def test_a_message_that_overtakes_one_it_follows_waits_for_it_then_for_no_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A bus node that dies with a message in flight loses it for this follower, and the next one
-    comes first; the manager publishes the conversation again (reconnected, or a standby that took
-    over) and the two are shown in order. One that never comes holds the rest up only GAP_WAIT s."""
+    comes first. The follower asks the manager to publish the conversation again, and the two are
+    shown in order. One that never comes holds the rest up only GAP_WAIT s."""
     import io
 
-    from autogen_core import SingleThreadedAgentRuntime
+    from autogen_core import ClosureAgent, SingleThreadedAgentRuntime, TypeSubscription
 
     from roundtable import observer
     from roundtable.chat import TerminalSink
-    from roundtable.messages import GROUP_CHAT, SpeakerSelected, topic
+    from roundtable.messages import CONTROL, GROUP_CHAT, SpeakerSelected, topic
 
     monkeypatch.setattr(observer, "GAP_WAIT", 0.05)
     out = io.StringIO()
     runtime = SingleThreadedAgentRuntime()
     await observer.register_observer(runtime, "observer", TerminalSink("c", out, color=False))
+    asked: list[ResumeConversation] = []  # what the manager is asked for
+
+    async def ask(_: ClosureContext, message: ResumeConversation, ctx: MessageContext) -> None:
+        asked.append(message)
+
+    subscription = TypeSubscription(CONTROL, "manager")
+    await ClosureAgent.register_closure(runtime, "manager", ask, subscriptions=lambda: [subscription])
     runtime.start()
 
     async def publish(message: object) -> None:
@@ -316,8 +324,10 @@ async def test_a_message_that_overtakes_one_it_follows_waits_for_it_then_for_no_
     await publish(said(1, "user", "Write"))
     await publish(said(2, "writer", "Draft 1"))
     await publish(said(4, "writer", "Draft 2"))  # the editor's message (3) was lost on the way
+    await publish(said(4, "writer", "Draft 2"))  # and the next one came twice
     await publish(SpeakerSelected(conversation_id="c", speaker="editor", turn_id="t5"))
     assert "Draft 2" not in out.getvalue()
+    assert asked == [ResumeConversation(conversation_id="c")]  # once for the gap, not per message
     for seq, author, content in ((1, "user", "Write"), (2, "writer", "Draft 1"), (3, "editor", "Shorter")):
         await publish(said(seq, author, content))  # the manager publishes the conversation again
     assert shown() == [

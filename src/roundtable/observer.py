@@ -15,17 +15,20 @@ from autogen_agentchat.messages import TextMessage
 from autogen_core import AgentRuntime, MessageContext, RoutedAgent, TypeSubscription, message_handler
 
 from .messages import (
+    CONTROL,
     GROUP_CHAT,
     SEED_TOPIC,
     STREAM,
     AgentStatus,
     ChatMessage,
     ConversationEnded,
+    ResumeConversation,
     SeedExchange,
     SpeakerSelected,
     StreamChunk,
     ToolCallEvent,
     UsageUpdate,
+    topic,
 )
 from .worker import forget
 
@@ -37,10 +40,10 @@ from .worker import forget
 HELD_CHARS = 1_000_000
 
 #: A message that comes before one it follows waits for it, up to GAP_WAIT s: the earlier one
-#: was lost on its way here (its publisher's bus node died with it in flight, say), and the
-#: manager publishes the conversation again when it reconnects or a standby takes over. Past the
-#: wait, or with more than GAP_MESSAGES waiting, what waits is shown, and the missing one if it
-#: comes after all.
+#: was lost on its way here (its publisher's bus node died with it in flight, say), so the
+#: observer asks the manager to publish the conversation again (as it does itself when it
+#: reconnects or a standby takes over). Past the wait, or with more than GAP_MESSAGES waiting,
+#: what waits is shown, and the missing one if it comes after all.
 GAP_WAIT = 10.0
 GAP_MESSAGES = 100
 
@@ -148,6 +151,10 @@ class ConversationObserver(RoutedAgent):
                 await self._show_waiting()
             elif self._gap is None:
                 self._gap = asyncio.create_task(self._gap_passed())
+                # The manager publishes the conversation again when asked: the lost one comes now,
+                # not only with the manager's next reconnect (a node lost between the two, say).
+                resume = ResumeConversation(conversation_id=message.conversation_id)
+                await self.publish_message(resume, topic(CONTROL, message.conversation_id))
             return
         await self._show(message)
         self._last_seq = max(self._last_seq, message.seq)

@@ -52,6 +52,7 @@ from .messages import (
     Usage,
     UsageUpdate,
     new_id,
+    still_held,
     topic,
     turn_topic_type,
 )
@@ -108,9 +109,9 @@ class Conversation:
     def tokens_by_author(self) -> Counter[str]:
         """The tokens of each author's messages, each message counted once as the transcript
         grows (again from the start if one counted was taken back)."""
-        counted, last_id = self._counted_to
-        if counted and (counted > len(self.transcript) or self.transcript[counted - 1].id != last_id):
-            counted, self._tokens = 0, Counter()
+        counted = still_held(self.transcript, self._counted_to)
+        if counted == 0:
+            self._tokens = Counter()
         for m in self.transcript[counted:]:
             self._tokens[m.author] += m.tokens
         if self.transcript:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Sequence
 from typing import Literal
 
 from autogen_agentchat.messages import TextMessage
@@ -71,6 +72,14 @@ class ChatMessage(_Wire):
     content: str = Field(max_length=MAX_CONTENT_CHARS)
     kind: Literal["task", "agent", "human"] = "agent"
     tokens: int = Field(default=0, ge=0)  # the model tokens its author used for it
+
+
+def still_held(history: Sequence[ChatMessage], held: tuple[int, str]) -> int:
+    """How many of `history`'s first messages something made from an earlier history still
+    holds: `held` is (how many, the last one's id). A transcript only grows and each message
+    keeps its id, so it is all of them if the last is still in its place, else none."""
+    count, last_id = held
+    return count if count <= len(history) and (count == 0 or history[count - 1].id == last_id) else 0
 
 
 class StartConversation(_Wire):

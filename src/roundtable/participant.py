@@ -52,6 +52,7 @@ from .messages import (
     TurnCheck,
     TurnState,
     new_id,
+    still_held,
     topic,
     turn_topic_type,
 )
@@ -120,18 +121,17 @@ class ModelForm:
     def __init__(self, name: str) -> None:
         self.name = name
         self._made: list[LLMMessage] = []
-        self._ids: list[str] = []
+        self._last_id = ""  # of the last message made
 
     def of(self, history: Sequence[ChatMessage]) -> list[LLMMessage]:
-        made = len(self._ids)
-        if made > len(history) or (made and (history[0].id != self._ids[0] or history[made - 1].id != self._ids[-1])):
-            self._made, self._ids, made = [], [], 0
+        made = still_held(history, (len(self._made), self._last_id))
+        del self._made[made:]
         for m in history[made:]:
             if m.author == self.name:
                 self._made.append(AssistantMessage(content=m.content, source=m.author))
             else:
                 self._made.append(UserMessage(content=m.content, source=m.author))
-            self._ids.append(m.id)
+            self._last_id = m.id
         return list(self._made)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -19,6 +20,24 @@ from roundtable.runtime import READY_MARKER
 
 READY = READY_MARKER  # what every process prints once it serves
 REPO = Path(__file__).resolve().parent.parent
+
+
+class LoopTicks:
+    """Counts a 10 ms timer from now until `stop`: an event loop that stood still meanwhile
+    counted (nearly) none."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._task = asyncio.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0.01)
+            self.count += 1
+
+    def stop(self) -> int:
+        self._task.cancel()
+        return self.count
 
 
 def free_port() -> int:

@@ -7,6 +7,7 @@ import time
 
 import pytest
 from autogen_core import ClosureContext, MessageContext
+from harness import LoopTicks
 
 from roundtable.config import AgentConfig, ManagerConfig, TerminationConfig
 from roundtable.manager import Conversation, find_named, termination_reason
@@ -121,23 +122,15 @@ async def test_a_scripted_reply_with_a_cpu_cost_spends_that_cpu_in_this_process_
     from roundtable.scripted import ScriptedChatCompletionClient
 
     client = ScriptedChatCompletionClient(["done"], cpu_ms=300)
-    ticks = 0
-
-    async def tick() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    ticking = asyncio.create_task(tick())
+    ticks = LoopTicks()
     before = time.process_time()
     try:
         result = await client.create([UserMessage(content="go", source="user")])
     finally:
-        ticking.cancel()
+        ticks.stop()
     assert result.content == "done"
     assert time.process_time() - before >= 0.3
-    assert ticks >= 3, "the event loop stood still while the reply's CPU was spent"
+    assert ticks.count >= 3, "the event loop stood still while the reply's CPU was spent"
 
 
 def test_a_room_link_and_a_persons_name_are_read_strictly() -> None:

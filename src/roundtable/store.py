@@ -1,13 +1,15 @@
 """The transcript store: every conversation and message, written by the manager before
 anyone sees them, so a restarted manager (here or on another machine) carries on where it stopped.
 
-SQLAlchemy Core: SQLite (WAL) by default, on a thread of the store's own; PostgreSQL when given
-its URL, on SQLAlchemy's async engine (asyncpg).
+SQLAlchemy Core: SQLite (WAL) by default; PostgreSQL when given its URL, on SQLAlchemy's async
+engine (asyncpg).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,6 +54,7 @@ from .config import CONNECT_TIMEOUT, ConfigError, StoreUnavailable
 from .messages import ChatMessage
 
 T = TypeVar("T")
+log = logging.getLogger("roundtable.store")
 
 metadata = MetaData()
 
@@ -179,12 +182,28 @@ def store_url(raw: str) -> URL:
     return url
 
 
+#: SQLite: after this many writes in the event loop, the WAL is copied back into the database
+#: (a checkpoint) on the store's thread. About 3 pages a write; SQLite's own default is 1,000 pages.
+CHECKPOINT_EVERY = 200
+
+
 class TranscriptStore:
     """Each method's work is one function on a connection, run in one transaction (`_run`).
-    PostgreSQL: on the async engine (asyncpg), through `run_sync`. SQLite: on a synchronous
-    engine, on a thread of the store's own, one hop there and back per call. (Through
-    aiosqlite every statement, cursor and commit was a hop of its own: a turn's write cost the
-    manager 1.3 ms of CPU, against 0.45 ms so.)"""
+
+    PostgreSQL: on the async engine (asyncpg), through `run_sync`.
+
+    SQLite, a file: a write runs in the event loop itself, where it takes about 80 us, while
+    the hop to a thread and back alone cost 180 us (a turn's write is on the turn's path: the
+    manager stores a reply before it asks the next speaker). Two things could make it block
+    the loop, and neither is done there: waiting for another writer's lock (its connection
+    waits for none, and a write that finds the database locked runs again on the store's
+    thread, which waits up to `busy_timeout`), and checkpoints (about 4 ms each: its
+    connection never makes one; every `CHECKPOINT_EVERY` writes one runs on the thread, and
+    the writes that come while it runs go there after it).
+    Reads, which can be long (a whole transcript), run on the thread. (Through aiosqlite every
+    statement was a hop of its own: a turn's write cost the manager 1.3 ms of CPU.)
+
+    SQLite in memory: everything on the thread, the one connection there is."""
 
     def __init__(self, url: str, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self.url = store_url(url)  # str() of a URL hides its password, so it is safe to show
@@ -196,11 +215,18 @@ class TranscriptStore:
         self._change_conversation = update(conversations).where(conversations.c.id == bindparam("conversation"))
         self._engine: AsyncEngine | None = None
         self._sqlite: Engine | None = None
+        self._in_loop: Engine | None = None  # SQLite file: the writes in the event loop
+        self._writes_since_checkpoint = 0
+        self._checkpoint: asyncio.Future[None] | None = None
         self._thread: ThreadPoolExecutor | None = None
         try:
             if self._backend == "sqlite":
-                self._sqlite = create_engine(self.url.set(drivername="sqlite+pysqlite"))
+                sync_url = self.url.set(drivername="sqlite+pysqlite")
+                self._sqlite = create_engine(sync_url)
                 event.listen(self._sqlite, "connect", _sqlite_pragmas)
+                if self.url.database not in (None, "", ":memory:"):
+                    self._in_loop = create_engine(sync_url)
+                    event.listen(self._in_loop, "connect", _sqlite_pragmas_in_loop)
                 self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roundtable-store")
             else:
                 # A server that restarted or a proxy that dropped idle connections leaves dead
@@ -215,6 +241,19 @@ class TranscriptStore:
 
     async def _run(self, work: Callable[[Connection], T], commit: bool = False) -> T:
         """`work` on a connection, in one transaction: committed (`commit`) or rolled back."""
+        if self._in_loop is not None and commit and self._checkpoint is None:
+            try:
+                with self._in_loop.begin() as conn:
+                    done = work(conn)
+            except OperationalError as error:
+                if not _locked(error):
+                    raise
+                # Rolled back whole: on the thread, which waits for the lock, it runs again.
+            else:
+                self._writes_since_checkpoint += 1
+                if self._writes_since_checkpoint >= CHECKPOINT_EVERY and self._checkpoint is None:
+                    self._start_checkpoint()
+                return done
         if self._sqlite is not None:
             return await asyncio.get_running_loop().run_in_executor(self._thread, self._on_thread, work, commit)
         assert self._engine is not None
@@ -225,6 +264,26 @@ class TranscriptStore:
         assert self._sqlite is not None
         with self._sqlite.begin() if commit else self._sqlite.connect() as conn:
             return work(conn)
+
+    def _start_checkpoint(self) -> None:
+        """Copy the WAL back into the database on the store's thread; the loop does not wait.
+        Writes meanwhile go to the thread too, after it, as with SQLite's own checkpoints in
+        the writer: a checkpoint that writes overtake never catches up, so the WAL would only
+        grow. PASSIVE: it waits for no reader, and copies what they allow."""
+        self._writes_since_checkpoint = 0
+
+        def checkpoint(conn: Connection) -> None:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+        loop = asyncio.get_running_loop()
+        self._checkpoint = loop.run_in_executor(self._thread, self._on_thread, checkpoint, False)
+        self._checkpoint.add_done_callback(self._checkpoint_done)
+
+    def _checkpoint_done(self, future: asyncio.Future[None]) -> None:
+        self._checkpoint = None
+        error = None if future.cancelled() else future.exception()
+        if error is not None:
+            log.warning("a checkpoint of the transcript store failed: %s", _reason(error))
 
     async def open(self) -> None:
         """Create the tables if they are missing; StoreUnavailable if the database can't be reached."""
@@ -251,6 +310,8 @@ class TranscriptStore:
     async def close(self) -> None:
         if self._engine is not None:
             await self._engine.dispose()
+        if self._in_loop is not None:
+            self._in_loop.dispose()
         if self._sqlite is not None and self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(self._thread, self._sqlite.dispose)
             self._thread.shutdown(wait=False)
@@ -645,11 +706,25 @@ def _reason(error: BaseException) -> str:
     return text[0] if text else type(cause).__name__
 
 
-def _sqlite_pragmas(dbapi_connection: Any, record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, record: Any, busy_timeout: int = 5000, checkpoint: int = 1000) -> None:
     # WAL lets readers (the page, `status`) work while the manager writes; synchronous=NORMAL
     # is durable across a process crash, which is what we need.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout)}")
+    cursor.execute(f"PRAGMA wal_autocheckpoint={int(checkpoint)}")
     cursor.close()
+
+
+def _sqlite_pragmas_in_loop(dbapi_connection: Any, record: Any) -> None:
+    """The event loop's connection waits for no lock and makes no checkpoint (TranscriptStore)."""
+    _sqlite_pragmas(dbapi_connection, record, busy_timeout=0, checkpoint=0)
+
+
+def _locked(error: OperationalError) -> bool:
+    """SQLite's "database is locked" (another connection writes): worth a wait, elsewhere."""
+    code = getattr(error.orig, "sqlite_errorcode", None)
+    if code is not None:
+        return int(code) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)  # extended codes too
+    return "database is locked" in str(error.orig)

@@ -35,6 +35,7 @@ from test_tools import counted, counting_writer
 from roundtable import clock
 from roundtable.chat import Outcome, run_chat
 from roundtable.config import AgentConfig, BudgetConfig, HostConfig, ManagerConfig, ModelConfig
+from roundtable.lease import Lease
 from roundtable.manager import GroupChatManager, register_manager
 from roundtable.memory import MemoryHost
 from roundtable.messages import (
@@ -89,12 +90,15 @@ class Room:
     runtimes: dict[str, WorkerRuntime] = field(default_factory=dict)
     beats: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # heartbeats, by process
     tools: list[AgentTools] = field(default_factory=list)
+    lease: Lease | None = None  # the manager's, taken and never renewed (no `Lease.keep`)
 
     async def start_manager(self) -> None:
         runtime = await self._runtime("manager")
         selector = build_client(self.manager.model) if self.manager.model is not None else None
+        if self.lease is not None:
+            assert await self.lease.try_take() == self.lease.holder
         self.beats["manager"] = await register_manager(
-            runtime, self.agents, self.manager, self.store, selector, HEARTBEAT
+            runtime, self.agents, self.manager, self.store, selector, HEARTBEAT, self.lease
         )
 
     async def start_agent(self, settings: AgentConfig) -> WorkerRuntime:
@@ -132,14 +136,21 @@ class Room:
 
 @asynccontextmanager
 async def room(
-    tmp_path: Path, agents: Sequence[AgentConfig], absent: Sequence[str] = (), **manager: object
+    tmp_path: Path,
+    agents: Sequence[AgentConfig],
+    absent: Sequence[str] = (),
+    lease_term: float | None = None,
+    **manager: object,
 ) -> AsyncIterator[Room]:
-    """A manager that knows `agents`, and each of them running but the `absent` ones."""
+    """A manager that knows `agents`, and each of them running but the `absent` ones; with
+    `lease_term`, the manager acts only while it holds a lease of that term, taken once."""
     # Its calls finish on aiosqlite's thread: the fake clock waits for them.
     store = held(TranscriptStore(f"sqlite+aiosqlite:///{tmp_path / 'transcripts.db'}"))
     await store.open()
     settings = ManagerConfig.model_validate({"termination": {"max_rounds": 4}, **manager})
     state = Room(MemoryHost(), store, agents, settings, tmp_path / "data")
+    if lease_term is not None:
+        state.lease = Lease(store, lease_term)
     try:
         await state.start_manager()
         for settings_of in agents:
@@ -185,6 +196,28 @@ async def test_a_conversation_runs_in_one_process_and_is_stored_once_in_order(tm
         (5, "editor"),
     ]
     assert shown.count("writer: Draft") == 2 and shown.count("editor: Feedback") == 2, shown
+
+
+async def test_a_manager_whose_lease_lapsed_while_it_waited_acts_on_nothing_it_hears(tmp_path: Path) -> None:
+    """A manager whose lease lapses while a turn is out (a long pause; here, a slow reply and no
+    renewal) hears the reply when it comes and does nothing with it: no write, no publish.
+    Another manager, which took the lease meanwhile, owns the conversation now."""
+    slow_writer = agent("writer", "Draft {n}: rain on the roof", delay=1.0)  # 1 s a token
+    async with room(tmp_path, [slow_writer, EDITOR], lease_term=6.0) as state:
+        assert state.lease is not None
+        out = io.StringIO()
+        terminal = state.host.worker(connect_timeout=5)
+        await terminal.start()
+        with pytest.raises(TimeoutError, match="did not end within 60 s"):
+            await run_chat("memory", "Write about rain", 60, out=out, runtime=terminal)
+        assert not state.lease.held()
+        [conversation] = await state.store.recent(limit=10)
+        stored = await state.store.get(conversation.id)
+    shown = out.getvalue()
+    assert stored is not None and [m.author for m in stored.transcript] == ["user"]
+    assert stored.pending_speaker == "writer"  # as the lapsed manager left it, for its successor
+    # The writer's words streamed to the terminal as it spoke; nothing came after them.
+    assert "editor" not in shown and "could not be handled: manager lease not held" in shown, shown
 
 
 async def test_late_in_a_long_conversation_a_turn_does_no_more_work_and_the_model_still_reads_it_all(

@@ -206,6 +206,30 @@ async def test_a_sqlite_write_that_finds_the_database_locked_waits_on_the_thread
         await store.close()
 
 
+async def test_a_sqlite_write_never_overtakes_one_sent_to_the_thread_even_if_no_one_waits_for_that(
+    tmp_path: Path,
+) -> None:
+    """A renewal of the lease meets a lock and goes to the store's thread; its caller stops
+    waiting (a clean stop cancels the renewal), then releases the lease. The release must come
+    after the renewal, not before it in the loop: else the renewal puts the lease back for a
+    process that is leaving, and the standby waits out a whole term."""
+    path = tmp_path / "transcripts.db"
+    store = TranscriptStore(f"sqlite:///{path}")
+    await store.open()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        renewal = asyncio.create_task(store.take_lease("manager", "leaving", 60.0))
+        await asyncio.sleep(0.2)  # on the thread, in SQLite's wait for the lock
+        renewal.cancel()
+        other.execute("COMMIT")
+        await store.release_lease("manager", "leaving")  # at once: the thread's wait is still asleep
+        assert await store.lease("manager") is None
+    finally:
+        other.close()
+        await store.close()
+
+
 async def test_sqlite_writes_back_to_back_keep_the_wal_small(tmp_path: Path) -> None:
     """The loop's connection makes no checkpoint of its own; the store's must keep up even when
     writes never pause (without one, 1,000 turns leave a WAL of about 17 MB)."""

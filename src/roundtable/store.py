@@ -11,7 +11,7 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -126,7 +126,7 @@ leases = Table(
 )
 
 # The driver each backend's URL gets when it names none (`postgresql://...`). SQLite is then
-# worked on a thread of the store's own with the standard library's driver, whichever is named.
+# worked with the standard library's driver, whichever is named (see TranscriptStore).
 ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
 
 # "INSERT ... ON CONFLICT DO NOTHING" reads the same on both backends, but SQLAlchemy offers it
@@ -198,10 +198,14 @@ class TranscriptStore:
     the loop, and neither is done there: waiting for another writer's lock (its connection
     waits for none, and a write that finds the database locked runs again on the store's
     thread, which waits up to `busy_timeout`), and checkpoints (about 4 ms each: its
-    connection never makes one; every `CHECKPOINT_EVERY` writes one runs on the thread, and
-    the writes that come while it runs go there after it).
-    Reads, which can be long (a whole transcript), run on the thread. (Through aiosqlite every
-    statement was a hop of its own: a turn's write cost the manager 1.3 ms of CPU.)
+    connection never makes one; every `CHECKPOINT_EVERY` writes one runs on the thread). A
+    write never overtakes one sent to the thread before it: while anything written there is
+    unfinished (a write that met a lock, a checkpoint, even one whose caller stopped waiting),
+    writes go there too, behind it. What the loop still waits for is the write's own file I/O
+    (the WAL, in the page cache): fine on a local disk, not on a slow network one. Reads, which
+    can be long (a whole transcript), and creating the tables run on the thread. (Through
+    aiosqlite every statement was a hop of its own: a turn's write cost the manager 1.3 ms of
+    CPU.)
 
     SQLite in memory: everything on the thread, the one connection there is."""
 
@@ -217,7 +221,7 @@ class TranscriptStore:
         self._sqlite: Engine | None = None
         self._in_loop: Engine | None = None  # SQLite file: the writes in the event loop
         self._writes_since_checkpoint = 0
-        self._checkpoint: asyncio.Future[None] | None = None
+        self._last_on_thread: Future[Any] | None = None  # the last write or checkpoint sent there
         self._thread: ThreadPoolExecutor | None = None
         try:
             if self._backend == "sqlite":
@@ -225,7 +229,9 @@ class TranscriptStore:
                 self._sqlite = create_engine(sync_url)
                 event.listen(self._sqlite, "connect", _sqlite_pragmas)
                 if self.url.database not in (None, "", ":memory:"):
-                    self._in_loop = create_engine(sync_url)
+                    # timeout=0: not even its first statement waits for a lock (the driver's own
+                    # default is 5 s, before busy_timeout is set).
+                    self._in_loop = create_engine(sync_url, connect_args={"timeout": 0})
                     event.listen(self._in_loop, "connect", _sqlite_pragmas_in_loop)
                 self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roundtable-store")
             else:
@@ -239,9 +245,11 @@ class TranscriptStore:
         #: Called before every write: a manager's raises once it no longer holds its lease.
         self.fence: Callable[[], None] | None = None
 
-    async def _run(self, work: Callable[[Connection], T], commit: bool = False) -> T:
-        """`work` on a connection, in one transaction: committed (`commit`) or rolled back."""
-        if self._in_loop is not None and commit and self._checkpoint is None:
+    async def _run(self, work: Callable[[Connection], T], commit: bool = False, in_loop: bool = True) -> T:
+        """`work` on a connection, in one transaction: committed (`commit`) or rolled back.
+        SQLite: a write in the event loop if it can be (`in_loop`), else on the thread."""
+        behind = self._last_on_thread
+        if self._in_loop is not None and commit and in_loop and (behind is None or behind.done()):
             try:
                 with self._in_loop.begin() as conn:
                     done = work(conn)
@@ -251,11 +259,11 @@ class TranscriptStore:
                 # Rolled back whole: on the thread, which waits for the lock, it runs again.
             else:
                 self._writes_since_checkpoint += 1
-                if self._writes_since_checkpoint >= CHECKPOINT_EVERY and self._checkpoint is None:
+                if self._writes_since_checkpoint >= CHECKPOINT_EVERY:
                     self._start_checkpoint()
                 return done
         if self._sqlite is not None:
-            return await asyncio.get_running_loop().run_in_executor(self._thread, self._on_thread, work, commit)
+            return await asyncio.wrap_future(self._on_thread_later(work, commit, ordered=commit))
         assert self._engine is not None
         async with self._engine.begin() if commit else self._engine.connect() as conn:
             return await conn.run_sync(work)
@@ -264,6 +272,15 @@ class TranscriptStore:
         assert self._sqlite is not None
         with self._sqlite.begin() if commit else self._sqlite.connect() as conn:
             return work(conn)
+
+    def _on_thread_later(self, work: Callable[[Connection], T], commit: bool, ordered: bool) -> Future[T]:
+        """`work` sent to the store's thread. `ordered` (a write, a checkpoint): the loop's writes
+        wait behind it. Its future is the thread's own: done when the work is, whoever waits."""
+        assert self._thread is not None
+        job = self._thread.submit(self._on_thread, work, commit)
+        if ordered:
+            self._last_on_thread = job
+        return job
 
     def _start_checkpoint(self) -> None:
         """Copy the WAL back into the database on the store's thread; the loop does not wait.
@@ -275,15 +292,7 @@ class TranscriptStore:
         def checkpoint(conn: Connection) -> None:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
-        loop = asyncio.get_running_loop()
-        self._checkpoint = loop.run_in_executor(self._thread, self._on_thread, checkpoint, False)
-        self._checkpoint.add_done_callback(self._checkpoint_done)
-
-    def _checkpoint_done(self, future: asyncio.Future[None]) -> None:
-        self._checkpoint = None
-        error = None if future.cancelled() else future.exception()
-        if error is not None:
-            log.warning("a checkpoint of the transcript store failed: %s", _reason(error))
+        self._on_thread_later(checkpoint, commit=False, ordered=True).add_done_callback(_checkpoint_done)
 
     async def open(self) -> None:
         """Create the tables if they are missing; StoreUnavailable if the database can't be reached."""
@@ -297,7 +306,9 @@ class TranscriptStore:
         try:
             for attempt in range(3):
                 try:
-                    await self._run(create, commit=True)
+                    # On the thread: the first connection turns the database to WAL, which waits
+                    # for whoever holds it (another manager starting, a reader).
+                    await self._run(create, commit=True, in_loop=False)
                     return
                 except (IntegrityError, OperationalError, ProgrammingError):
                     # Two managers starting together on an empty database both see no table and
@@ -311,7 +322,8 @@ class TranscriptStore:
         if self._engine is not None:
             await self._engine.dispose()
         if self._in_loop is not None:
-            self._in_loop.dispose()
+            in_loop, self._in_loop = self._in_loop, None  # then a write fails, as on the closed thread
+            in_loop.dispose()
         if self._sqlite is not None and self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(self._thread, self._sqlite.dispose)
             self._thread.shutdown(wait=False)
@@ -720,6 +732,12 @@ def _sqlite_pragmas(dbapi_connection: Any, record: Any, busy_timeout: int = 5000
 def _sqlite_pragmas_in_loop(dbapi_connection: Any, record: Any) -> None:
     """The event loop's connection waits for no lock and makes no checkpoint (TranscriptStore)."""
     _sqlite_pragmas(dbapi_connection, record, busy_timeout=0, checkpoint=0)
+
+
+def _checkpoint_done(job: Future[None]) -> None:
+    error = None if job.cancelled() else job.exception()
+    if error is not None:
+        log.warning("a checkpoint of the transcript store failed: %s", _reason(error))
 
 
 def _locked(error: OperationalError) -> bool:

@@ -126,8 +126,8 @@ class Room:
         self.runtimes[name] = runtime
         return runtime
 
-    async def chat(self, task: str, timeout: float = 3600) -> tuple[Outcome, str]:
-        out = io.StringIO()
+    async def chat(self, task: str, timeout: float = 3600, out: io.StringIO | None = None) -> tuple[Outcome, str]:
+        out = out or io.StringIO()
         terminal = self.host.worker(connect_timeout=5)
         await terminal.start()
         outcome = await run_chat("memory", task, timeout, out=out, runtime=terminal)
@@ -144,7 +144,7 @@ async def room(
 ) -> AsyncIterator[Room]:
     """A manager that knows `agents`, and each of them running but the `absent` ones; with
     `lease_term`, the manager acts only while it holds a lease of that term, taken once."""
-    # Its calls finish on aiosqlite's thread: the fake clock waits for them.
+    # Its reads (and a write that meets a lock) finish on its thread: the fake clock waits for them.
     store = held(TranscriptStore(f"sqlite+aiosqlite:///{tmp_path / 'transcripts.db'}"))
     await store.open()
     settings = ManagerConfig.model_validate({"termination": {"max_rounds": 4}, **manager})
@@ -206,10 +206,8 @@ async def test_a_manager_whose_lease_lapsed_while_it_waited_acts_on_nothing_it_h
     async with room(tmp_path, [slow_writer, EDITOR], lease_term=6.0) as state:
         assert state.lease is not None
         out = io.StringIO()
-        terminal = state.host.worker(connect_timeout=5)
-        await terminal.start()
         with pytest.raises(TimeoutError, match="did not end within 60 s"):
-            await run_chat("memory", "Write about rain", 60, out=out, runtime=terminal)
+            await state.chat("Write about rain", timeout=60, out=out)
         assert not state.lease.held()
         [conversation] = await state.store.recent(limit=10)
         stored = await state.store.get(conversation.id)

@@ -228,7 +228,7 @@ class TranscriptStore:
                 sync_url = self.url.set(drivername="sqlite+pysqlite")
                 self._sqlite = create_engine(sync_url)
                 event.listen(self._sqlite, "connect", _sqlite_pragmas)
-                if self.url.database not in (None, "", ":memory:"):
+                if self._on_disk:
                     # timeout=0: not even its first statement waits for a lock (the driver's own
                     # default is 5 s, before busy_timeout is set).
                     self._in_loop = create_engine(sync_url, connect_args={"timeout": 0})
@@ -244,6 +244,11 @@ class TranscriptStore:
             raise ConfigError(f"store.url: {self.url}: {error}") from None
         #: Called before every write: a manager's raises once it no longer holds its lease.
         self.fence: Callable[[], None] | None = None
+
+    @property
+    def _on_disk(self) -> bool:
+        """SQLite in a file (not in memory)."""
+        return self._backend == "sqlite" and self.url.database not in (None, "", ":memory:")
 
     async def _run(self, work: Callable[[Connection], T], commit: bool = False, in_loop: bool = True) -> T:
         """`work` on a connection, in one transaction: committed (`commit`) or rolled back.
@@ -296,8 +301,8 @@ class TranscriptStore:
 
     async def open(self) -> None:
         """Create the tables if they are missing; StoreUnavailable if the database can't be reached."""
-        if self._backend == "sqlite" and self.url.database not in (None, "", ":memory:"):
-            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+        if self._on_disk:
+            Path(str(self.url.database)).parent.mkdir(parents=True, exist_ok=True)
 
         def create(conn: Connection) -> None:
             metadata.create_all(conn)
